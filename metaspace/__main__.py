@@ -1,0 +1,3 @@
+from metaspace.cli import main
+
+main()

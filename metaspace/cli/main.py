@@ -1,0 +1,29 @@
+"""The command group and its subcommands, registered from one module per theme."""
+
+from __future__ import annotations
+
+import click
+
+from metaspace.cli.common import database_url_option
+from metaspace.cli.schema import db, migrate_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@database_url_option
+@click.version_option(package_name="metaspace")
+def cli() -> None:
+    """metaspace: backtests and meta-runs as points in R^384, searchable in PostgreSQL.
+
+    \b
+    Example:
+        metaspace demo
+        metaspace --database-url postgresql://me@db/quant migrate
+    """
+
+
+cli.add_command(db)
+cli.add_command(migrate_command)
+
+
+def main() -> None:
+    cli(prog_name="metaspace")

@@ -1,0 +1,156 @@
+"""``metaspace db ...`` (the embedded server) and ``metaspace migrate`` (the schema)."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from metaspace import migrate as migrations
+from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, format_option
+from metaspace.db import redact, resolve_url
+
+
+@click.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server (used when no database URL is given).
+
+    \b
+    Example:
+        metaspace db start
+        psql "$(metaspace db url)"
+    """
+
+
+def _embedded():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from metaspace import embedded
+
+        return embedded
+
+
+@db.command("status")
+@format_option
+def db_status(fmt: str) -> None:
+    """Say whether the embedded server is initialised and running, and where its data is.
+
+    \b
+    Example:
+        metaspace db status --format json
+    """
+    state = _embedded().status()
+    info = {
+        "data_dir": str(state.data_dir),
+        "initialised": state.initialised,
+        "running": state.running,
+        "pid": state.pid,
+        "url": state.url,
+    }
+    if fmt == "json":
+        echo_json(info)
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:12} {'' if value is None else value}")
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded server (or find it running) and print its URL.
+
+    \b
+    Example:
+        metaspace db start
+    """
+    click.echo(redact(_embedded().start()))
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server; its data stays for the next start.
+
+    \b
+    Example:
+        metaspace db stop
+    """
+    click.echo("stopped" if _embedded().stop() else "not running")
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print a URL of the embedded server's database that psql and psycopg accept (starting it if needed).
+
+    \b
+    Example:
+        psql "$(metaspace db url)"
+    """
+    click.echo(redact(_embedded().start()))
+
+
+@click.command("migrate")
+@database_url_option
+@click.option("--to", "target", default="head", show_default=True, help="Upgrade to this revision.")
+@click.option("--downgrade", "downgrade_to", metavar="REV", help="Downgrade to REV (a revision id or 'base').")
+@click.option("--status", "show_status", is_flag=True, help="Show current and head revisions, pending ones, pgvector.")
+@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL of the upgrade for a DBA instead of running it.")
+@click.option(
+    "--concurrently", is_flag=True,
+    help="Build indexes with CREATE INDEX CONCURRENTLY (live databases: writers are not blocked).",
+)
+@click.option("--allow-data-loss", is_flag=True, help="Let a downgrade drop tables that hold rows.")
+@format_option
+@domain_errors
+def migrate_command(
+    target: str, downgrade_to: str | None, show_status: bool, as_sql: bool, concurrently: bool,
+    allow_data_loss: bool, fmt: str,
+) -> None:
+    """Bring the database schema to this version of metaspace (Alembic, run from code).
+
+    \b
+    Example:
+        metaspace migrate
+        metaspace migrate --status
+        metaspace migrate --sql > metaspace.sql
+        metaspace migrate --downgrade 0003_runs_and_encoder_registry
+    """
+    if as_sql:
+        click.echo(migrations.sql(target))
+        return
+    url = resolve_url(database_url())
+    if show_status:
+        _print_status(migrations.status(url), url, fmt)
+        return
+    if downgrade_to:
+        messages = migrations.downgrade(url, downgrade_to, allow_data_loss=allow_data_loss)
+        done = f"downgraded to {downgrade_to}"
+    else:
+        messages = migrations.upgrade(url, target, concurrently=concurrently)
+        done = f"schema at {migrations.status(url).current}"
+    for line in messages:
+        click.echo(line, err=True)
+    if fmt == "json":
+        echo_json({"result": done, "messages": messages, "database": redact(url)})
+    else:
+        click.echo(f"{done} ({redact(url)})")
+
+
+def _print_status(state: migrations.Status, url: str, fmt: str) -> None:
+    info = {
+        "database": redact(url),
+        "server": state.server,
+        "pgvector": state.pgvector,
+        "current": state.current,
+        "head": state.head,
+        "up_to_date": state.up_to_date,
+        "pending": state.pending,
+        "invalid_indexes": state.invalid_indexes,
+    }
+    if fmt == "json":
+        echo_json(info)
+        return
+    for key, value in info.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "none"
+        click.echo(f"{key:16} {value}")
+    if state.invalid_indexes:
+        click.echo("an interrupted CONCURRENTLY build left invalid indexes: DROP them and run migrate again", err=True)

@@ -1,0 +1,73 @@
+"""Where the database is, and the one way metaspace connects to it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ENV_URL = "METASPACE_DATABASE_URL"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL given, else ``METASPACE_DATABASE_URL``, else the embedded server (started if needed)."""
+    if url:
+        return url
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from metaspace import embedded
+
+        return embedded.start()
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print or log."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    if "password" in params:
+        params["password"] = "***"
+    return " ".join(f"{key}={value}" for key, value in params.items())
+
+
+def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
+    """A psycopg connection with the pgvector types registered (numpy arrays in and out)."""
+    conn = psycopg.connect(url, autocommit=autocommit)
+    if register:
+        from pgvector.psycopg import register_vector
+
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            conn.close()
+            raise
+    return conn
+
+
+@contextmanager
+def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """Resolve the URL, connect, and check that the schema is at head before handing the connection out."""
+    from metaspace.migrate import require_current
+
+    conn = connect(resolve_url(url), autocommit=autocommit, register=False)
+    try:
+        require_current(conn)
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,157 @@
+"""Schema migrations run from code: users run ``metaspace migrate``, never ``alembic``."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from metaspace.errors import MetaspaceError, SchemaBehindError
+
+VERSION_TABLE = "public.metaspace_schema_version"
+
+
+def _script_location() -> str:
+    """The migrations folder shipped in the package (``alembic/`` in the repository)."""
+    env_py = resources.files("metaspace.migrations").joinpath("env.py")
+    return str(env_py.parent)
+
+
+def _config(url: str | None, **attributes: object) -> Config:
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", _script_location())
+    cfg.attributes["url"] = url
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config(None))
+
+
+def head() -> str:
+    return _script().get_current_head()
+
+
+def revisions() -> list[str]:
+    """All revision ids, oldest first."""
+    return [rev.revision for rev in reversed(list(_script().walk_revisions()))]
+
+
+def current(conn: psycopg.Connection) -> str | None:
+    exists = conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()  # noqa: S608
+    return row[0] if row else None
+
+
+def require_current(conn: psycopg.Connection) -> None:
+    """Refuse to work on a database whose schema is not at this version's head, naming the fix."""
+    at = current(conn)
+    target = head()
+    conn.rollback()
+    if at == target:
+        return
+    if at is None:
+        raise SchemaBehindError("this database has no metaspace schema yet: run `metaspace migrate` first")
+    if at in revisions():
+        raise SchemaBehindError(
+            f"the database schema is at {at}, this metaspace needs {target}: run `metaspace migrate` to upgrade"
+        )
+    raise SchemaBehindError(
+        f"the database schema is at {at}, which this metaspace does not know (it is newer): upgrade metaspace"
+    )
+
+
+def _run(action, url: str, *args, **attributes) -> list[str]:
+    """Run an Alembic command; return the log lines of the migrations (conversion reports and the like)."""
+    logger = logging.getLogger("metaspace.migrations")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        action(_config(url, **attributes), *args)
+    except CommandError as exc:
+        raise MetaspaceError(f"{exc}; known revisions: {', '.join(revisions())}") from exc
+    except (RuntimeError, psycopg.Error) as exc:
+        raise MetaspaceError(f"migration failed: {_root_message(exc)}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise MetaspaceError(f"migration failed: {_root_message(exc)}") from exc
+        raise
+    finally:
+        logger.removeHandler(handler)
+    return [line for line in stream.getvalue().splitlines() if line]
+
+
+def _root_message(exc: BaseException) -> str:
+    while exc.__cause__ is not None or getattr(exc, "orig", None) is not None:
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    diag = getattr(exc, "diag", None)
+    hint = getattr(diag, "message_hint", None) if diag is not None else None
+    return f"{exc}".strip() + (f" (hint: {hint})" if hint else "")
+
+
+def upgrade(url: str, to: str = "head", *, concurrently: bool = False) -> list[str]:
+    """Upgrade the schema to ``to`` (head by default)."""
+    return _run(command.upgrade, url, to, concurrently=concurrently)
+
+
+def downgrade(url: str, to: str, *, allow_data_loss: bool = False) -> list[str]:
+    """Downgrade the schema to ``to`` (a revision id or ``base``)."""
+    return _run(command.downgrade, url, to, allow_data_loss=allow_data_loss)
+
+
+def sql(to: str = "head", start: str | None = None) -> str:
+    """The SQL an upgrade would run, for a DBA to review and apply (offline mode)."""
+    cfg = _config(None)
+    out = io.StringIO()
+    cfg.stdout = out
+    cfg.output_buffer = out
+    command.upgrade(cfg, f"{start}:{to}" if start else to, sql=True)
+    return out.getvalue()
+
+
+@dataclass
+class Status:
+    current: str | None
+    head: str
+    pending: list[str] = field(default_factory=list)
+    pgvector: str | None = None
+    server: str | None = None
+    invalid_indexes: list[str] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def status(url: str) -> Status:
+    with psycopg.connect(url) as conn:
+        at = current(conn)
+        pgvector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        invalid = conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'historical_db' AND NOT i.indisvalid"
+        ).fetchall()
+    chain = revisions()
+    pending = chain if at is None else chain[chain.index(at) + 1 :] if at in chain else []
+    return Status(
+        current=at,
+        head=head(),
+        pending=pending,
+        pgvector=pgvector[0] if pgvector else None,
+        server=server,
+        invalid_indexes=[name for (name,) in invalid],
+    )

@@ -1,0 +1,25 @@
+"""The one place that knows the names of metaspace's models, tables and SQL functions."""
+
+SCHEMA = "historical_db"
+DIMENSION = 384
+
+JOINT_TYPE = "META_CONFIG_ENV_V0"
+SOURCE = "meta-config-env"
+
+CONFIG_MODEL = "num-config-core-v1"
+ENV_MODEL = "num-env-core-v1"
+OUTCOME_MODEL = "num-outcome-core-v1"
+JOINT_MODEL = "joint-meta-config-env-v1"
+
+BRANCHES = ("config", "env", "outcome")
+BRANCH_MODELS = {"config": CONFIG_MODEL, "env": ENV_MODEL, "outcome": OUTCOME_MODEL}
+SPACES = ("joint", *BRANCHES)
+
+JOINT_EMBEDDINGS = f"{SCHEMA}.joint_embeddings"
+BRANCH_EMBEDDINGS = f"{SCHEMA}.branch_embeddings"
+RUNS = f"{SCHEMA}.runs"
+ENCODER_VERSIONS = f"{SCHEMA}.encoder_versions"
+QUARANTINE = f"{SCHEMA}.embedding_quarantine"
+
+# Advisory lock key held by embed-runs while it writes (two backfills never interleave).
+EMBED_LOCK_KEY = 0x6D657461_7370  # "meta" "sp"
