@@ -1,0 +1,216 @@
+"""The joint model joint-meta-config-env-v1: three branch encoders combined into one point in R^384.
+
+Each branch b gives coordinates c_b (its transformed features, or their top principal components when
+it has more than 384) and an isometric image z_b = Q_b c_b in R^384. The joint vector is a linear map of
+the concatenation [s_config c_config, s_env c_env, s_outcome c_outcome], with s_b = w_b / t_b and t_b the
+branch's typical (root-mean-square) pairwise distance on the fitted history, embedded orthonormally in
+R^384 (or reduced by PCA when the three together exceed 384 dimensions). Where they fit,
+
+    d_joint(x, y)^2 = sum_b (w_b / t_b)^2 * d_b(x, y)^2
+
+exactly, so no branch dominates because it has more fields: each contributes w_b^2 on average.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from metaspace.encoders.branch import DIM, FORMAT_VERSION, BranchEncoder, EncodingError
+from metaspace.encoders.features import (
+    decode_array,
+    encode_array,
+    fingerprint,
+    orthonormal_embedding,
+)
+from metaspace.names import BRANCHES, JOINT_MODEL
+
+
+@dataclass
+class EncodedRuns:
+    """The joint and branch vectors of a batch of runs, and the runs that could not be encoded."""
+
+    joint: np.ndarray
+    branches: dict[str, np.ndarray]
+    errors: dict[int, EncodingError]
+
+    @property
+    def ok(self) -> np.ndarray:
+        mask = np.ones(len(self.joint), dtype=bool)
+        mask[list(self.errors)] = False
+        return mask
+
+
+class MetaSpace:
+    """The three branch encoders and the joint model, fitted together on a history of run records."""
+
+    def __init__(
+        self,
+        *,
+        weights: Mapping[str, float] | None = None,
+        overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+        min_category_count: int = 5,
+        clip: float = 5.0,
+        seed: int = 0,
+    ):
+        self.weights = weights
+        self.overrides = overrides
+        self.min_category_count = min_category_count
+        self.clip = clip
+        self.seed = seed
+
+    def fit(self, runs: Sequence[Mapping[str, Any]]) -> MetaSpace:
+        if len(runs) < 2:
+            raise ValueError("fitting needs at least two runs")
+        weights = {b: 1.0 for b in BRANCHES} | dict(self.weights or {})
+        self.branches_ = {}
+        blocks = []
+        self.scales_ = {}
+        for i, branch in enumerate(BRANCHES):
+            encoder = BranchEncoder(
+                branch, overrides=(self.overrides or {}).get(branch), min_category_count=self.min_category_count,
+                clip=self.clip, seed=self.seed + i,
+            )
+            encoder.fit([run.get(branch) for run in runs])
+            self.branches_[branch] = encoder
+            typical = encoder.typical_distance_
+            self.scales_[branch] = float(weights[branch] / typical) if typical > 1e-12 else float(weights[branch])
+            coords, _ = encoder.coordinates_with_errors([run.get(branch) for run in runs])
+            blocks.append(coords * self.scales_[branch])
+        self.weights_ = weights
+        u = np.hstack(blocks)
+        if u.shape[1] <= DIM:
+            self.mean_ = np.zeros(u.shape[1])
+            self.components_ = np.eye(u.shape[1])
+            self.explained_variance_ratio_ = 1.0
+        else:
+            self.mean_ = u.mean(axis=0)
+            _, singular, vt = np.linalg.svd(u - self.mean_, full_matrices=False)
+            signs = np.sign(vt[np.arange(DIM), np.argmax(np.abs(vt[:DIM]), axis=1)])
+            self.components_ = vt[:DIM] * signs[:, None]
+            energy = singular**2
+            self.explained_variance_ratio_ = float(energy[:DIM].sum() / energy.sum()) if energy.sum() else 1.0
+        self.embedding_ = orthonormal_embedding(DIM, self.components_.shape[0], self.seed + 99)
+        self.n_fit_runs_ = len(runs)
+        self.fingerprint_ = fingerprint(self._state())
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "branches_"):
+            raise RuntimeError(f"{JOINT_MODEL} is not fitted: call fit(runs) first")
+
+    def encode(self, runs: Sequence[Mapping[str, Any]]) -> EncodedRuns:
+        """Joint and branch vectors for each run; runs that fail encoding are listed, their rows zero."""
+        self._check_fitted()
+        ids = [str(run.get("run_id", f"#{i}")) for i, run in enumerate(runs)]
+        errors: dict[int, EncodingError] = {}
+        branch_vectors, blocks = {}, []
+        for branch, encoder in self.branches_.items():
+            coords, branch_errors = encoder.coordinates_with_errors([run.get(branch) for run in runs], ids)
+            for i, error in branch_errors.items():
+                errors.setdefault(i, error)
+            branch_vectors[branch] = coords @ encoder.embedding_.T
+            blocks.append(coords * self.scales_[branch])
+        joint = self._project(np.hstack(blocks))
+        if errors:
+            rows = list(errors)
+            joint[rows] = 0.0
+            for vectors in branch_vectors.values():
+                vectors[rows] = 0.0
+        return EncodedRuns(
+            joint.astype(np.float32), {b: v.astype(np.float32) for b, v in branch_vectors.items()}, errors
+        )
+
+    def transform(self, runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Joint vectors (n, 384) float32; raises EncodingError for the first run that cannot be encoded."""
+        encoded = self.encode(runs)
+        if encoded.errors:
+            raise encoded.errors[min(encoded.errors)]
+        return encoded.joint
+
+    def fit_transform(self, runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.fit(runs).transform(runs)
+
+    def combine(self, z_config: np.ndarray, z_env: np.ndarray, z_outcome: np.ndarray) -> np.ndarray:
+        """The joint vectors of given branch vectors: a linear map of their concatenation."""
+        self._check_fitted()
+        blocks = [
+            np.asarray(z, dtype=np.float64) @ self.branches_[b].embedding_ * self.scales_[b]
+            for b, z in zip(BRANCHES, (z_config, z_env, z_outcome))
+        ]
+        return self._project(np.hstack(blocks)).astype(np.float32)
+
+    def _project(self, u: np.ndarray) -> np.ndarray:
+        return ((u - self.mean_) @ self.components_.T) @ self.embedding_.T
+
+    def get_feature_names_out(self) -> list[str]:
+        self._check_fitted()
+        return [f"{b}.{name}" for b, enc in self.branches_.items() for name in enc.get_feature_names_out()]
+
+    def summary(self) -> dict[str, Any]:
+        """What was learned, for humans: features per branch, variance kept, scales."""
+        self._check_fitted()
+        return {
+            "model_id": JOINT_MODEL,
+            "fingerprint": self.fingerprint_,
+            "fitted_on_runs": self.n_fit_runs_,
+            "branches": {
+                b: {"model_id": enc.model_id, "features": len(enc.get_feature_names_out()),
+                    "variance_kept": enc.explained_variance_ratio_, "typical_distance": enc.typical_distance_,
+                    "scale": self.scales_[b], "weight": self.weights_[b]}
+                for b, enc in self.branches_.items()
+            },
+            "joint_variance_kept": self.explained_variance_ratio_,
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model_id": JOINT_MODEL,
+            "format_version": FORMAT_VERSION,
+            "params": {"weights": self.weights, "overrides": self.overrides,
+                       "min_category_count": self.min_category_count, "clip": self.clip, "seed": self.seed},
+            "branches": {b: enc.to_dict() for b, enc in self.branches_.items()},
+            "weights": self.weights_,
+            "scales": self.scales_,
+            "mean": encode_array(self.mean_),
+            "components": encode_array(self.components_),
+            "embedding": encode_array(self.embedding_),
+            "explained_variance_ratio": self.explained_variance_ratio_,
+            "n_fit_runs": self.n_fit_runs_,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole fitted state as JSON-able data (arrays as base64), with its sha256 fingerprint."""
+        self._check_fitted()
+        return copy.deepcopy(self._state()) | {"fingerprint": self.fingerprint_}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> MetaSpace:
+        if state.get("model_id") != JOINT_MODEL or state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"not a {JOINT_MODEL} state of format {FORMAT_VERSION}: "
+                f"{state.get('model_id')!r} format {state.get('format_version')!r}"
+            )
+        space = cls(**state["params"])
+        space.branches_ = {b: BranchEncoder.from_dict(s) for b, s in state["branches"].items()}
+        space.weights_ = dict(state["weights"])
+        space.scales_ = dict(state["scales"])
+        space.mean_ = decode_array(state["mean"])
+        space.components_ = decode_array(state["components"])
+        space.embedding_ = decode_array(state["embedding"])
+        space.explained_variance_ratio_ = state["explained_variance_ratio"]
+        space.n_fit_runs_ = state["n_fit_runs"]
+        space.fingerprint_ = fingerprint(space._state())
+        if state.get("fingerprint") and state["fingerprint"] != space.fingerprint_:
+            raise ValueError("encoder state does not match its fingerprint: it was changed after registration")
+        return space
+
+
+def typical_distance(vectors: np.ndarray) -> float:
+    """Root-mean-square pairwise distance of a set of points (closed form: sqrt(2 * total variance))."""
+    return math.sqrt(2 * np.asarray(vectors, dtype=np.float64).var(axis=0).sum())
