@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from metaspace.cli.common import database_url_option
+from metaspace.cli.pipeline import embed_runs_command, import_runs_command
 from metaspace.cli.schema import db, migrate_command
 
 
@@ -23,6 +24,8 @@ def cli() -> None:
 
 cli.add_command(db)
 cli.add_command(migrate_command)
+cli.add_command(import_runs_command)
+cli.add_command(embed_runs_command)
 
 
 def main() -> None:

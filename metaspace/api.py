@@ -1,0 +1,276 @@
+"""The Python API: plain functions with the same names and options as the commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from metaspace import store
+from metaspace.db import connection
+from metaspace.embedded import tuned_settings
+from metaspace.encoders import EncodingError, MetaSpace, SchemaDriftWarning
+from metaspace.errors import InvalidRecordError, MetaspaceError
+from metaspace.records import Rejected, Run, read_records, validate
+
+FIT_SAMPLE = 50_000
+BULK_MIN = 10_000
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImportSummary:
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def import_runs(
+    paths: Iterable[str], *, database_url: str | None = None, rejects: str | None = None, strict: bool = False,
+    batch_size: int = 5_000, progress: Progress | None = None,
+) -> ImportSummary:
+    """Load run records into historical_db.runs: upsert valid ones by run_id, reject invalid ones with a reason.
+
+    Each batch commits whole or not at all. With ``strict``, any reject stops the import before anything lands.
+    """
+    summary = ImportSummary()
+    batch: list[Run] = []
+    reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
+    try:
+        records = read_records(paths)
+        if strict:
+            checked = [_check(s, n, r) for s, n, r in records]
+            bad = [item for item in checked if isinstance(item, Rejected)]
+            if bad:
+                for item in bad:
+                    _write_reject(reject_file, item, summary)
+                summary.read = len(checked)
+                raise MetaspaceError(
+                    f"{len(bad)} invalid record(s), nothing imported (--strict); first: {_describe_reject(bad[0])}"
+                )
+        with connection(database_url) as conn:
+            for item in checked if strict else (_check(s, n, r) for s, n, r in records):
+                summary.read += 1
+                if isinstance(item, Rejected):
+                    _write_reject(reject_file, item, summary)
+                    continue
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    _flush(conn, batch, summary, progress)
+            _flush(conn, batch, summary, progress)
+    finally:
+        if reject_file:
+            reject_file.close()
+    return summary
+
+
+def _check(source: str, line: int, record: Any) -> Run | Rejected:
+    if isinstance(record, InvalidRecordError):
+        return Rejected(source, line, None, record.field, record.reason)
+    try:
+        return validate(record)
+    except InvalidRecordError as exc:
+        return Rejected(source, line, None if exc.record == "?" else exc.record, exc.field, exc.reason)
+
+
+def _describe_reject(item: Rejected) -> str:
+    return f"{item.source}:{item.line} run {item.run_id!r}, field {item.field!r}: {item.reason}"
+
+
+def _write_reject(handle, item: Rejected, summary: ImportSummary) -> None:
+    summary.rejected += 1
+    if len(summary.rejects) < 100:
+        summary.rejects.append(item.as_dict())
+    if handle:
+        handle.write(json.dumps(item.as_dict()) + "\n")
+
+
+def _flush(conn: psycopg.Connection, batch: list[Run], summary: ImportSummary, progress: Progress | None) -> None:
+    if not batch:
+        return
+    with conn.transaction():
+        counts = store.upsert_runs(conn, batch)
+    summary.inserted += counts.inserted
+    summary.updated += counts.updated
+    summary.unchanged += counts.unchanged
+    if progress:
+        progress(len(batch))
+    batch.clear()
+
+
+# -- embed-runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbedSummary:
+    version: int | None = None
+    fitted: bool = False
+    fit_summary: dict[str, Any] | None = None
+    pending: int = 0
+    embedded: int = 0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    switched_from: int | None = None
+    index_rebuilt: bool = False
+    index_seconds: float = 0.0
+    dry_run: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _parse_date(value: str | dt.date | None) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise MetaspaceError(f"--since {value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def embed_runs(
+    *, database_url: str | None = None, refit: bool = False, rebuild: bool = False, since: str | dt.date | None = None,
+    strategies: Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
+    schema: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
+) -> EmbedSummary:
+    """Embed the stored runs that lack a vector for the active encoder version (fitting one if none).
+
+    ``rebuild`` (or ``refit``) fits a new version and re-embeds every run for it while the old vectors stay
+    queryable; the switch to the new version happens once all runs have a vector, and drops the old ones.
+    Writers are serialised by an advisory lock; every batch commits whole, so a killed run loses at most one
+    batch and a rerun completes it.
+    """
+    started = time.perf_counter()
+    summary = EmbedSummary(dry_run=dry_run)
+    selection = store.Selection(_parse_date(since), tuple(strategies))
+    with connection(database_url, autocommit=True) as conn:
+        store.lock(conn)
+        try:
+            target, active = _target_version(conn, summary, rebuild=rebuild or refit, dry_run=dry_run, schema=schema)
+            if target is None:
+                summary.seconds = time.perf_counter() - started
+                return summary
+            summary.version = target
+            pending = store.count_pending(conn, target, selection)
+            summary.pending = min(pending, limit) if limit else pending
+            if dry_run:
+                summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
+                return summary
+            bulk = (target == active and summary.pending >= BULK_MIN
+                    and summary.pending > store.stored_vector_count(conn, target))
+            if bulk:
+                store.drop_hnsw_indexes(conn)
+                summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
+            _embed_pending(conn, target, selection, summary, limit, batch_size, progress)
+            if bulk or rebuild or refit:
+                index_started = time.perf_counter()
+                store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
+                summary.index_seconds = time.perf_counter() - index_started
+                summary.index_rebuilt = bulk
+            else:
+                store.ensure_hnsw_indexes(conn)
+            if target != active and store.count_pending(conn, target, store.Selection()) == 0:
+                with conn.transaction():
+                    summary.switched_from = store.activate(conn, target)
+                summary.notes.append(f"switched to encoder version {target}")
+        finally:
+            store.unlock(conn)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema) -> tuple[int | None, int | None]:
+    registered = store.versions(conn)
+    active = next((v.version for v in registered if v.is_active), None)
+    pending_rebuild = next((v.version for v in reversed(registered) if not v.is_active and (active is None or v.version > active)), None)
+    if active is not None and not rebuild:
+        return active, active
+    if rebuild and pending_rebuild is not None:
+        summary.notes.append(f"resuming the rebuild to encoder version {pending_rebuild}")
+        return pending_rebuild, active
+    total = store.count_runs(conn)
+    if total < 2:
+        summary.notes.append("fewer than two runs stored: import runs first (metaspace import-runs)")
+        return None, active
+    if dry_run:
+        summary.notes.append(f"would fit a new encoder version on {min(total, FIT_SAMPLE)} runs")
+        return None, active
+    runs = store.sample_runs(conn, FIT_SAMPLE)
+    space = MetaSpace(overrides=schema).fit(runs)
+    with conn.transaction():
+        version = store.register(conn, space, activate=active is None)
+    if version == active:
+        summary.notes.append(f"refitting gave the same state as the active version {version}: nothing to rebuild")
+        return version, active
+    summary.fitted = True
+    summary.fit_summary = space.summary()
+    summary.notes.append(f"fitted and registered encoder version {version} on {len(runs)} runs")
+    return version, (version if active is None else active)
+
+
+def _embed_pending(conn, version: int, selection, summary: EmbedSummary, limit: int | None, batch_size: int,
+                   progress) -> None:
+    space = store.load_space(conn, version)
+    legacy = store.has_legacy_bytes(conn)
+    after = ""
+    remaining = summary.pending
+    while remaining > 0:
+        runs = store.pending_runs(conn, version, selection, after, min(batch_size, remaining))
+        if not runs:
+            break
+        after = runs[-1]["run_id"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SchemaDriftWarning)
+            encoded = space.encode(runs)
+        with conn.transaction():
+            store.write_vectors(conn, version, runs, encoded, legacy)
+            summary.quarantined += store.quarantine(conn, version, runs, encoded)
+        done = int(encoded.ok.sum())
+        summary.embedded += done
+        remaining -= len(runs)
+        if progress:
+            progress(len(runs), summary.pending)
+
+
+def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
+              conn: psycopg.Connection | None = None) -> np.ndarray:
+    """Store one new run and its vectors with the active encoder version, right after its backtest.
+
+    Returns the joint vector. Raises InvalidRecordError / EncodingError naming the field of a bad record.
+    """
+    run = validate(record)
+    if conn is None:
+        with connection(database_url, autocommit=True) as own:
+            return embed_run(record, conn=own)
+    active = next((v.version for v in store.versions(conn) if v.is_active), None)
+    if active is None:
+        raise MetaspaceError("no encoder version is registered yet: run `metaspace embed-runs` first")
+    space = store.load_space(conn, active)
+    row = run.as_record() | {"record_sha256": run.sha256, "as_of_date": run.as_of_date}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SchemaDriftWarning)
+        encoded = space.encode([row])
+    if encoded.errors:
+        raise encoded.errors[0]
+    with conn.transaction():
+        store.upsert_runs(conn, [run])
+        store.write_vectors(conn, active, [row], encoded, store.has_legacy_bytes(conn))
+    return encoded.joint[0]
+
+
+__all__ = ["EmbedSummary", "EncodingError", "ImportSummary", "embed_run", "embed_runs", "import_runs"]

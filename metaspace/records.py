@@ -1,0 +1,221 @@
+"""Run records (PRODUCT.md): reading JSONL / CSV / Parquet, and validating each record."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metaspace.errors import InvalidRecordError, MetaspaceError
+from metaspace.names import BRANCHES
+
+RESERVED = ("run_id", "config_id", "strategy_id", "as_of_date", *BRANCHES)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A validated run record."""
+
+    run_id: str
+    as_of_date: dt.date
+    config_id: str | None
+    strategy_id: str | None
+    config: dict[str, Any]
+    env: dict[str, Any]
+    outcome: dict[str, Any]
+    extra: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        body = {"run_id": self.run_id, "as_of_date": self.as_of_date.isoformat(), "config_id": self.config_id,
+                "strategy_id": self.strategy_id, "config": self.config, "env": self.env, "outcome": self.outcome,
+                "extra": self.extra}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def as_record(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "config_id": self.config_id, "strategy_id": self.strategy_id,
+                "as_of_date": self.as_of_date.isoformat(), "config": self.config, "env": self.env,
+                "outcome": self.outcome, **self.extra}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    source: str
+    line: int
+    run_id: str | None
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "run_id": self.run_id, "field": self.field,
+                "reason": self.reason}
+
+
+def _check_leaves(value: Any, path: str, run_id: str) -> None:
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidRecordError(run_id, path, f"keys must be non-empty strings, got {key!r}")
+            _check_leaves(child, f"{path}.{key}", run_id)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                raise InvalidRecordError(run_id, f"{path}[{i}]", f"lists must hold finite numbers, got {item!r}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRecordError(run_id, path, f"{value} is not valid JSON; use null for a missing value")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise InvalidRecordError(run_id, path, f"unsupported value of type {type(value).__name__}")
+
+
+def _optional_id(record: Mapping[str, Any], field: str, run_id: str) -> str | None:
+    value = record.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InvalidRecordError(run_id, field, f"expected a string, got {value!r}")
+    return str(value)
+
+
+def validate(record: Any) -> Run:
+    """A Run from a decoded record, or InvalidRecordError naming the record and the field."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecordError("?", "(record)", f"expected a JSON object, got {type(record).__name__}")
+    run_id = record.get("run_id")
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        run_id = str(run_id)
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidRecordError("?", "run_id", "required: a non-empty string")
+    if len(run_id) > 512:
+        raise InvalidRecordError(run_id[:40] + "...", "run_id", "longer than 512 characters")
+    raw_date = record.get("as_of_date")
+    if raw_date is None or raw_date == "":
+        raise InvalidRecordError(run_id, "as_of_date", "required: an ISO date such as 2024-03-29")
+    try:
+        as_of = dt.date.fromisoformat(str(raw_date)[:10])
+    except ValueError:
+        raise InvalidRecordError(run_id, "as_of_date", f"{raw_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    branches = {}
+    for branch in BRANCHES:
+        value = record.get(branch)
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise InvalidRecordError(run_id, branch, f"expected an object, got {type(value).__name__}")
+        _check_leaves(value, branch, run_id)
+        branches[branch] = dict(value)
+    extra = {k: v for k, v in record.items() if k not in RESERVED}
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecordError(run_id, "(extra fields)", f"not JSON-able: {exc}") from None
+    return Run(run_id, as_of, _optional_id(record, "config_id", run_id), _optional_id(record, "strategy_id", run_id),
+               branches["config"], branches["env"], branches["outcome"], extra)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _format(path: str) -> str:
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "jsonl"
+
+
+def _csv_value(text: str) -> Any:
+    if text == "":
+        return None
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+        return value if math.isfinite(value) else None
+    except ValueError:
+        return text
+
+
+def unflatten(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted column names (config.risk.target_vol) back into a nested record."""
+    record: dict[str, Any] = {}
+    for column, value in row.items():
+        if value is None and column.count(".") and column.split(".")[0] in BRANCHES:
+            continue
+        node = record
+        *parents, leaf = column.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return record
+
+
+def read_records(paths: Iterable[str]) -> Iterator[tuple[str, int, Any]]:
+    """(source, line number, decoded record or an InvalidRecordError) for every record in the files."""
+    for path in paths:
+        if path != "-" and not Path(path).exists():
+            raise MetaspaceError(f"no such file: {path}")
+        kind = _format(path)
+        if kind == "parquet":
+            yield from _read_parquet(path)
+            continue
+        with _open_text(path) as handle:
+            if kind == "csv":
+                reader = csv.DictReader(handle)
+                for line, row in enumerate(reader, start=2):
+                    record = unflatten({k: _csv_value(v) for k, v in row.items() if k})
+                    for key in ("run_id", "config_id", "strategy_id", "as_of_date"):
+                        if key in record and record[key] is not None:
+                            record[key] = str(row[key])
+                    yield path, line, record
+                continue
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    yield path, line, json.loads(text)
+                except ValueError as exc:
+                    yield path, line, InvalidRecordError("?", "(line)", f"not valid JSON: {exc}")
+
+
+def _read_parquet(path: str) -> Iterator[tuple[str, int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MetaspaceError("reading Parquet needs the parquet extra: pip install 'metaspace[parquet]'") from None
+    line = 0
+    for batch in pq.ParquetFile(path).iter_batches():
+        for row in batch.to_pylist():
+            line += 1
+            flat = {k: v for k, v in row.items()}
+            record = unflatten(flat) if any("." in k for k in flat) else flat
+            if isinstance(record.get("as_of_date"), (dt.date, dt.datetime)):
+                record["as_of_date"] = record["as_of_date"].isoformat()
+            yield path, line, record
