@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -100,7 +99,7 @@ class Selection:
     strategies: tuple[str, ...] = ()
 
 
-def _pending_where(selection: Selection) -> tuple[str, list[Any]]:
+def _pending_where(selection: Selection) -> str:
     clauses = [
         "NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j WHERE j.encoder_version = %(version)s "
         "AND j.joint_type = %(joint_type)s AND j.model_id = %(model_id)s AND (j.entity_scope ->> 'run_id') = r.run_id)",
@@ -111,7 +110,7 @@ def _pending_where(selection: Selection) -> tuple[str, list[Any]]:
         clauses.append("r.as_of_date >= %(since)s")
     if selection.strategies:
         clauses.append("r.strategy_id = ANY(%(strategies)s)")
-    return " AND ".join(clauses), []
+    return " AND ".join(clauses)
 
 
 def _params(version: int, selection: Selection, **more: Any) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def _params(version: int, selection: Selection, **more: Any) -> dict[str, Any]:
 
 
 def count_pending(conn: psycopg.Connection, version: int, selection: Selection) -> int:
-    where, _ = _pending_where(selection)
+    where = _pending_where(selection)
     return conn.execute(
         f"SELECT count(*) FROM historical_db.runs r WHERE {where}", _params(version, selection)  # noqa: S608
     ).fetchone()[0]
@@ -128,7 +127,7 @@ def count_pending(conn: psycopg.Connection, version: int, selection: Selection) 
 
 def pending_runs(conn: psycopg.Connection, version: int, selection: Selection, after: str, limit: int) -> list[dict]:
     """The next runs (by run_id, after ``after``) that have no vector for this version yet."""
-    where, _ = _pending_where(selection)
+    where = _pending_where(selection)
     rows = conn.execute(
         f"SELECT {RUN_COLUMNS} FROM historical_db.runs r WHERE r.run_id > %(after)s AND {where} "  # noqa: S608
         "ORDER BY r.run_id LIMIT %(limit)s",
@@ -320,6 +319,3 @@ def lock(conn: psycopg.Connection) -> None:
 def unlock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s)", (EMBED_LOCK_KEY,))
 
-
-def as_array(vector: Any) -> np.ndarray:
-    return vector.to_numpy() if hasattr(vector, "to_numpy") else np.asarray(vector, dtype=np.float32)
