@@ -23,3 +23,10 @@ QUARANTINE = f"{SCHEMA}.embedding_quarantine"
 
 # Advisory lock key held by embed-runs while it writes (two backfills never interleave).
 EMBED_LOCK_KEY = 0x6D657461_7370  # "meta" "sp"
+
+# SQL functions (sql/search_v1.sql, installed by revision 0005). A changed signature is a new _vN name.
+SEARCH_RUNS = f"{SCHEMA}.search_runs_v1"
+NEIGHBOURS = f"{SCHEMA}.neighbours_v1"
+SUGGEST_CONFIGS = f"{SCHEMA}.suggest_configs_v1"
+ACTIVE_VERSION = f"{SCHEMA}.active_encoder_version_v1"
+RUN_VECTORS = f"{SCHEMA}.run_vectors_v1"

@@ -7,6 +7,7 @@ import click
 from metaspace.cli.common import database_url_option
 from metaspace.cli.pipeline import embed_runs_command, import_runs_command
 from metaspace.cli.schema import db, migrate_command
+from metaspace.cli.search import search_command, suggest_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,8 @@ cli.add_command(db)
 cli.add_command(migrate_command)
 cli.add_command(import_runs_command)
 cli.add_command(embed_runs_command)
+cli.add_command(search_command)
+cli.add_command(suggest_command)
 
 
 def main() -> None:

@@ -308,8 +308,13 @@ class BranchEncoder:
             return X
         return (X - self.mean_) @ self.components_.T
 
+    def feature_keys(self) -> list[str]:
+        """The record keys (dotted) this encoder reads, as learned at fit time."""
+        self._check_fitted()
+        return sorted({spec["key"] for spec in self.features_})
+
     def _count_drift(self, flats: list[dict[str, Any]]) -> None:
-        known = {spec["key"] for spec in self.features_} | set(self.ignored_keys_)
+        known = set(self.feature_keys()) | set(self.ignored_keys_)
         unknown = Counter(key for flat in flats for key in flat.keys() - known)
         self.last_unknown_keys_ = dict(unknown)
         if unknown:

@@ -1,0 +1,77 @@
+"""Search inside the database: version 1 of the search functions, and the reader and writer roles.
+
+Revision ID: 0005_search_functions
+Revises: 0004_search_indexes
+
+Installs ``sql/search_v1.sql``: ``historical_db.search_runs_v1`` (k nearest runs to a vector in a space,
+as of a date, with filters), ``historical_db.neighbours_v1`` (of a stored run),
+``historical_db.suggest_configs_v1`` (configs for a target environment, with a deflated measure), the
+view ``historical_db.run_vectors_v1`` and their helpers; then ``sql/roles_v1.sql``: NOLOGIN roles
+``metaspace_reader`` and ``metaspace_writer`` with their grants.
+
+Each function pins ``search_path`` FROM CURRENT, so it is set here first to pg_catalog, the schema
+the vector extension lives in (public, or wherever the server's administrator put it), and pg_temp.
+
+Downgrading drops the functions, view and types (no data lives in them) and revokes the roles' grants
+in this database; the roles themselves stay, since roles belong to the whole server and other
+databases may use them.
+"""
+
+from alembic import op
+
+from metaspace.sqlfiles import read_sql
+
+revision = "0005_search_functions"
+down_revision = "0004_search_indexes"
+branch_labels = None
+depends_on = None
+
+PIN_SEARCH_PATH = """
+SELECT set_config('search_path', 'pg_catalog, ' || quote_ident(n.nspname) || ', pg_temp', true)
+FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector'
+"""
+
+DROP = [
+    "DROP FUNCTION historical_db.suggest_configs_v1(vector, integer, date, text, boolean, integer, integer, text[], boolean)",
+    "DROP FUNCTION historical_db.expected_max_normal_v1(integer)",
+    "DROP FUNCTION historical_db.normal_quantile_v1(double precision)",
+    "DROP FUNCTION historical_db.normal_cdf_v1(double precision)",
+    "DROP FUNCTION historical_db.neighbours_v1(text, integer, text, date, text[], text[], jsonb, boolean)",
+    "DROP FUNCTION historical_db.search_runs_v1(vector, integer, text, date, text[], text[], jsonb, boolean)",
+    "DROP FUNCTION historical_db.nearest_runs_v1(vector, integer, text, integer, date, text[], text[], jsonb, boolean)",
+    "DROP FUNCTION historical_db.check_search_args_v1(vector, integer, text, integer)",
+    "DROP FUNCTION historical_db.active_encoder_version_v1()",
+    "DROP VIEW historical_db.run_vectors_v1",
+    "DROP TYPE historical_db.config_suggestion_v1",
+    "DROP TYPE historical_db.run_match_v1",
+]
+
+REVOKE = """
+DO $revoke$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['metaspace_writer', 'metaspace_reader'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
+            EXECUTE 'REVOKE ALL ON ALL TABLES IN SCHEMA historical_db FROM ' || quote_ident(name);
+            EXECUTE 'REVOKE ALL ON ALL SEQUENCES IN SCHEMA historical_db FROM ' || quote_ident(name);
+            EXECUTE 'REVOKE ALL ON ALL FUNCTIONS IN SCHEMA historical_db FROM ' || quote_ident(name);
+            EXECUTE 'REVOKE ALL ON SCHEMA historical_db FROM ' || quote_ident(name);
+        END IF;
+    END LOOP;
+END
+$revoke$
+"""
+
+
+def upgrade() -> None:
+    op.execute(PIN_SEARCH_PATH)
+    op.execute(read_sql("search_v1.sql"))
+    op.execute(read_sql("roles_v1.sql"))
+
+
+def downgrade() -> None:
+    op.execute(REVOKE)
+    for statement in DROP:
+        op.execute(statement)

@@ -1,0 +1,154 @@
+"""``metaspace search`` and ``metaspace suggest``: one answer block per input, in input order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any
+
+import click
+
+from metaspace import queries as api
+from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, echo_table
+from metaspace.errors import MetaspaceError
+from metaspace.names import SPACES
+
+MATCH_TABLE = ("run_id", "config_id", "strategy_id", "as_of_date", "distance")
+SUGGEST_TABLE = ("config_id", "score", "runs", "mean_distance", "objective_mean", "objective_std", "best_run_id",
+                 "deflated_confidence")
+
+
+def _header(answer: api.Answer, index: int) -> str:
+    as_of = f", as of {answer.query.as_of.isoformat()}" if answer.query.as_of else ""
+    return f"# {index}: {answer.query.label} ({answer.query.space} space{as_of})"
+
+
+def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
+    """Print each answer as it comes; notes (imputations) go to stderr. Returns the number of answers."""
+    writer = None
+    count = 0
+    for count, answer in enumerate(answers, start=1):
+        for note in answer.notes:
+            click.echo(f"note: {note}", err=True)
+        if fmt == "json":
+            echo_json(answer.rows)
+        elif fmt == "optuna":
+            echo_json([api.optuna_params(row) for row in answer.rows])
+        elif fmt == "csv":
+            if writer is None:
+                columns = ["input", "rank", *(answer.rows[0].keys() if answer.rows else table_columns)]
+                writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+                writer.writeheader()
+            for rank, row in enumerate(answer.rows, start=1):
+                writer.writerow({"input": answer.query.label, "rank": rank}
+                                | {key: json.dumps(value) if isinstance(value, (dict, list)) else value
+                                   for key, value in row.items()})
+        else:
+            if count > 1:
+                click.echo()
+            click.echo(_header(answer, count))
+            echo_table(answer.rows, table_columns)
+    return count
+
+
+def _inputs(run_ids: tuple[str, ...], files: dict[str, str | None]) -> tuple[str, list[tuple[str, Any]]]:
+    chosen = [kind for kind, path in files.items() if path] + (["run"] if run_ids else [])
+    if len(chosen) != 1:
+        raise MetaspaceError("give exactly one of --run, --env, --config, --outcome, --record")
+    kind = chosen[0]
+    if kind == "run":
+        return kind, [(f"run {run_id}", run_id) for run_id in run_ids]
+    return kind, api.read_inputs(files[kind])
+
+
+@click.command("search")
+@database_url_option
+@click.option("--run", "run_ids", multiple=True, metavar="ID", help="Runs like this stored run (repeatable).")
+@click.option("--env", "env_file", metavar="FILE", help="Runs in environments like these (JSON or JSONL; - for stdin).")
+@click.option("--config", "config_file", metavar="FILE", help="Runs with configs like these.")
+@click.option("--outcome", "outcome_file", metavar="FILE", help="Runs that behaved like these outcomes.")
+@click.option("--record", "record_file", metavar="FILE", help="Runs like these (partial) run records.")
+@click.option("--space", type=click.Choice(SPACES), help="Where to compare: joint, config, env or outcome "
+              "(default: joint for --run/--record, else the kind of the input).")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many runs.")
+@click.option("--as-of", metavar="DATE", help="Only runs dated on or before DATE (a line's own as_of_date wins).")
+@click.option("--strategy", "strategies", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
+@click.option("--config-id", "configs", multiple=True, metavar="ID", help="Only runs of this config (repeatable).")
+@click.option("--scope", metavar="JSON", help="Only runs whose entity_scope contains this JSON object.")
+@click.option("--exact", is_flag=True, help="Exact search (no index): the reference answer, slower.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="json: one JSON array per input, one per line (JSONL), in input order.")
+@domain_errors
+def search_command(run_ids, env_file, config_file, outcome_file, record_file, space, k, as_of, strategies, configs,
+                   scope, exact, fmt) -> None:
+    """Find the stored runs nearest to a run, an env, a config, an outcome or a record.
+
+    A FILE holds one JSON object or many (JSONL): each gets its own answer, in order, so a thousand
+    questions cost one start-up. A line that is a run record with its own as_of_date is asked as of that
+    date (replaying a walk-forward). For the joint space, a record missing a branch has it imputed with
+    the mean of the stored runs, and says so on stderr.
+
+    \b
+    Example:
+        metaspace search --run BT_RUN_12345 -k 5
+        metaspace search --env today_env.json --as-of 2024-03-29 --strategy US_EQ_CORE
+        metaspace search --record decisions.jsonl --format json > answers.jsonl
+    """
+    kind, inputs = _inputs(run_ids, {"env": env_file, "config": config_file, "outcome": outcome_file,
+                                     "record": record_file})
+    scope_obj = _scope(scope)
+    queries = api.queries_from(kind, inputs, space=space, as_of=as_of)
+    answers = api.search_many(queries, k=k, strategies=strategies, configs=configs, scope=scope_obj, exact=exact,
+                              database_url=database_url())
+    _emit(answers, fmt, MATCH_TABLE)
+
+
+def _scope(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise MetaspaceError(f"--scope is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MetaspaceError("--scope must be a JSON object, for example '{\"source\": \"meta-config-env\"}'")
+    return value
+
+
+@click.command("suggest")
+@database_url_option
+@click.option("--env", "env_file", required=True, metavar="FILE",
+              help="Target environments (JSON or JSONL; a line may be a record with its own as_of_date).")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many configs.")
+@click.option("--objective", default="outcome.sharpe", show_default=True, help="The outcome key to rank by.")
+@click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
+@click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a line's own date wins).")
+@click.option("--neighbours", default=200, show_default=True, type=click.IntRange(1, 10000),
+              help="Nearest runs in env space taken as evidence.")
+@click.option("--min-runs", default=3, show_default=True, type=click.IntRange(1), help="Evidence a config needs.")
+@click.option("--strategy", "strategies", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
+@click.option("--exact", is_flag=True, help="Take the evidence by exact search.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "optuna"]), default="table", show_default=True,
+              help="optuna: per input, a JSON array of parameter dicts for study.enqueue_trial.")
+@domain_errors
+def suggest_command(env_file, k, objective, higher_is_better, as_of, neighbours, min_runs, strategies, exact,
+                    fmt) -> None:
+    """Suggest configs that worked in environments like the target, as of a date.
+
+    Takes the nearest runs in env space, groups them by config and ranks the configs by their
+    similarity-weighted objective. Each comes with its evidence and a deflated confidence: how unlikely
+    its lead is to be the luck of picking the best of the candidates compared. Revalidate by backtest.
+
+    \b
+    Example:
+        metaspace suggest --env stressed_env.json --as-of 2020-03-31
+        metaspace suggest --env envs.jsonl --objective outcome.max_drawdown --lower-is-better --format json
+        metaspace suggest --env today.json --format optuna   # then: study.enqueue_trial(params)
+    """
+    inputs = api.read_inputs(env_file)
+    queries = api.queries_from("env", inputs, space="env", as_of=as_of)
+    answers = api.suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
+                               neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
+                               database_url=database_url())
+    _emit(answers, fmt, SUGGEST_TABLE)

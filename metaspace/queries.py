@@ -1,0 +1,273 @@
+"""Search and suggest from Python: thin callers of the SQL functions installed by the migrations.
+
+Inputs (a stored run, an env, a config, a whole or partial run record) are encoded here with the active
+encoder version; the nearest-neighbour work, the as-of filter and the ranking happen in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from metaspace import search_store
+from metaspace.db import connection
+from metaspace.encoders import EncodingError, SchemaDriftWarning
+from metaspace.encoders.features import flatten
+from metaspace.errors import MetaspaceError
+from metaspace.names import BRANCHES, SPACES
+
+KINDS = ("run", "record", "env", "config", "outcome")
+DEFAULT_SPACE = {"run": "joint", "record": "joint", "env": "env", "config": "config", "outcome": "outcome"}
+
+
+@dataclass
+class Query:
+    """One question: what to search near, in which space, as of which date."""
+
+    kind: str
+    value: Any
+    space: str
+    as_of: dt.date | None = None
+    label: str = ""
+
+
+@dataclass
+class Answer:
+    """The answer to one query, in input order; ``notes`` says what was imputed or assumed."""
+
+    query: Query
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _date(value: Any, where: str) -> dt.date | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise MetaspaceError(f"{where}: as_of {value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _check_space(space: str) -> str:
+    if space not in SPACES:
+        raise MetaspaceError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
+    return space
+
+
+def read_inputs(path: str) -> list[tuple[str, Any]]:
+    """(label, object) for each input of a FILE: one JSON object, a JSON array of them, or JSONL; '-' is stdin."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            raw = open(path, "rb").read()  # noqa: SIM115
+        except OSError as exc:
+            raise MetaspaceError(f"cannot read {path}: {exc.strerror}") from None
+        text = (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8")
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict):
+        return [(f"{path}:1", whole)]
+    if isinstance(whole, list):
+        return [(f"{path}[{i}]", item) for i, item in enumerate(whole)]
+    inputs = []
+    for line, body in enumerate(io.StringIO(text), start=1):
+        if not body.strip():
+            continue
+        try:
+            inputs.append((f"{path}:{line}", json.loads(body)))
+        except ValueError as exc:
+            raise MetaspaceError(f"{path}:{line}: not valid JSON: {exc}") from None
+    return inputs
+
+
+def queries_from(kind: str, inputs: Iterable[tuple[str, Any]], *, space: str | None = None,
+                 as_of: Any = None) -> list[Query]:
+    """Queries from decoded inputs. A line that is a (partial) run record with its own as_of_date is asked
+    as of that date (a walk-forward replay); other lines use ``as_of``."""
+    if kind not in KINDS:
+        raise MetaspaceError(f"unknown input kind {kind!r}: use one of {', '.join(KINDS)}")
+    target = _check_space(space or DEFAULT_SPACE[kind])
+    default_as_of = _date(as_of, "as_of")
+    queries = []
+    for label, value in inputs:
+        if kind == "run":
+            queries.append(Query("run", str(value), target, default_as_of, label or str(value)))
+            continue
+        if not isinstance(value, Mapping):
+            raise MetaspaceError(f"{label}: expected a JSON object, got {type(value).__name__}")
+        record = _as_record(kind, value)
+        own = _date(record.get("as_of_date"), label)
+        queries.append(Query("record", record, target, own or default_as_of, label))
+    return queries
+
+
+def _as_record(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A bare env/config/outcome object becomes {kind: object}; a record (it has run_id, as_of_date or the
+    branch as an object) is kept as it is."""
+    if kind == "record":
+        return dict(value)
+    looks_like_record = "as_of_date" in value or "run_id" in value or isinstance(value.get(kind), Mapping)
+    if looks_like_record:
+        return {key: value[key] for key in value if key in ("run_id", "as_of_date", kind)}
+    return {kind: dict(value)}
+
+
+class _Encoder:
+    """Encodes query records with the active version, imputing branches a joint query does not give."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.version = search_store.active_version(conn)
+        self.space = search_store.load_space(conn, self.version)
+        self._centroids: dict[str, np.ndarray] = {}
+
+    def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:
+        record = query.value
+        given = [b for b in BRANCHES if isinstance(record.get(b), Mapping) and record.get(b)]
+        needed = BRANCHES if query.space == "joint" else (query.space,)
+        missing = [b for b in needed if b not in given]
+        if query.space != "joint" and missing:
+            raise MetaspaceError(f"{query.label}: searching the {query.space} space needs the record's "
+                                 f"'{query.space}' object, which is missing or empty")
+        if query.space == "joint" and not given:
+            raise MetaspaceError(f"{query.label}: the record has none of config, env, outcome to search with")
+        vectors: dict[str, np.ndarray] = {}
+        for branch in needed:
+            if branch in missing:
+                vectors[branch] = self._centroid(branch)
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SchemaDriftWarning)
+                out, errors = self.space.branches_[branch].transform_with_errors(
+                    [record[branch]], [str(record.get("run_id") or query.label)])
+            if errors:
+                error: EncodingError = errors[0]
+                raise MetaspaceError(f"{query.label}: field {error.field!r}: {error.reason}")
+            vectors[branch] = out[0]
+        notes = self._notes(query, record, given, missing)
+        if query.space != "joint":
+            return vectors[query.space], notes
+        joint = self.space.combine(*(vectors[b][None, :] for b in BRANCHES))[0]
+        return joint, notes
+
+    def _centroid(self, branch: str) -> np.ndarray:
+        if branch not in self._centroids:
+            self._centroids[branch] = search_store.branch_centroid(self.conn, self.version, branch)
+        return self._centroids[branch]
+
+    def _notes(self, query: Query, record: Mapping, given: list[str], missing: list[str]) -> list[str]:
+        notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the stored runs "
+                 f"(encoder version {self.version})" for b in missing]
+        for branch in given if query.space == "joint" else [query.space]:
+            known = set(self.space.branches_[branch].feature_keys())
+            absent = sorted(known - set(flatten(record[branch])))
+            if absent:
+                shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+                notes.append(f"{query.label}: {len(absent)} {branch} key(s) not given, encoded as missing: {shown}")
+        return notes
+
+
+def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
+    if not as_frame:
+        return rows
+    try:
+        import pandas as pd
+    except ImportError:
+        raise MetaspaceError("as_frame=True needs pandas: pip install pandas") from None
+    return pd.DataFrame(rows)
+
+
+def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[str] = (),
+                configs: Sequence[str] = (), scope: Mapping[str, Any] | None = None, exact: bool = False,
+                database_url: str | None = None) -> Iterator[Answer]:
+    """The k nearest runs to each query, in input order (every input is encoded before the first answer)."""
+    with connection(database_url, autocommit=True) as conn:
+        encoder = _Encoder(conn) if any(q.kind == "record" for q in queries) else None
+        prepared = [(q, *(encoder.vector(q) if q.kind == "record" else (None, []))) for q in queries]
+        for query, vector, notes in prepared:
+            filters = search_store.Filters(query.as_of, tuple(strategies), tuple(configs), scope)
+            if query.kind == "run":
+                rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
+            else:
+                rows = search_store.search(conn, vector, k, query.space, filters, exact)
+            yield Answer(query, rows, notes)
+
+
+def search(*, run_id: str | None = None, record: Mapping[str, Any] | None = None,
+           env: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+           vector: Sequence[float] | np.ndarray | None = None, space: str | None = None, k: int = 10,
+           as_of: Any = None, strategies: Sequence[str] = (), configs: Sequence[str] = (),
+           scope: Mapping[str, Any] | None = None, exact: bool = False, database_url: str | None = None,
+           as_frame: bool = False):
+    """The k nearest stored runs to one of: a stored run (itself excluded), a record, an env, a config, or a
+    raw 384-d vector. Returns a list of dicts (run_id, config_id, strategy_id, as_of_date, distance,
+    entity_scope), or a pandas DataFrame with ``as_frame``."""
+    given = {"run": run_id, "record": record, "env": env, "config": config, "vector": vector}
+    chosen = [name for name, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        raise MetaspaceError("give exactly one of run_id, record, env, config, vector")
+    kind = chosen[0]
+    if kind == "vector":
+        target = _check_space(space or "joint")
+        with connection(database_url, autocommit=True) as conn:
+            filters = search_store.Filters(_date(as_of, "as_of"), tuple(strategies), tuple(configs), scope)
+            rows = search_store.search(conn, np.asarray(vector, dtype=np.float32), k, target, filters, exact)
+        return _rows_or_frame(rows, as_frame)
+    query = queries_from(kind, [(kind, given[kind])], space=space, as_of=as_of)
+    answer = next(search_many(query, k=k, strategies=strategies, configs=configs, scope=scope, exact=exact,
+                              database_url=database_url))
+    for note in answer.notes:
+        warnings.warn(note, stacklevel=2)
+    return _rows_or_frame(answer.rows, as_frame)
+
+
+def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str = "sharpe", higher_is_better: bool = True,
+                 neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (), exact: bool = False,
+                 database_url: str | None = None) -> Iterator[Answer]:
+    """Suggested configs for each env query, in input order."""
+    with connection(database_url, autocommit=True) as conn:
+        encoder = _Encoder(conn)
+        prepared = [(q, *encoder.vector(q)) for q in queries]
+        for query, vector, notes in prepared:
+            rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=objective,
+                                        higher_is_better=higher_is_better, neighbours=neighbours,
+                                        min_runs=min_runs, strategies=tuple(strategies), exact=exact)
+            yield Answer(query, rows, notes)
+
+
+def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str = "sharpe", higher_is_better: bool = True,
+            as_of: Any = None, neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (),
+            exact: bool = False, database_url: str | None = None, as_frame: bool = False):
+    """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
+    deflated confidence (see README "suggest_configs_v1"). ``env`` may also be a record with its own as_of_date."""
+    query = queries_from("env", [("env", env)], space="env", as_of=as_of)
+    answer = next(suggest_many(query, k=k, objective=objective, higher_is_better=higher_is_better,
+                               neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
+                               database_url=database_url))
+    for note in answer.notes:
+        warnings.warn(note, stacklevel=2)
+    return _rows_or_frame(answer.rows, as_frame)
+
+
+def optuna_params(suggestion: Mapping[str, Any]) -> dict[str, Any]:
+    """A suggestion's config as the flat parameter dict ``study.enqueue_trial`` takes (dotted names)."""
+    return {name: value for name, value in flatten(suggestion.get("config") or {}).items()
+            if not isinstance(value, list)}

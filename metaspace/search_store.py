@@ -1,0 +1,100 @@
+"""Calls of the SQL search functions (sql/search_v1.sql): the only Python that names them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from metaspace import store
+from metaspace.encoders import MetaSpace
+from metaspace.errors import MetaspaceError
+from metaspace.names import ACTIVE_VERSION, NEIGHBOURS, RUN_VECTORS, SEARCH_RUNS, SUGGEST_CONFIGS
+
+MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
+SUGGESTION_COLUMNS = ("config_id", "config", "score", "runs", "mean_distance", "objective_mean", "objective_std",
+                      "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates")
+
+
+@dataclass(frozen=True)
+class Filters:
+    as_of: dt.date | None = None
+    strategies: tuple[str, ...] = ()
+    configs: tuple[str, ...] = ()
+    scope: dict[str, Any] | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"as_of": self.as_of, "strategies": list(self.strategies) or None,
+                "configs": list(self.configs) or None, "scope": Jsonb(self.scope) if self.scope else None}
+
+
+def _call(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> list[tuple]:
+    """Run a search function; its argument errors (SQLSTATE 22023, P0002) become MetaspaceError."""
+    try:
+        return conn.execute(statement, params).fetchall()
+    except (psycopg.errors.InvalidParameterValue, psycopg.errors.NoDataFound) as exc:
+        hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+        raise MetaspaceError(f"{exc.diag.message_primary}{hint}") from None
+
+
+def _matches(rows: list[tuple]) -> list[dict[str, Any]]:
+    return [dict(zip(MATCH_COLUMNS, row)) | {"as_of_date": row[3].isoformat()} for row in rows]
+
+
+def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, filters: Filters,
+           exact: bool) -> list[dict[str, Any]]:
+    rows = _call(
+        conn,
+        f"SELECT * FROM {SEARCH_RUNS}(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "  # noqa: S608
+        "%(scope)s, %(exact)s)",
+        {"q": np.asarray(vector, dtype=np.float32), "k": k, "space": space, "exact": exact} | filters.params(),
+    )
+    return _matches(rows)
+
+
+def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filters: Filters,
+               exact: bool) -> list[dict[str, Any]]:
+    rows = _call(
+        conn,
+        f"SELECT * FROM {NEIGHBOURS}(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "  # noqa: S608
+        "%(scope)s, %(exact)s)",
+        {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
+    )
+    return _matches(rows)
+
+
+def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date | None, objective: str,
+            higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
+            exact: bool) -> list[dict[str, Any]]:
+    rows = _call(
+        conn,
+        f"SELECT * FROM {SUGGEST_CONFIGS}(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "  # noqa: S608
+        "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s)",
+        {"env": np.asarray(env, dtype=np.float32), "k": k, "as_of": as_of, "objective": objective,
+         "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
+         "strategies": list(strategies) or None, "exact": exact},
+    )
+    return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
+
+
+def active_version(conn: psycopg.Connection) -> int:
+    return _call(conn, f"SELECT {ACTIVE_VERSION}()", {})[0][0]
+
+
+def load_space(conn: psycopg.Connection, version: int) -> MetaSpace:
+    return store.load_space(conn, version)
+
+
+def branch_centroid(conn: psycopg.Connection, version: int, branch: str) -> np.ndarray:
+    """The mean vector of a branch over the stored runs: the imputation for a branch a query does not give."""
+    row = conn.execute(
+        f"SELECT avg(vector) FROM {RUN_VECTORS} WHERE space = %s AND encoder_version = %s",  # noqa: S608
+        (branch, version),
+    ).fetchone()
+    if row[0] is None:
+        raise MetaspaceError(f"no stored {branch} vectors for encoder version {version}: run metaspace embed-runs")
+    return row[0].to_numpy()
