@@ -110,7 +110,8 @@ class MetaSpace:
         ids = [str(run.get("run_id", f"#{i}")) for i, run in enumerate(runs)]
         errors: dict[int, EncodingError] = {}
         branch_vectors, blocks = {}, []
-        for branch, encoder in self.branches_.items():
+        for branch in BRANCHES:
+            encoder = self.branches_[branch]
             coords, branch_errors = encoder.coordinates_with_errors([run.get(branch) for run in runs], ids)
             for i, error in branch_errors.items():
                 errors.setdefault(i, error)
@@ -197,7 +198,9 @@ class MetaSpace:
                 f"{state.get('model_id')!r} format {state.get('format_version')!r}"
             )
         space = cls(**state["params"])
-        space.branches_ = {b: BranchEncoder.from_dict(s) for b, s in state["branches"].items()}
+        # Canonical branch order, whatever order the stored JSON has (jsonb reorders keys): the joint map
+        # concatenates the branches in this order.
+        space.branches_ = {b: BranchEncoder.from_dict(state["branches"][b]) for b in BRANCHES}
         space.weights_ = dict(state["weights"])
         space.scales_ = dict(state["scales"])
         space.mean_ = decode_array(state["mean"])
