@@ -22,6 +22,7 @@ from metaspace.records import Rejected, Run, read_records, validate
 
 FIT_SAMPLE = 50_000
 BULK_MIN = 10_000
+ANALYZE_MIN = 1_000
 
 Progress = Callable[[int], None]
 
@@ -171,8 +172,8 @@ def embed_runs(
             if dry_run:
                 summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
                 return summary
-            bulk = (target == active and summary.pending >= BULK_MIN
-                    and summary.pending > store.stored_vector_count(conn, target))
+            stored_before = store.stored_vector_count(conn, target)
+            bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
             if bulk:
                 store.drop_hnsw_indexes(conn)
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
@@ -184,6 +185,8 @@ def embed_runs(
                 summary.index_rebuilt = bulk
             else:
                 store.ensure_hnsw_indexes(conn)
+            if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
+                store.analyze(conn)
             if target != active and store.count_pending(conn, target, store.Selection()) == 0:
                 with conn.transaction():
                     summary.switched_from = store.activate(conn, target)

@@ -311,6 +311,14 @@ def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | No
         conn.execute(statement)
 
 
+def analyze(conn: psycopg.Connection) -> None:
+    """Refresh the planner's statistics after a load, so searches use the HNSW indexes right away
+    (before autovacuum gets to it, a freshly loaded table looks tiny and gets sequential scans)."""
+    conn.execute("ANALYZE historical_db.joint_embeddings")
+    conn.execute("ANALYZE historical_db.branch_embeddings")
+    conn.execute("ANALYZE historical_db.runs")
+
+
 def lock(conn: psycopg.Connection) -> None:
     """Serialise writers of vectors: a second embed-runs waits for the first, then finds nothing left to do."""
     conn.execute("SELECT pg_advisory_lock(%s)", (EMBED_LOCK_KEY,))
