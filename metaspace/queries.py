@@ -177,11 +177,12 @@ class _Encoder:
         notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the stored runs "
                  f"(encoder version {self.version})" for b in missing]
         for branch in given if query.space == "joint" else [query.space]:
-            known = set(self.space.branches_[branch].feature_keys())
-            absent = sorted(known - set(flatten(record[branch])))
+            expected = set(self.space.branches_[branch].feature_keys(always_present=True))
+            absent = sorted(expected - set(flatten(record[branch])))
             if absent:
                 shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
-                notes.append(f"{query.label}: {len(absent)} {branch} key(s) not given, encoded as missing: {shown}")
+                notes.append(f"{query.label}: {len(absent)} {branch} key(s) that every stored run has were not "
+                             f"given, encoded as missing: {shown}")
         return notes
 
 

@@ -16,7 +16,7 @@ from metaspace.errors import MetaspaceError
 from metaspace.names import ACTIVE_VERSION, NEIGHBOURS, RUN_VECTORS, SEARCH_RUNS, SUGGEST_CONFIGS
 
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
-SUGGESTION_COLUMNS = ("config_id", "config", "score", "runs", "mean_distance", "objective_mean", "objective_std",
+SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
                       "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates")
 
 

@@ -21,6 +21,7 @@ CREATE TYPE historical_db.config_suggestion_v1 AS (
     config_id           text,
     config              jsonb,
     score               double precision,
+    weighted_objective  double precision,
     runs                integer,
     mean_distance       double precision,
     objective_mean      double precision,
@@ -118,7 +119,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(exact, false) THEN
         EXECUTE $q$
-            SELECT array_agg(s.m ORDER BY (s.m).distance) FROM (
+            SELECT array_agg(s.m ORDER BY (s.m).distance, (s.m).run_id) FROM (
                 SELECT ROW(r.run_id, r.config_id, r.strategy_id, r.as_of_date, r.vector <-> $1,
                            r.entity_scope)::historical_db.run_match_v1 AS m
                 FROM historical_db.run_vectors_v1 r
@@ -265,15 +266,19 @@ END
 $fn$;
 
 -- 3. Configs suggested for a target environment, as of a date: the `neighbours` nearest runs in env
---    space, grouped by config, ranked by their similarity-weighted objective (a Gaussian kernel of the
---    env distance with the median neighbour distance as bandwidth), keeping configs with at least
---    `min_runs` runs that report the objective.
+--    space, grouped by config, keeping configs with at least `min_runs` runs that report the objective.
 --
---    edge_z: the config's weighted objective minus the neighbourhood's, in standard errors (the
---    neighbourhood's spread over the config's effective number of runs), signed so that positive is
---    better. deflated_confidence = Phi(edge_z - E[max of N standard normals]), N = candidates compared:
---    the deflated-Sharpe idea applied to the comparison we just made. Near 0.5 or below, the config's
---    lead is what the luckiest of N equal configs would show; near 1, it is unlikely to be luck.
+--    weighted_objective: the config's objective averaged with similarity weights (a Gaussian kernel of
+--    the env distance, bandwidth the median neighbour distance).
+--    score (the ranking): weighted_objective shrunk toward the neighbourhood's mean by its evidence,
+--    m + (x - m) * n / (n + s2 / tau2) with n the config's effective number of runs, s2 the spread of
+--    runs within a config and tau2 the spread between configs (empirical Bayes): a config seen 3 times
+--    with a lucky mean does not outrank one seen 30 times.
+--    edge_z: weighted_objective minus the neighbourhood's mean in standard errors (sqrt(s2 / n)),
+--    signed so that positive is better. deflated_confidence = Phi(edge_z - E[max of N standard
+--    normals]), N = candidates compared: the deflated-Sharpe idea applied to the comparison just made.
+--    Near 0.5 or below, the lead is what the luckiest of N equal configs would show; near 1, it is
+--    unlikely to be luck.
 CREATE FUNCTION historical_db.suggest_configs_v1(
     env vector, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
     higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 200, min_runs integer DEFAULT 3,
@@ -299,7 +304,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'higher_is_better is NULL';
     END IF;
     path := string_to_array(regexp_replace(coalesce(objective, ''), '^outcome[.]', ''), '.');
-    IF cardinality(path) IS NULL OR '' = ANY (path) THEN
+    IF coalesce(cardinality(path), 0) = 0 OR '' = ANY (path) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'objective ' || coalesce(quote_literal(objective), 'NULL')
                       || ' is not an outcome key (for example sharpe, or outcome.risk.sortino)';
@@ -318,29 +323,42 @@ BEGIN
         SELECT greatest(percentile_cont(0.5) WITHIN GROUP (ORDER BY s.distance), 1e-9) AS h FROM scored s
     ), weighted AS (
         SELECT s.*, exp(-0.5 * (s.distance / b.h) ^ 2) AS w FROM scored s CROSS JOIN bandwidth b
-    ), pool AS (
-        SELECT sum(w.w * w.value) / nullif(sum(w.w), 0) AS mean, stddev_samp(w.value) AS sd FROM weighted w
     ), groups AS (
         SELECT w.config_id,
                count(*)::integer AS runs,
                avg(w.distance) AS mean_distance,
                avg(w.value) AS objective_mean,
                stddev_samp(w.value) AS objective_std,
-               sum(w.w * w.value) / nullif(sum(w.w), 0) AS score,
+               sum(w.w * w.value) / nullif(sum(w.w), 0) AS weighted_objective,
                sum(w.w) ^ 2 / nullif(sum(w.w ^ 2), 0) AS effective_runs,
                (array_agg(w.run_id ORDER BY direction * w.value DESC, w.run_id))[1] AS best_run_id,
                (array_agg(w.value ORDER BY direction * w.value DESC, w.run_id))[1] AS best_objective,
                (array_agg(w.config ORDER BY direction * w.value DESC, w.run_id))[1] AS config
         FROM weighted w
         GROUP BY w.config_id
-        HAVING count(*) >= min_runs
+    ), prior AS (
+        SELECT (SELECT sum(w.w * w.value) / nullif(sum(w.w), 0) FROM weighted w) AS mean,
+               (SELECT sum((w.value - g.objective_mean) ^ 2) / nullif(count(*) - count(DISTINCT g.config_id), 0)
+                FROM weighted w JOIN groups g ON g.config_id = w.config_id) AS within,
+               (SELECT var_samp(g.weighted_objective) FROM groups g) AS between,
+               (SELECT avg(g.effective_runs) FROM groups g) AS typical_runs,
+               (SELECT var_samp(w.value) FROM weighted w) AS total
+    ), shrink AS (
+        SELECT p.mean, coalesce(p.within, p.total) AS within,
+               coalesce(coalesce(p.within, p.total)
+                        / greatest(p.between - coalesce(p.within, p.total) / p.typical_runs, 1e-3 * p.total), 0)
+                   AS prior_runs
+        FROM prior p
     ), compared AS (
         SELECT g.*, count(*) OVER ()::integer AS candidates,
-               direction * (g.score - p.mean) / nullif(p.sd / sqrt(g.effective_runs), 0) AS edge_z
-        FROM groups g CROSS JOIN pool p
+               s.mean + (g.weighted_objective - s.mean) * g.effective_runs / (g.effective_runs + s.prior_runs)
+                   AS score,
+               direction * (g.weighted_objective - s.mean) / nullif(sqrt(s.within / g.effective_runs), 0) AS edge_z
+        FROM groups g CROSS JOIN shrink s
+        WHERE g.runs >= min_runs
     )
-    SELECT c.config_id, c.config, c.score, c.runs, c.mean_distance, c.objective_mean, c.objective_std,
-           c.best_run_id, c.best_objective, c.edge_z,
+    SELECT c.config_id, c.config, c.score, c.weighted_objective, c.runs, c.mean_distance, c.objective_mean,
+           c.objective_std, c.best_run_id, c.best_objective, c.edge_z,
            historical_db.normal_cdf_v1(c.edge_z - historical_db.expected_max_normal_v1(c.candidates)),
            c.candidates
     FROM compared c

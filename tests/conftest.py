@@ -109,3 +109,27 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 
     with connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="module")
+def sample_history(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """3,000 runs of the simulated sample history (seeded): strategies really run on regime-switching markets."""
+    from metaspace.sample import sample_runs
+
+    return sample_runs(3000, seed=11)
+
+
+@pytest.fixture(scope="module")
+def sample_db(server_url: str, template_url: str, sample_history: list[dict],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database holding the sample history, imported and embedded; shared by a module's read-only tests."""
+    from metaspace import api
+    from metaspace.sample import write_runs
+
+    path = write_runs(sample_history, tmp_path_factory.mktemp("sample") / "runs.jsonl.gz")
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    url = _create_database(server_url, name, template=TEMPLATE)
+    api.import_runs([str(path)], database_url=url)
+    api.embed_runs(database_url=url)
+    yield url
+    _drop_database(server_url, name)

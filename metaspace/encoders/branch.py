@@ -308,10 +308,12 @@ class BranchEncoder:
             return X
         return (X - self.mean_) @ self.components_.T
 
-    def feature_keys(self) -> list[str]:
-        """The record keys (dotted) this encoder reads, as learned at fit time."""
+    def feature_keys(self, *, always_present: bool = False) -> list[str]:
+        """The record keys (dotted) this encoder reads, as learned at fit time; with ``always_present``,
+        only those no fitted record lacked (a conditional parameter is expected to be absent sometimes)."""
         self._check_fitted()
-        return sorted({spec["key"] for spec in self.features_})
+        return sorted({spec["key"] for spec in self.features_
+                       if not (always_present and (spec.get("flag") or spec.get("has_missing")))})
 
     def _count_drift(self, flats: list[dict[str, Any]]) -> None:
         known = set(self.feature_keys()) | set(self.ignored_keys_)
