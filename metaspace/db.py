@@ -30,7 +30,7 @@ def redact(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to print or log."""
     if "://" in url:
         parts = urlsplit(url)
-        if parts.password is None:
+        if not parts.password:
             return url
         user = parts.username or ""
         host = parts.hostname or ""

@@ -126,21 +126,24 @@ def _server(start: bool):
     return server
 
 
-def _ensure_database(server_url: str) -> None:
+def _ensure_database(server_url: str, name: str, fresh: bool) -> None:
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(server_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if fresh:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def start() -> str:
-    """Start (or reuse) the embedded server and return the URL of its ``metaspace`` database."""
+def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
+    """Start (or reuse) the embedded server and return the URL of one of its databases (``metaspace`` by
+    default; created if missing, or dropped and created again with ``fresh``)."""
     server = _server(start=True)
-    _ensure_database(server.get_uri())
-    return server.get_uri(database=DATABASE_NAME)
+    _ensure_database(server.get_uri(), database, fresh)
+    return server.get_uri(database=database)
 
 
 def status() -> EmbeddedStatus:

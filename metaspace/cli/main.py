@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from metaspace.cli.common import database_url_option
+from metaspace.cli.demo import demo_command
+from metaspace.cli.landscape import cluster_command, map_command, sample_runs_command
 from metaspace.cli.pipeline import embed_runs_command, import_runs_command
 from metaspace.cli.schema import db, migrate_command
 from metaspace.cli.search import search_command, suggest_command
@@ -29,6 +31,10 @@ cli.add_command(import_runs_command)
 cli.add_command(embed_runs_command)
 cli.add_command(search_command)
 cli.add_command(suggest_command)
+cli.add_command(map_command)
+cli.add_command(cluster_command)
+cli.add_command(sample_runs_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:
