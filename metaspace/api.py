@@ -7,6 +7,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import psycopg
 from metaspace import store
 from metaspace.db import connection
 from metaspace.embedded import tuned_settings
-from metaspace.encoders import EncodingError, MetaSpace, SchemaDriftWarning
+from metaspace.encoders import EncodedRuns, EncodingError, MetaSpace, SchemaDriftWarning
 from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.records import Rejected, Run, read_records, validate
 
@@ -127,6 +128,8 @@ class EmbedSummary:
     switched_from: int | None = None
     index_rebuilt: bool = False
     index_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
     dry_run: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -177,7 +180,7 @@ def embed_runs(
             if bulk:
                 store.drop_hnsw_indexes(conn)
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
-            _embed_pending(conn, target, selection, summary, limit, batch_size, progress)
+            _embed_pending(conn, target, selection, summary, batch_size, progress)
             if bulk or rebuild or refit:
                 index_started = time.perf_counter()
                 store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
@@ -226,28 +229,46 @@ def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool
     return version, (version if active is None else active)
 
 
-def _embed_pending(conn, version: int, selection, summary: EmbedSummary, limit: int | None, batch_size: int,
-                   progress) -> None:
+def _embed_pending(conn, version: int, selection, summary: EmbedSummary, batch_size: int, progress) -> None:
+    """Encode batch i+1 in a worker thread while batch i is written: numpy encoding and PostgreSQL's
+    inserts then use both cores. Each batch is still written in its own transaction, in order."""
     space = store.load_space(conn, version)
     legacy = store.has_legacy_bytes(conn)
     after = ""
     remaining = summary.pending
-    while remaining > 0:
-        runs = store.pending_runs(conn, version, selection, after, min(batch_size, remaining))
-        if not runs:
-            break
-        after = runs[-1]["run_id"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SchemaDriftWarning)
-            encoded = space.encode(runs)
-        with conn.transaction():
-            store.write_vectors(conn, version, runs, encoded, legacy)
-            summary.quarantined += store.quarantine(conn, version, runs, encoded)
-        done = int(encoded.ok.sum())
-        summary.embedded += done
-        remaining -= len(runs)
-        if progress:
-            progress(len(runs), summary.pending)
+    in_flight: tuple[list[dict], Future] | None = None
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspace-encode") as pool:
+        warnings.simplefilter("ignore", SchemaDriftWarning)
+        while True:
+            runs = store.pending_runs(conn, version, selection, after, min(batch_size, remaining)) if remaining else []
+            if runs:
+                after = runs[-1]["run_id"]
+                remaining -= len(runs)
+            encoding = pool.submit(_timed_encode, space, runs) if runs else None
+            if in_flight:
+                _write_batch(conn, version, legacy, *in_flight, summary, progress)
+            if encoding is None:
+                break
+            in_flight = (runs, encoding)
+
+
+def _timed_encode(space: MetaSpace, runs: list[dict]) -> tuple[EncodedRuns, float]:
+    started = time.perf_counter()
+    return space.encode(runs), time.perf_counter() - started
+
+
+def _write_batch(conn, version: int, legacy: bool, runs: list[dict], encoding: Future, summary: EmbedSummary,
+                 progress) -> None:
+    encoded, encode_seconds = encoding.result()
+    started = time.perf_counter()
+    with conn.transaction():
+        store.write_vectors(conn, version, runs, encoded, legacy)
+        summary.quarantined += store.quarantine(conn, version, runs, encoded)
+    summary.write_seconds += time.perf_counter() - started
+    summary.encode_seconds += encode_seconds
+    summary.embedded += int(encoded.ok.sum())
+    if progress:
+        progress(len(runs), summary.pending)
 
 
 def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.encoders import EncodedRuns, MetaSpace
-from metaspace.names import BRANCH_MODELS, EMBED_LOCK_KEY, JOINT_MODEL, JOINT_TYPE, SOURCE
+from metaspace.names import BRANCH_MODELS, DIMENSION, EMBED_LOCK_KEY, JOINT_MODEL, JOINT_TYPE, SOURCE
 from metaspace.records import Run
 from metaspace.sqlfiles import statements
 
@@ -221,43 +223,82 @@ def has_legacy_bytes(conn: psycopg.Connection) -> bool:
     ).fetchone())
 
 
-STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staging_vectors (
-    run_id text, branch text, as_of_date date, config_id text, strategy_id text, vector vector(384), f32 bytea
-) ON COMMIT DELETE ROWS
-"""
+STAGING = [
+    "CREATE TEMP TABLE IF NOT EXISTS staging_meta (idx integer, run_id text, as_of_date date, config_id text, "
+    "strategy_id text) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS staging_vectors (idx integer, space smallint, vector vector(384)) "
+    "ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS staging_f32 (idx integer, f32 bytea) ON COMMIT DELETE ROWS",
+]
+SPACE_CODES = {"joint": 0, **{branch: i + 1 for i, branch in enumerate(BRANCH_MODELS)}}
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
+# One row of COPY's binary format for (idx int4, space int2, vector): every field has a fixed width, so a
+# whole batch is one numpy array turned into bytes (pgvector's binary form: int16 dim, int16 0, float4s).
+_VECTOR_ROW = np.dtype([("fields", ">i2"), ("idx_len", ">i4"), ("idx", ">i4"), ("space_len", ">i4"),
+                        ("space", ">i2"), ("vector_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"),
+                        ("vector", ">f4", (DIMENSION,))])
+# (idx int4, f32 bytea): the legacy column's little-endian float32 bytes.
+_F32_ROW = np.dtype([("fields", ">i2"), ("idx_len", ">i4"), ("idx", ">i4"), ("bytes_len", ">i4"),
+                     ("bytes", "<f4", (DIMENSION,))])
+
+
+def _vector_rows(idx: np.ndarray, space: int, vectors: np.ndarray) -> bytes:
+    rows = np.empty(len(idx), _VECTOR_ROW)
+    rows["fields"], rows["idx_len"], rows["idx"] = 3, 4, idx
+    rows["space_len"], rows["space"] = 2, space
+    rows["vector_len"], rows["dim"], rows["unused"], rows["vector"] = 4 + 4 * DIMENSION, DIMENSION, 0, vectors
+    return rows.tobytes()
+
+
+def _f32_rows(idx: np.ndarray, vectors: np.ndarray) -> bytes:
+    rows = np.empty(len(idx), _F32_ROW)
+    rows["fields"], rows["idx_len"], rows["idx"] = 2, 4, idx
+    rows["bytes_len"], rows["bytes"] = 4 * DIMENSION, vectors
+    return rows.tobytes()
 
 
 def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[dict], encoded: EncodedRuns,
                   legacy_bytes: bool) -> None:
-    """Binary COPY of the batch into a staging table, then one set-based insert per target table.
+    """Binary COPY of the batch into staging tables, then one set-based insert per target table.
 
-    Where the legacy float32-bytes column exists, it is filled too, so that older readers keep working.
+    The vectors' COPY stream is built for the whole batch at once with numpy (no per-row Python), and the
+    runs' ids and dates are sent once per run rather than once per vector. Where the legacy float32-bytes
+    column exists, it is filled too, so that older readers keep working.
     """
-    conn.execute(STAGING)
-    ok = encoded.ok
+    for statement in STAGING:
+        conn.execute(statement)
+    idx = np.flatnonzero(encoded.ok).astype(np.int32)
     with conn.cursor().copy(
-        "COPY staging_vectors (run_id, branch, as_of_date, config_id, strategy_id, vector, f32) "
-        "FROM STDIN (FORMAT BINARY)"
+        "COPY staging_meta (idx, run_id, as_of_date, config_id, strategy_id) FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        copy.set_types(["text", "text", "date", "text", "text", "vector", "bytea"])
-        for branch, vectors in (("joint", encoded.joint), *encoded.branches.items()):
-            with_bytes = legacy_bytes and branch == "joint"
-            for run, vector, good in zip(runs, vectors, ok):
-                if good:
-                    copy.write_row((run["run_id"], branch, run["as_of_date"], run["config_id"], run["strategy_id"],
-                                    vector, vector.astype("<f4").tobytes() if with_bytes else None))
+        copy.set_types(["int4", "text", "date", "text", "text"])
+        for i in idx.tolist():
+            run = runs[i]
+            copy.write_row((i, run["run_id"], run["as_of_date"], run["config_id"], run["strategy_id"]))
+    blocks = [_vector_rows(idx, SPACE_CODES["joint"], encoded.joint[idx])]
+    blocks += [_vector_rows(idx, SPACE_CODES[b], vectors[idx]) for b, vectors in encoded.branches.items()]
+    with conn.cursor().copy("COPY staging_vectors (idx, space, vector) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(_SIGNATURE)
+        for block in blocks:
+            copy.write(block)
+        copy.write(_TRAILER)
+    if legacy_bytes:
+        with conn.cursor().copy("COPY staging_f32 (idx, f32) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(_SIGNATURE + _f32_rows(idx, encoded.joint[idx]) + _TRAILER)
     legacy_column = ", vector_f32" if legacy_bytes else ""
-    legacy_value = ", s.f32" if legacy_bytes else ""
+    legacy_value = ", f.f32" if legacy_bytes else ""
+    legacy_join = "LEFT JOIN staging_f32 f ON f.idx = v.idx" if legacy_bytes else ""
     conn.execute(
         f"""
         INSERT INTO historical_db.joint_embeddings
             (joint_type, as_of_date, entity_scope, model_id, vector, encoder_version{legacy_column})
-        SELECT %(joint_type)s, s.as_of_date,
-               jsonb_build_object('run_id', s.run_id, 'config_id', s.config_id, 'strategy_id', s.strategy_id,
+        SELECT %(joint_type)s, m.as_of_date,
+               jsonb_build_object('run_id', m.run_id, 'config_id', m.config_id, 'strategy_id', m.strategy_id,
                                   'source', %(source)s::text),
-               %(model_id)s, s.vector, %(version)s{legacy_value}
-        FROM staging_vectors s WHERE s.branch = 'joint'
+               %(model_id)s, v.vector, %(version)s{legacy_value}
+        FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx {legacy_join}
+        WHERE v.space = 0
         ON CONFLICT (joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version)
             WHERE encoder_version IS NOT NULL DO NOTHING
         """,  # noqa: S608 (only fixed column names are interpolated)
@@ -267,12 +308,14 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[dict], 
         """
         INSERT INTO historical_db.branch_embeddings
             (run_id, branch, encoder_version, model_id, as_of_date, strategy_id, config_id, vector)
-        SELECT s.run_id, s.branch, %(version)s, m.model_id, s.as_of_date, s.strategy_id, s.config_id, s.vector
-        FROM staging_vectors s JOIN (SELECT unnest(%(branches)s::text[]) AS branch,
-                                            unnest(%(models)s::text[]) AS model_id) m USING (branch)
+        SELECT m.run_id, b.branch, %(version)s, b.model_id, m.as_of_date, m.strategy_id, m.config_id, v.vector
+        FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx
+             JOIN (SELECT unnest(%(codes)s::smallint[]) AS code, unnest(%(branches)s::text[]) AS branch,
+                          unnest(%(models)s::text[]) AS model_id) b ON b.code = v.space
         ON CONFLICT (run_id, branch, encoder_version) DO NOTHING
         """,
-        {"version": version, "branches": list(BRANCH_MODELS), "models": list(BRANCH_MODELS.values())},
+        {"version": version, "codes": [SPACE_CODES[b] for b in BRANCH_MODELS], "branches": list(BRANCH_MODELS),
+         "models": list(BRANCH_MODELS.values())},
     )
 
 

@@ -18,7 +18,9 @@ Downgrading drops these tables; it refuses while they hold rows unless ``allow_d
 (``metaspace migrate --downgrade ... --allow-data-loss``).
 """
 
-from alembic import context, op
+from alembic import op
+
+from metaspace.migrate import refuse_data_loss
 
 revision = "0003_runs_and_encoder_registry"
 down_revision = "0002_joint_embeddings"
@@ -115,15 +117,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if not context.is_offline_mode() and not context.config.attributes.get("allow_data_loss"):
-        bind = op.get_bind()
-        for table in TABLES:
-            rows = bind.exec_driver_sql(f"SELECT count(*) FROM historical_db.{table}").scalar()  # noqa: S608
-            if rows:
-                raise RuntimeError(
-                    f"historical_db.{table} holds {rows} rows that this downgrade would drop; export them first, "
-                    "or pass --allow-data-loss to metaspace migrate"
-                )
+    refuse_data_loss(TABLES)
     op.execute("DROP INDEX IF EXISTS historical_db.joint_embeddings_encoder_version")
     op.execute("DROP INDEX IF EXISTS historical_db.joint_embeddings_one_per_run")
     op.execute("ALTER TABLE historical_db.joint_embeddings DROP COLUMN encoder_version")

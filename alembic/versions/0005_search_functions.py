@@ -45,6 +45,7 @@ DROP = [
     "DROP VIEW historical_db.run_vectors_v1",
     "DROP TYPE historical_db.config_suggestion_v1",
     "DROP TYPE historical_db.run_match_v1",
+    "DROP INDEX IF EXISTS historical_db.joint_embeddings_version_date",
 ]
 
 REVOKE = """
@@ -65,7 +66,15 @@ $revoke$
 """
 
 
+# Counting the runs known as of a date (the path rule of nearest_runs_v1) reads only this index.
+VERSION_DATE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS joint_embeddings_version_date ON historical_db.joint_embeddings "
+    "(encoder_version, as_of_date) WHERE encoder_version IS NOT NULL"
+)
+
+
 def upgrade() -> None:
+    op.execute(VERSION_DATE_INDEX)
     op.execute(PIN_SEARCH_PATH)
     op.execute(read_sql("search_v1.sql"))
     op.execute(read_sql("roles_v1.sql"))

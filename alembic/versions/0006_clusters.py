@@ -14,7 +14,9 @@ deletes its clusterings (ON DELETE CASCADE); deleting a run deletes its labels.
 Downgrading drops both tables; it refuses while they hold rows unless ``allow_data_loss`` is set.
 """
 
-from alembic import context, op
+from alembic import op
+
+from metaspace.migrate import refuse_data_loss
 
 revision = "0006_clusters"
 down_revision = "0005_search_functions"
@@ -70,14 +72,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if not context.is_offline_mode() and not context.config.attributes.get("allow_data_loss"):
-        bind = op.get_bind()
-        for table in TABLES:
-            rows = bind.exec_driver_sql(f"SELECT count(*) FROM historical_db.{table}").scalar()  # noqa: S608
-            if rows:
-                raise RuntimeError(
-                    f"historical_db.{table} holds {rows} rows that this downgrade would drop; export them first, "
-                    "or pass --allow-data-loss to metaspace migrate"
-                )
+    refuse_data_loss(TABLES)
     for table in TABLES:
         op.execute(f"DROP TABLE historical_db.{table}")

@@ -1,0 +1,186 @@
+"""Search: recall@10 and latency of the HNSW path against the exact path, measured in the same run.
+
+    python benchmarks/bench_search.py --n 100000
+    python benchmarks/bench_search.py --n 100000 --extra 900000     # the 1,000,000-vector run (joint space)
+
+Builds a fresh database on the embedded server (or METASPACE_DATABASE_URL's server): N sample runs are
+imported and embedded the normal way; ``--extra M`` then adds M more joint vectors of further sample runs
+(encoded with the same registered version, written by binary COPY) to reach a million without paying
+for a million run records. Queries are the encodings of sample runs that are not in the database.
+Every latency is one call of ``historical_db.search_runs_v1`` from Python (a round trip included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from metaspace import api, migrate, store
+from metaspace.db import connect, resolve_url
+from metaspace.sample import sample_runs, write_runs
+
+K = 10
+EF_SEARCH = (20, 40, 64, 100, 200, 400)
+
+
+def _create_database() -> tuple[str, str, str]:
+    server = resolve_url(None)
+    name = f"bench_search_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server, name, make_conninfo(server, dbname=name)
+
+
+def _load(url: str, n: int, extra: int, seed: int) -> None:
+    migrate.upgrade(url)
+    path = Path(tempfile.mkdtemp()) / "runs.jsonl.gz"
+    write_runs(sample_runs(n, seed=seed), path)
+    started = time.perf_counter()
+    api.import_runs([str(path)], database_url=url)
+    summary = api.embed_runs(database_url=url)
+    print(f"loaded {n:,} runs in {time.perf_counter() - started:.0f} s (HNSW builds {summary.index_seconds:.0f} s)")
+    if extra:
+        _add_joint_vectors(url, extra, seed)
+
+
+def _add_joint_vectors(url: str, extra: int, seed: int) -> None:
+    started = time.perf_counter()
+    with connect(url, autocommit=True) as conn:
+        version = store.versions(conn)[-1].version
+        space = store.load_space(conn, version)
+        store.drop_hnsw_indexes(conn)
+        done = 0
+        chunk = 0
+        while done < extra:
+            chunk += 1
+            runs = sample_runs(min(100_000, extra - done), seed=seed + 1000 + chunk)
+            vectors = space.encode(runs).joint
+            with conn.cursor().copy(
+                "COPY historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id, vector, "
+                "encoder_version) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "date", "jsonb", "text", "vector", "int4"])
+                for run, vector in zip(runs, vectors):
+                    scope = {"run_id": f"X{chunk}_{run['run_id']}", "config_id": run["config_id"],
+                             "strategy_id": run["strategy_id"], "source": "meta-config-env"}
+                    copy.write_row(("META_CONFIG_ENV_V0", dt.date.fromisoformat(run["as_of_date"]), Jsonb(scope),
+                                    "joint-meta-config-env-v1", vector, version))
+            done += len(runs)
+            print(f"  added {done:,} / {extra:,} joint vectors ({time.perf_counter() - started:.0f} s)", flush=True)
+        build = time.perf_counter()
+        store.ensure_hnsw_indexes(conn, "3GB")
+        store.analyze(conn)
+        print(f"HNSW rebuilt over {done:,} more vectors in {time.perf_counter() - build:.0f} s")
+
+
+def _queries(url: str, count: int, seed: int) -> np.ndarray:
+    with connect(url, autocommit=True) as conn:
+        version = next(v.version for v in store.versions(conn) if v.is_active)
+        space = store.load_space(conn, version)
+    return space.encode(sample_runs(count, seed=seed + 99)).joint
+
+
+def _timed(conn: psycopg.Connection, statement: str, params: tuple) -> tuple[float, list[tuple]]:
+    started = time.perf_counter()
+    rows = conn.execute(statement, params).fetchall()
+    return (time.perf_counter() - started) * 1000, rows
+
+
+def _recall(found: list[tuple], truth: list[tuple]) -> float:
+    """Share of the true k nearest found, by distance (ties between runs with equal vectors count as found)."""
+    if not truth:
+        return 1.0
+    kth = truth[-1][0] + 1e-6
+    return min(len(truth), sum(1 for row in found if row[0] <= kth)) / len(truth)
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+SEARCH = "SELECT distance FROM historical_db.search_runs_v1(%s, %s, 'joint', %s, exact => %s)"
+
+
+def measure(url: str, queries: np.ndarray) -> None:
+    with connect(url, autocommit=True) as conn:
+        total = conn.execute("SELECT count(*) FROM historical_db.run_vectors_v1 WHERE space = 'joint'").fetchone()[0]
+        for q in queries[:5]:  # warm the cache, as a running service would be
+            conn.execute(SEARCH, (q, K, None, False)).fetchall()
+        exact_ms, truth = [], []
+        for q in queries:
+            ms, rows = _timed(conn, SEARCH, (q, K, None, True))
+            exact_ms.append(ms)
+            truth.append(rows)
+        print(f"\n{total:,} joint vectors, {len(queries)} queries, k = {K}")
+        print(f"exact: p50 {_p(exact_ms, 50):.1f} ms, p95 {_p(exact_ms, 95):.1f} ms (the limit: recall 1.0)")
+        print("| ef_search | recall@10 | p50 ms | p95 ms | p50 vs exact |")
+        print("| --- | --- | --- | --- | --- |")
+        for ef in EF_SEARCH:
+            conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+            latencies, recalls = [], []
+            for q, expected in zip(queries, truth):
+                ms, rows = _timed(conn, SEARCH, (q, K, None, False))
+                latencies.append(ms)
+                recalls.append(_recall(rows, expected))
+            print(f"| {ef} | {statistics.mean(recalls):.3f} | {_p(latencies, 50):.2f} | {_p(latencies, 95):.2f} | "
+                  f"{_p(exact_ms, 50) / _p(latencies, 50):.0f}x faster |")
+        conn.execute("RESET hnsw.ef_search")
+        dates = [row[0] for row in conn.execute(
+            "SELECT as_of_date FROM historical_db.run_vectors_v1 WHERE space = 'joint' ORDER BY as_of_date").fetchall()]
+        print("\nFiltered by as-of date (point-in-time), default ef_search:")
+        print("| selectivity | recall@10 | p50 ms | p95 ms | exact p50 ms | exact p95 ms |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for share in (0.5, 0.1, 0.01, 0.001):
+            as_of = dates[max(0, int(len(dates) * share) - 1)]
+            hnsw_ms, exact_f_ms, recalls = [], [], []
+            for q in queries[: max(20, len(queries) // 2)]:
+                e_ms, expected = _timed(conn, SEARCH, (q, K, as_of, True))
+                ms, rows = _timed(conn, SEARCH, (q, K, as_of, False))
+                hnsw_ms.append(ms)
+                exact_f_ms.append(e_ms)
+                recalls.append(_recall(rows, expected))
+            print(f"| {share:.1%} | {statistics.mean(recalls):.3f} | {_p(hnsw_ms, 50):.2f} | {_p(hnsw_ms, 95):.2f} | "
+                  f"{_p(exact_f_ms, 50):.1f} | {_p(exact_f_ms, 95):.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100_000, help="sample runs imported and embedded")
+    parser.add_argument("--extra", type=int, default=0, help="more joint vectors added by COPY")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
+    parser.add_argument("--reuse", metavar="NAME", help="measure a database kept by an earlier --keep run")
+    args = parser.parse_args()
+    if args.reuse:
+        server = resolve_url(None)
+        name, url, args.keep = args.reuse, make_conninfo(server, dbname=args.reuse), True
+        migrate.upgrade(url)
+    else:
+        server, name, url = _create_database()
+    try:
+        if not args.reuse:
+            _load(url, args.n, args.extra, args.seed)
+        measure(url, _queries(url, args.queries, args.seed))
+    finally:
+        if args.keep:
+            print(f"kept: {name}")
+        else:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
