@@ -271,30 +271,52 @@ def _write_batch(conn, version: int, legacy: bool, runs: list[dict], encoding: F
         progress(len(runs), summary.pending)
 
 
+_ONLINE: dict[str, tuple[int, bool]] = {}
+
+
 def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
               conn: psycopg.Connection | None = None) -> np.ndarray:
     """Store one new run and its vectors with the active encoder version, right after its backtest.
 
-    Returns the joint vector. Raises InvalidRecordError / EncodingError naming the field of a bad record.
+    One round trip once warm: the run is encoded here and stored with its four vectors by one call of
+    historical_db.store_run_v1 (the active version and the table's form are remembered per database and
+    looked up again only when a rebuild has switched versions). Returns the joint vector. Raises
+    InvalidRecordError / MetaspaceError naming the field of a bad record.
     """
     run = validate(record)
     if conn is None:
         with connection(database_url, autocommit=True) as own:
             return embed_run(record, conn=own)
-    active = next((v.version for v in store.versions(conn) if v.is_active), None)
-    if active is None:
-        raise MetaspaceError("no encoder version is registered yet: run `metaspace embed-runs` first")
-    space = store.load_space(conn, active)
-    row = run.as_record() | {"record_sha256": run.sha256, "as_of_date": run.as_of_date}
+    for attempt in (1, 2):
+        version, legacy = _online_target(conn, refresh=attempt == 2)
+        encoded = _encode_one(store.load_space(conn, version), run)
+        try:
+            store.store_run(conn, run, version, encoded, legacy)
+            return encoded.joint[0]
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            if attempt == 2:
+                raise MetaspaceError("the active encoder version keeps changing: is a rebuild switching?") from None
+    raise AssertionError("unreachable")
+
+
+def _online_target(conn: psycopg.Connection, *, refresh: bool) -> tuple[int, bool]:
+    key = conn.info.dsn
+    if refresh or key not in _ONLINE:
+        active = next((v.version for v in store.versions(conn) if v.is_active), None)
+        if active is None:
+            raise MetaspaceError("no encoder version is registered yet: run `metaspace embed-runs` first")
+        _ONLINE[key] = (active, store.has_legacy_bytes(conn))
+    return _ONLINE[key]
+
+
+def _encode_one(space: MetaSpace, run: Run) -> EncodedRuns:
+    row = run.as_record() | {"as_of_date": run.as_of_date}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SchemaDriftWarning)
         encoded = space.encode([row])
     if encoded.errors:
         raise encoded.errors[0]
-    with conn.transaction():
-        store.upsert_runs(conn, [run])
-        store.write_vectors(conn, active, [row], encoded, store.has_legacy_bytes(conn))
-    return encoded.joint[0]
+    return encoded
 
 
 __all__ = ["EmbedSummary", "EncodingError", "ImportSummary", "embed_run", "embed_runs", "import_runs"]

@@ -27,6 +27,7 @@ from metaspace.errors import MetaspaceError
 from metaspace.names import BRANCHES, SPACES
 
 KINDS = ("run", "record", "env", "config", "outcome")
+MATCH_COLUMNS = search_store.MATCH_COLUMNS
 DEFAULT_SPACE = {"run": "joint", "record": "joint", "env": "env", "config": "config", "outcome": "outcome"}
 
 

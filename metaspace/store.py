@@ -319,6 +319,17 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[dict], 
     )
 
 
+def store_run(conn: psycopg.Connection, run: Run, version: int, encoded: EncodedRuns, legacy_bytes: bool) -> None:
+    """One run and its four vectors in one statement (sql/store_run_v1.sql): the online path."""
+    joint = encoded.joint[0]
+    conn.execute(
+        "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (Jsonb(run.as_record() | {"extra": run.extra}), run.sha256, version, joint, encoded.branches["config"][0],
+         encoded.branches["env"][0], encoded.branches["outcome"][0],
+         joint.astype("<f4").tobytes() if legacy_bytes else None),
+    )
+
+
 def quarantine(conn: psycopg.Connection, version: int, runs: Sequence[dict], encoded: EncodedRuns) -> list[dict]:
     entries = [
         {"run_id": runs[i]["run_id"], "field": error.field, "reason": error.reason}

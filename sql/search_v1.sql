@@ -103,9 +103,11 @@ $fn$;
 -- The k nearest runs of one encoder version: the worker behind search_runs_v1 and neighbours_v1.
 --
 -- Path rule (measured, see docs/benchmarks.md):
--- 1. as of a date that leaves fewer than 2,000 runs of the space (counted on a B-tree, stopping at
---    2,000), the exact scan answers: over so few rows it is faster than walking the graph (at 1,000
---    of 100,000 runs: 3 ms exact against 16 ms p50 / 61 ms p95 for the walk);
+-- 1. as of a date that leaves fewer than T = sqrt(5.3 * k * N) runs of the space's N (counted on a
+--    B-tree, stopping at T; T kept within 1,000..50,000), the exact scan answers. The graph walk costs
+--    about k / selectivity (16 ms p50, 50-61 ms p95 at 1 percent for k = 10, at 100,000 and at
+--    1,000,000 runs) while the exact scan costs about 2-3 microseconds a matching run, so the exact
+--    scan wins below that many runs (T = 2,300 at 100,000 runs, 7,300 at 1,000,000);
 -- 2. otherwise the HNSW graph is walked with iterative scans (hnsw.iterative_scan = relaxed_order, up
 --    to hnsw.max_scan_tuples), the filters applied as it goes;
 -- 3. when that walk returns fewer than k rows, the filter was too selective for the graph and the
@@ -129,17 +131,23 @@ DECLARE
           AND ($7::jsonb IS NULL OR r.entity_scope @> $7)
     $w$;
     found historical_db.run_match_v1[];
+    total double precision;
+    threshold integer;
     known integer;
 BEGIN
     IF NOT coalesce(exact, false) AND as_of IS NOT NULL THEN
+        SELECT greatest(c.reltuples, 0) INTO total FROM pg_class c
+        WHERE c.oid = to_regclass(CASE space WHEN 'joint' THEN 'historical_db.joint_embeddings_vector_hnsw'
+                                  ELSE 'historical_db.branch_embeddings_' || space || '_hnsw' END);
+        threshold := least(50000, greatest(1000, ceil(sqrt(5.3 * k * coalesce(total, 0)))))::integer;
         EXECUTE $q$
             SELECT count(*) FROM (
                 SELECT 1 FROM historical_db.run_vectors_v1 r
                 WHERE r.space = $1 AND r.encoder_version = $2 AND r.as_of_date <= $3
-                LIMIT 2000
+                LIMIT $4
             ) s
-        $q$ INTO known USING space, encoder_version, as_of;
-        exact := known < 2000;
+        $q$ INTO known USING space, encoder_version, as_of, threshold;
+        exact := known < threshold;
     END IF;
     IF NOT coalesce(exact, false) THEN
         EXECUTE $q$

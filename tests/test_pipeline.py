@@ -192,6 +192,35 @@ def test_embed_run_writes_one_new_run_online(db_url: str, runs_file: str) -> Non
         api.embed_run({"run_id": "bad"}, database_url=db_url)
 
 
+def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, runs_file: str) -> None:
+    from metaspace.db import connect
+
+    api.import_runs([runs_file], database_url=db_url)
+    api.embed_runs(database_url=db_url)
+    first, second, third = synthetic_runs(3, seed=78)
+    with connect(db_url, autocommit=True) as conn:
+        api.embed_run(first, conn=conn)  # warm: the active version is looked up once per database
+        statements = []
+        real_execute = conn.execute
+
+        def counting_execute(query, *args, **kwargs):
+            statements.append(query)
+            return real_execute(query, *args, **kwargs)
+
+        conn.execute = counting_execute
+        api.embed_run(second, conn=conn)
+        assert len(statements) == 1 and "store_run_v1" in statements[0]
+        conn.execute = real_execute
+        api.embed_runs(database_url=db_url, rebuild=True)  # a new version becomes active meanwhile
+        vector = api.embed_run(third, conn=conn)
+        version, stored = conn.execute(
+            "SELECT encoder_version, vector FROM historical_db.joint_embeddings WHERE entity_scope->>'run_id' = %s",
+            (third["run_id"],)).fetchone()
+        active = conn.execute("SELECT version FROM historical_db.encoder_versions WHERE is_active").fetchone()[0]
+    assert version == active == 2 and np.array_equal(stored.to_numpy(), vector)
+    assert _counts(db_url)["joint"] == _counts(db_url)["distinct_joint"] == 403
+
+
 def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, tmp_path: Path) -> None:
     api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
     results, errors = [], []

@@ -146,6 +146,40 @@ def test_selective_filters_still_return_exactly_k_rows(sconn, sample_history, sp
     assert fewer == 12
 
 
+def test_an_as_of_date_leaving_few_runs_skips_the_graph(sconn, sample_history) -> None:
+    dates = sorted(r["as_of_date"] for r in sample_history)
+    query = _vector(sconn, sample_history[0]["run_id"])
+    before = _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"]
+    few = sconn.execute("SELECT count(*) FROM historical_db.search_runs_v1(%s, 10, as_of => %s)",
+                        (query, dates[100])).fetchone()[0]
+    assert few == 10 and _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"] == before
+    many = sconn.execute("SELECT count(*) FROM historical_db.search_runs_v1(%s, 10, as_of => %s)",
+                         (query, dates[-1])).fetchone()[0]
+    assert many == 10 and _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"] == before + 1
+
+
+def test_a_walk_that_stops_short_falls_back_to_the_exact_answer(sconn, sample_history) -> None:
+    config_id = sample_history[4]["config_id"]
+    query = _vector(sconn, sample_history[0]["run_id"])
+    exact = sconn.execute("SELECT run_id FROM historical_db.search_runs_v1(%s, 10, config_ids => %s, exact => true)",
+                          (query, [config_id])).fetchall()
+    before = _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"]
+    # A filter the planner takes for unselective (forced here: no scan-and-sort plans) meets a graph walk
+    # that gives up long before it finds 10 matches.
+    sconn.execute("SET hnsw.max_scan_tuples = 5")
+    sconn.execute("SET enable_seqscan = off")
+    sconn.execute("SET enable_sort = off")
+    try:
+        rows = sconn.execute("SELECT run_id FROM historical_db.search_runs_v1(%s, 10, config_ids => %s)",
+                             (query, [config_id])).fetchall()
+    finally:
+        sconn.execute("RESET hnsw.max_scan_tuples")
+        sconn.execute("RESET enable_seqscan")
+        sconn.execute("RESET enable_sort")
+    assert _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"] == before + 1
+    assert rows == exact and len(rows) == 10
+
+
 def test_config_and_scope_filters(sconn, sample_history) -> None:
     target = sample_history[5]
     query = _vector(sconn, target["run_id"])
@@ -216,7 +250,10 @@ def test_functions_pin_search_path_and_are_stable(sconn) -> None:
     assert {r[0] for r in rows} >= {"search_runs_v1", "neighbours_v1", "suggest_configs_v1"}
     for name, config, volatility, parallel in rows:
         assert any(c.startswith("search_path=pg_catalog,") for c in config or []), name
-        assert volatility in ("s", "i") and parallel == "s", name
+        if name == "store_run_v1":  # the online writer: volatile, and never run in a parallel worker
+            assert volatility == "v" and parallel == "u", name
+        else:
+            assert volatility in ("s", "i") and parallel == "s", name
 
 
 def test_normal_helpers_match_the_standard_library(sconn) -> None:

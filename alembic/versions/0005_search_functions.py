@@ -26,12 +26,6 @@ down_revision = "0004_search_indexes"
 branch_labels = None
 depends_on = None
 
-PIN_SEARCH_PATH = """
-SELECT set_config('search_path', 'pg_catalog, ' || quote_ident(n.nspname) || ', pg_temp', true)
-FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname = 'vector'
-"""
-
 DROP = [
     "DROP FUNCTION historical_db.suggest_configs_v1(vector, integer, date, text, boolean, integer, integer, text[], boolean)",
     "DROP FUNCTION historical_db.expected_max_normal_v1(integer)",
@@ -75,7 +69,7 @@ VERSION_DATE_INDEX = (
 
 def upgrade() -> None:
     op.execute(VERSION_DATE_INDEX)
-    op.execute(PIN_SEARCH_PATH)
+    op.execute(read_sql("pin_search_path_v1.sql"))
     op.execute(read_sql("search_v1.sql"))
     op.execute(read_sql("roles_v1.sql"))
 

@@ -37,7 +37,7 @@ def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
             echo_json([api.optuna_params(row) for row in answer.rows])
         elif fmt == "csv":
             if writer is None:
-                columns = ["input", "rank", *(answer.rows[0].keys() if answer.rows else table_columns)]
+                columns = ["input", "rank", *api.MATCH_COLUMNS]
                 writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
                 writer.writeheader()
             for rank, row in enumerate(answer.rows, start=1):
