@@ -4,28 +4,71 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
 
 from metaspace import store
-from metaspace.db import connection
+from metaspace.db import connect, connection, resolve_url
 from metaspace.embedded import tuned_settings
 from metaspace.encoders import EncodedRuns, EncodingError, MetaSpace, SchemaDriftWarning
 from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.records import Rejected, Run, read_records, validate
+
+T = TypeVar("T")
 
 FIT_SAMPLE = 50_000
 BULK_MIN = 10_000
 ANALYZE_MIN = 1_000
 
 Progress = Callable[[int], None]
+
+
+def in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The items of ``items``, produced by a worker thread at most ``depth`` ahead of the consumer.
+
+    Parsing and encoding (Python and numpy) then overlap with the database writes (PostgreSQL's work,
+    during which the consumer waits without holding the GIL). An error in the producer is raised here.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        handoff.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
+            handoff.put((end, exc))
+
+    worker = threading.Thread(target=produce, name="metaspace-producer", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 @dataclass
@@ -64,20 +107,31 @@ def import_runs(
                 raise MetaspaceError(
                     f"{len(bad)} invalid record(s), nothing imported (--strict); first: {_describe_reject(bad[0])}"
                 )
+        items = iter(checked) if strict else (_check(s, n, r) for s, n, r in records)
         with connection(database_url) as conn:
-            for item in checked if strict else (_check(s, n, r) for s, n, r in records):
-                summary.read += 1
-                if isinstance(item, Rejected):
-                    _write_reject(reject_file, item, summary)
-                    continue
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    _flush(conn, batch, summary, progress)
-            _flush(conn, batch, summary, progress)
+            for chunk in in_background(_chunks(items, batch_size)):
+                for item in chunk:
+                    summary.read += 1
+                    if isinstance(item, Rejected):
+                        _write_reject(reject_file, item, summary)
+                    else:
+                        batch.append(item)
+                _flush(conn, batch, summary, progress)
     finally:
         if reject_file:
             reject_file.close()
     return summary
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _check(source: str, line: int, record: Any) -> Run | Rejected:
@@ -162,7 +216,8 @@ def embed_runs(
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
     selection = store.Selection(_parse_date(since), tuple(strategies))
-    with connection(database_url, autocommit=True) as conn:
+    url = resolve_url(database_url)
+    with connection(url, autocommit=True) as conn:
         store.lock(conn)
         try:
             target, active = _target_version(conn, summary, rebuild=rebuild or refit, dry_run=dry_run, schema=schema)
@@ -180,7 +235,7 @@ def embed_runs(
             if bulk:
                 store.drop_hnsw_indexes(conn)
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
-            _embed_pending(conn, target, selection, summary, batch_size, progress)
+            _embed_pending(conn, url, target, selection, summary, batch_size, progress)
             if bulk or rebuild or refit:
                 index_started = time.perf_counter()
                 store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
@@ -229,46 +284,41 @@ def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool
     return version, (version if active is None else active)
 
 
-def _embed_pending(conn, version: int, selection, summary: EmbedSummary, batch_size: int, progress) -> None:
-    """Encode batch i+1 in a worker thread while batch i is written: numpy encoding and PostgreSQL's
-    inserts then use both cores. Each batch is still written in its own transaction, in order."""
+def _embed_pending(conn, url: str, version: int, selection, summary: EmbedSummary, batch_size: int,
+                   progress) -> None:
+    """Batches are fetched and encoded by a worker thread on a second (reading) connection while the
+    previous batch is written on this one: numpy and PostgreSQL then use both cores. Each batch is
+    written in its own transaction, in order; a batch fetched while the previous one is being written
+    holds only later run_ids, so it never overlaps it."""
     space = store.load_space(conn, version)
     legacy = store.has_legacy_bytes(conn)
-    after = ""
-    remaining = summary.pending
-    in_flight: tuple[list[dict], Future] | None = None
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspace-encode") as pool:
-        warnings.simplefilter("ignore", SchemaDriftWarning)
-        while True:
-            runs = store.pending_runs(conn, version, selection, after, min(batch_size, remaining)) if remaining else []
-            if runs:
-                after = runs[-1]["run_id"]
-                remaining -= len(runs)
-            encoding = pool.submit(_timed_encode, space, runs) if runs else None
-            if in_flight:
-                _write_batch(conn, version, legacy, *in_flight, summary, progress)
-            if encoding is None:
-                break
-            in_flight = (runs, encoding)
+    with connect(url, autocommit=True) as reader, warnings.catch_warnings():
+        warnings.simplefilter("ignore", SchemaDriftWarning)  # process-wide: the worker thread encodes
+        for runs, encoded, encode_seconds in in_background(
+                _fetch_and_encode(reader, space, version, selection, summary.pending, batch_size)):
+            started = time.perf_counter()
+            with conn.transaction():
+                store.write_vectors(conn, version, runs, encoded, legacy)
+                summary.quarantined += store.quarantine(conn, version, runs, encoded)
+            summary.write_seconds += time.perf_counter() - started
+            summary.encode_seconds += encode_seconds
+            summary.embedded += int(encoded.ok.sum())
+            if progress:
+                progress(len(runs), summary.pending)
 
 
-def _timed_encode(space: MetaSpace, runs: list[dict]) -> tuple[EncodedRuns, float]:
-    started = time.perf_counter()
-    return space.encode(runs), time.perf_counter() - started
-
-
-def _write_batch(conn, version: int, legacy: bool, runs: list[dict], encoding: Future, summary: EmbedSummary,
-                 progress) -> None:
-    encoded, encode_seconds = encoding.result()
-    started = time.perf_counter()
-    with conn.transaction():
-        store.write_vectors(conn, version, runs, encoded, legacy)
-        summary.quarantined += store.quarantine(conn, version, runs, encoded)
-    summary.write_seconds += time.perf_counter() - started
-    summary.encode_seconds += encode_seconds
-    summary.embedded += int(encoded.ok.sum())
-    if progress:
-        progress(len(runs), summary.pending)
+def _fetch_and_encode(reader: psycopg.Connection, space: MetaSpace, version: int, selection, pending: int,
+                      batch_size: int) -> Iterator[tuple[list[dict], EncodedRuns, float]]:
+    after, remaining = "", pending
+    while remaining > 0:
+        runs = store.pending_runs(reader, version, selection, after, min(batch_size, remaining))
+        if not runs:
+            return
+        after = runs[-1]["run_id"]
+        remaining -= len(runs)
+        started = time.perf_counter()
+        encoded = space.encode(runs)
+        yield runs, encoded, time.perf_counter() - started
 
 
 _ONLINE: dict[str, tuple[int, bool]] = {}
