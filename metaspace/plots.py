@@ -47,10 +47,13 @@ def png(out: str, coords: np.ndarray, axes: list[str], title: str, points: Point
     if numeric is None:
         names = _categories(points, color, labels)
         order = sorted(set(names), key=lambda c: (c in ("other", "unlabelled", "(none)"), c))
-        palette = plt.get_cmap("tab20" if len(order) > 10 else "tab10")
-        size, alpha = max(2.0, min(12.0, 60_000 / n)), max(0.25, min(0.85, 25_000 / n))
+        tab20 = plt.get_cmap("tab20")
+        # tab20 pairs a dark and a light shade of each hue: take the ten dark ones first, so that up to ten
+        # categories get ten distinct hues.
+        palette = [tab20(i) for i in range(0, 20, 2)] + [tab20(i) for i in range(1, 20, 2)]
+        size, alpha = max(2.0, min(12.0, 60_000 / n)), max(0.4, min(0.85, 25_000 / n))
         shuffled = np.random.default_rng(0).permutation(n)  # no category is drawn on top of all the others
-        colors = {name: palette(i % palette.N) for i, name in enumerate(order)}
+        colors = {name: palette[i % len(palette)] for i, name in enumerate(order)}
         ax.scatter(coords[shuffled, 0], coords[shuffled, 1], s=size, alpha=alpha, linewidths=0, rasterized=True,
                    c=[colors[names[i]] for i in shuffled])
         handles = [plt.Line2D([], [], marker="o", linestyle="", markersize=7, color=colors[name],
