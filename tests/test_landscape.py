@@ -112,6 +112,14 @@ def test_map_writes_a_png(sample_db: str, tmp_path: Path, color: str) -> None:
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 20_000
 
 
+def test_map_writes_interactive_html_with_the_html_extra(sample_db: str, sample_history, tmp_path: Path) -> None:
+    pytest.importorskip("plotly")
+    out = tmp_path / "map.html"
+    landscape.map_space(str(out), color="config.strategy", database_url=sample_db)
+    text = out.read_text()
+    assert "scattergl" in text.lower() and sample_history[0]["run_id"] in text
+
+
 def test_map_as_of_draws_only_runs_known_then(sample_db: str, sample_history, tmp_path: Path) -> None:
     result = landscape.map_space(str(tmp_path / "early.png"), space="env", as_of="2005-12-31", database_url=sample_db)
     assert result.points == sum(1 for r in sample_history if r["as_of_date"] <= "2005-12-31")
