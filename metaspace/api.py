@@ -339,11 +339,13 @@ def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
             return embed_run(record, conn=own)
     for attempt in (1, 2):
         version, legacy = _online_target(conn, refresh=attempt == 2)
-        encoded = _encode_one(store.load_space(conn, version), run)
+        space = store.load_space(conn, version)
+        encoded = _encode_one(space, run)
         try:
-            store.store_run(conn, run, version, encoded, legacy)
+            store.store_run(conn, run, version, space.fingerprint_, encoded, legacy)
             return encoded.joint[0]
         except psycopg.errors.ObjectNotInPrerequisiteState:
+            store.forget_space(conn, version)
             if attempt == 2:
                 raise MetaspaceError("the active encoder version keeps changing: is a rebuild switching?") from None
     raise AssertionError("unreachable")

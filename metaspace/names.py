@@ -32,3 +32,8 @@ ACTIVE_VERSION = f"{SCHEMA}.active_encoder_version_v1"
 RUN_VECTORS = f"{SCHEMA}.run_vectors_v1"
 CLUSTERINGS = f"{SCHEMA}.clusterings"
 RUN_CLUSTERS = f"{SCHEMA}.run_clusters"
+
+# The HNSW indexes created by sql/vector_indexes_v1.sql (one per space); embed-runs drops and re-creates
+# them around a large backfill. tests/test_migrations.py checks this list against the file.
+HNSW_INDEX_NAMES = ("joint_embeddings_vector_hnsw", "branch_embeddings_config_hnsw", "branch_embeddings_env_hnsw",
+                    "branch_embeddings_outcome_hnsw")

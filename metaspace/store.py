@@ -13,7 +13,16 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.encoders import EncodedRuns, MetaSpace
-from metaspace.names import BRANCH_MODELS, DIMENSION, EMBED_LOCK_KEY, JOINT_MODEL, JOINT_TYPE, SOURCE
+from metaspace.names import (
+    BRANCH_MODELS,
+    DIMENSION,
+    EMBED_LOCK_KEY,
+    HNSW_INDEX_NAMES,
+    JOINT_MODEL,
+    JOINT_TYPE,
+    SCHEMA,
+    SOURCE,
+)
 from metaspace.records import Run
 from metaspace.sqlfiles import statements
 
@@ -159,13 +168,18 @@ def versions(conn: psycopg.Connection) -> list[Version]:
 
 
 _SPACES: dict[tuple[str, int], MetaSpace] = {}
+_SPACES_KEPT = 8
 
 
 def load_space(conn: psycopg.Connection, version: int) -> MetaSpace:
-    """The fitted joint model of a registered version (cached per process: versions never change)."""
+    """The fitted joint model of a registered version (cached per process, the last few: a registered version
+    never changes; a database rebuilt under a running process is caught by store_run_v1's fingerprint check,
+    after which :func:`forget_space` drops the entry)."""
     dsn = conn.info.dsn
     key = (dsn, version)
     if key not in _SPACES:
+        while len(_SPACES) >= _SPACES_KEPT:
+            _SPACES.pop(next(iter(_SPACES)))
         row = conn.execute(
             "SELECT state, fingerprint FROM historical_db.encoder_versions WHERE version = %s", (version,)
         ).fetchone()
@@ -174,6 +188,10 @@ def load_space(conn: psycopg.Connection, version: int) -> MetaSpace:
             raise ValueError(f"encoder version {version}: stored state does not match its fingerprint")
         _SPACES[key] = space
     return _SPACES[key]
+
+
+def forget_space(conn: psycopg.Connection, version: int) -> None:
+    _SPACES.pop((conn.info.dsn, version), None)
 
 
 def register(conn: psycopg.Connection, space: MetaSpace, *, activate: bool) -> int:
@@ -319,12 +337,14 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[dict], 
     )
 
 
-def store_run(conn: psycopg.Connection, run: Run, version: int, encoded: EncodedRuns, legacy_bytes: bool) -> None:
+def store_run(conn: psycopg.Connection, run: Run, version: int, fingerprint: str, encoded: EncodedRuns,
+              legacy_bytes: bool) -> None:
     """One run and its four vectors in one statement (sql/store_run_v1.sql): the online path."""
     joint = encoded.joint[0]
     conn.execute(
-        "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s)",
-        (Jsonb(run.as_record() | {"extra": run.extra}), run.sha256, version, joint, encoded.branches["config"][0],
+        "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (Jsonb(run.as_record() | {"extra": run.extra}), run.sha256, version, fingerprint, joint,
+         encoded.branches["config"][0],
          encoded.branches["env"][0], encoded.branches["outcome"][0],
          joint.astype("<f4").tobytes() if legacy_bytes else None),
     )
@@ -352,9 +372,8 @@ def stored_vector_count(conn: psycopg.Connection, version: int) -> int:
 
 
 def drop_hnsw_indexes(conn: psycopg.Connection) -> None:
-    for statement in statements(HNSW_INDEXES):
-        name = statement.split("EXISTS", 1)[1].split()[0]
-        conn.execute(f"DROP INDEX IF EXISTS historical_db.{name}")
+    for name in HNSW_INDEX_NAMES:
+        conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{name}")
 
 
 def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | None = None) -> None:

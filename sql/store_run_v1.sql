@@ -4,10 +4,11 @@
 --
 -- The record is upserted by run_id like import-runs does (an unchanged record is left alone; a changed
 -- one is updated and its stale vectors dropped), then the vectors are inserted. If the given encoder
--- version is no longer the active one (a rebuild switched meanwhile), nothing is written and the error
--- (SQLSTATE 55000) tells the client to re-encode with the new version.
+-- version is no longer the active one (a rebuild switched meanwhile), or the client encoded with a state
+-- whose fingerprint is not that version's (the database was rebuilt under a long-running process),
+-- nothing is written and the error (SQLSTATE 55000) tells the client to re-encode.
 CREATE FUNCTION historical_db.store_run_v1(
-    run jsonb, record_sha256 text, encoder_version integer,
+    run jsonb, record_sha256 text, encoder_version integer, fingerprint text,
     joint vector, config vector, env vector, outcome vector, legacy_f32 bytea DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql VOLATILE
@@ -23,10 +24,12 @@ BEGIN
             MESSAGE = 'store_run_v1: the run needs run_id and as_of_date';
     END IF;
     PERFORM 1 FROM historical_db.encoder_versions v
-    WHERE v.version = encoder_version AND v.model_id = 'joint-meta-config-env-v1' AND v.is_active;
+    WHERE v.version = encoder_version AND v.model_id = 'joint-meta-config-env-v1' AND v.is_active
+      AND v.fingerprint = store_run_v1.fingerprint;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'encoder version ' || coalesce(encoder_version::text, 'NULL') || ' is not the active one',
+            MESSAGE = 'encoder version ' || coalesce(encoder_version::text, 'NULL')
+                      || ' with that fingerprint is not the active one',
             HINT = 'Encode the run again with the active version.';
     END IF;
     IF vector_dims(joint) <> 384 OR vector_dims(config) <> 384 OR vector_dims(env) <> 384
@@ -84,13 +87,13 @@ BEGIN
 END
 $fn$;
 
-REVOKE EXECUTE ON FUNCTION historical_db.store_run_v1(jsonb, text, integer, vector, vector, vector, vector, bytea)
+REVOKE EXECUTE ON FUNCTION historical_db.store_run_v1(jsonb, text, integer, text, vector, vector, vector, vector, bytea)
     FROM PUBLIC;
 DO $grant$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_writer') THEN
         GRANT EXECUTE ON FUNCTION
-            historical_db.store_run_v1(jsonb, text, integer, vector, vector, vector, vector, bytea)
+            historical_db.store_run_v1(jsonb, text, integer, text, vector, vector, vector, vector, bytea)
             TO metaspace_writer;
     END IF;
 END

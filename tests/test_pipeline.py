@@ -221,6 +221,25 @@ def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, r
     assert _counts(db_url)["joint"] == _counts(db_url)["distinct_joint"] == 403
 
 
+def test_embed_run_notices_a_database_rebuilt_under_a_running_process(db_url: str, tmp_path: Path) -> None:
+    from metaspace.db import connect
+    from metaspace.encoders import MetaSpace
+
+    api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(300, seed=5))], database_url=db_url)
+    api.embed_runs(database_url=db_url)
+    first, second = synthetic_runs(2, seed=79)
+    with connect(db_url, autocommit=True) as conn:
+        api.embed_run(first, conn=conn)  # this process now remembers version 1's fitted state
+        migrate.downgrade(db_url, "base", allow_data_loss=True)
+        migrate.upgrade(db_url)
+        api.import_runs([_write(tmp_path / "b.jsonl", synthetic_runs(300, seed=6))], database_url=db_url)
+        api.embed_runs(database_url=db_url)  # a different version 1
+        vector = api.embed_run(second, conn=conn)
+        state = conn.execute("SELECT state FROM historical_db.encoder_versions WHERE is_active").fetchone()[0]
+    expected = MetaSpace.from_dict(state).transform([second])[0]  # read afresh, not from the process cache
+    assert np.array_equal(vector, expected)
+
+
 def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, tmp_path: Path) -> None:
     api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
     results, errors = [], []

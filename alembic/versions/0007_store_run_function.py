@@ -24,4 +24,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION historical_db.store_run_v1(jsonb, text, integer, vector, vector, vector, vector, bytea)")
+    op.execute("DROP FUNCTION historical_db.store_run_v1(jsonb, text, integer, text, vector, vector, vector, vector, bytea)")
