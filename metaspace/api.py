@@ -20,7 +20,7 @@ from metaspace.db import connect, connection, resolve_url
 from metaspace.embedded import tuned_settings
 from metaspace.encoders import EncodedRuns, EncodingError, MetaSpace, SchemaDriftWarning
 from metaspace.errors import InvalidRecordError, MetaspaceError
-from metaspace.records import Rejected, Run, read_records, validate
+from metaspace.records import Rejected, Run, parse_date, read_records, validate
 
 T = TypeVar("T")
 
@@ -192,15 +192,6 @@ class EmbedSummary:
         return asdict(self)
 
 
-def _parse_date(value: str | dt.date | None) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise MetaspaceError(f"--since {value!r} is not an ISO date (YYYY-MM-DD)") from None
-
-
 def embed_runs(
     *, database_url: str | None = None, refit: bool = False, rebuild: bool = False, since: str | dt.date | None = None,
     strategies: Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
@@ -215,7 +206,7 @@ def embed_runs(
     """
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
-    selection = store.Selection(_parse_date(since), tuple(strategies))
+    selection = store.Selection(parse_date(since, "--since"), tuple(strategies))
     url = resolve_url(database_url)
     with connection(url, autocommit=True) as conn:
         store.lock(conn)

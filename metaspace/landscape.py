@@ -6,7 +6,6 @@ and parameters that produced them.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,15 +17,11 @@ from metaspace import landscape_store
 from metaspace.db import connection
 from metaspace.errors import MetaspaceError
 from metaspace.landscape_store import Points
-from metaspace.names import SPACES
+from metaspace.queries import check_space
+from metaspace.records import parse_date
 
 AUTO_K = range(2, 13)
 SILHOUETTE_SAMPLE = 5_000
-
-
-def _check(space: str) -> None:
-    if space not in SPACES:
-        raise MetaspaceError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
 
 
 def _objective_path(objective: str) -> list[str]:
@@ -66,12 +61,13 @@ class MapResult:
 def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of: Any = None,
               method: str = "pca", clustering: int | None = None, database_url: str | None = None) -> MapResult:
     """Draw the stored runs of a space in 2-D, coloured by an outcome key, the strategy, or a clustering."""
-    _check(space)
+    check_space(space)
     suffix = Path(out).suffix.lower()
     if suffix not in (".png", ".html"):
         raise MetaspaceError(f"--out {out!r}: the picture is written as .png or .html")
+    as_of = parse_date(as_of, "--as-of")
     with connection(database_url) as conn:
-        points = landscape_store.points(conn, space, ["sharpe"], _as_of(as_of), _color_key(color))
+        points = landscape_store.points(conn, space, ["sharpe"], as_of, _color_key(color))
         labels = None
         if color == "cluster":
             labels = landscape_store.labels(conn, points.run_ids, space, points.version, clustering)
@@ -79,7 +75,7 @@ def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of:
         raise MetaspaceError(f"only {len(points.run_ids)} embedded run(s) in the {space} space: nothing to draw")
     coords, axes = project(points.vectors, method)
     title = f"{space} space, encoder version {points.version}: {len(points.run_ids):,} runs" + (
-        f" as of {_as_of(as_of)}" if as_of else "")
+        f" as of {as_of}" if as_of else "")
     from metaspace import plots
 
     draw = plots.html if suffix == ".html" else plots.png
@@ -96,15 +92,6 @@ def _color_key(color: str) -> tuple[str, list[str]] | None:
         raise MetaspaceError(f"--color {color!r}: use strategy, cluster, or a record key such as outcome.sharpe, "
                              "env.realized_vol or config.rebalance")
     return branch, path
-
-
-def _as_of(value: Any) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise MetaspaceError(f"--as-of {value!r} is not an ISO date (YYYY-MM-DD)") from None
 
 
 # -- clusters -------------------------------------------------------------------------------------
@@ -161,7 +148,7 @@ def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, o
     """k-means over the stored vectors of a space; labels stored with the encoder version and parameters."""
     from sklearn.cluster import KMeans
 
-    _check(space)
+    check_space(space)
     if (k is None) == (not auto):
         raise MetaspaceError("give --k N or --auto")
     with connection(database_url, autocommit=True) as conn:

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from metaspace import search_store
+from metaspace import search_store, store
 from metaspace.db import connection
 from metaspace.encoders import EncodingError, SchemaDriftWarning
 from metaspace.encoders.features import flatten
 from metaspace.errors import MetaspaceError
 from metaspace.names import BRANCHES, SPACES
+from metaspace.records import parse_date
 
 KINDS = ("run", "record", "env", "config", "outcome")
 MATCH_COLUMNS = search_store.MATCH_COLUMNS
@@ -51,20 +52,7 @@ class Answer:
     notes: list[str] = field(default_factory=list)
 
 
-def _date(value: Any, where: str) -> dt.date | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise MetaspaceError(f"{where}: as_of {value!r} is not an ISO date (YYYY-MM-DD)") from None
-
-
-def _check_space(space: str) -> str:
+def check_space(space: str) -> str:
     if space not in SPACES:
         raise MetaspaceError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
     return space
@@ -105,8 +93,8 @@ def queries_from(kind: str, inputs: Iterable[tuple[str, Any]], *, space: str | N
     as of that date (a walk-forward replay); other lines use ``as_of``."""
     if kind not in KINDS:
         raise MetaspaceError(f"unknown input kind {kind!r}: use one of {', '.join(KINDS)}")
-    target = _check_space(space or DEFAULT_SPACE[kind])
-    default_as_of = _date(as_of, "as_of")
+    target = check_space(space or DEFAULT_SPACE[kind])
+    default_as_of = parse_date(as_of, "as_of")
     queries = []
     for label, value in inputs:
         if kind == "run":
@@ -115,7 +103,7 @@ def queries_from(kind: str, inputs: Iterable[tuple[str, Any]], *, space: str | N
         if not isinstance(value, Mapping):
             raise MetaspaceError(f"{label}: expected a JSON object, got {type(value).__name__}")
         record = _as_record(kind, value)
-        own = _date(record.get("as_of_date"), label)
+        own = parse_date(record.get("as_of_date"), f"{label}: as_of_date")
         queries.append(Query("record", record, target, own or default_as_of, label))
     return queries
 
@@ -137,7 +125,7 @@ class _Encoder:
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
         self.version = search_store.active_version(conn)
-        self.space = search_store.load_space(conn, self.version)
+        self.space = store.load_space(conn, self.version)
         self._centroids: dict[str, np.ndarray] = {}
 
     def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:
@@ -228,14 +216,14 @@ def search(*, run_id: str | None = None, record: Mapping[str, Any] | None = None
         raise MetaspaceError("give exactly one of run_id, record, env, config, vector")
     kind = chosen[0]
     if kind == "vector":
-        target = _check_space(space or "joint")
+        target = check_space(space or "joint")
         with connection(database_url, autocommit=True) as conn:
-            filters = search_store.Filters(_date(as_of, "as_of"), tuple(strategies), tuple(configs), scope)
+            filters = search_store.Filters(parse_date(as_of, "as_of"), tuple(strategies), tuple(configs), scope)
             rows = search_store.search(conn, np.asarray(vector, dtype=np.float32), k, target, filters, exact)
         return _rows_or_frame(rows, as_frame)
     query = queries_from(kind, [(kind, given[kind])], space=space, as_of=as_of)
-    answer = next(search_many(query, k=k, strategies=strategies, configs=configs, scope=scope, exact=exact,
-                              database_url=database_url))
+    [answer] = search_many(query, k=k, strategies=strategies, configs=configs, scope=scope, exact=exact,
+                           database_url=database_url)
     for note in answer.notes:
         warnings.warn(note, stacklevel=2)
     return _rows_or_frame(answer.rows, as_frame)
@@ -261,9 +249,9 @@ def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str = "sharpe", hi
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
     deflated confidence (see README "suggest_configs_v1"). ``env`` may also be a record with its own as_of_date."""
     query = queries_from("env", [("env", env)], space="env", as_of=as_of)
-    answer = next(suggest_many(query, k=k, objective=objective, higher_is_better=higher_is_better,
-                               neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
-                               database_url=database_url))
+    [answer] = suggest_many(query, k=k, objective=objective, higher_is_better=higher_is_better,
+                            neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
+                            database_url=database_url)
     for note in answer.notes:
         warnings.warn(note, stacklevel=2)
     return _rows_or_frame(answer.rows, as_frame)

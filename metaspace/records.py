@@ -85,6 +85,20 @@ def _optional_id(record: Mapping[str, Any], field: str, run_id: str) -> str | No
     return str(value)
 
 
+def parse_date(value: Any, label: str) -> dt.date | None:
+    """None for no date; a date from a date, a datetime or ISO text; else an error naming ``label``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise MetaspaceError(f"{label} {value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
 def validate(record: Any) -> Run:
     """A Run from a decoded record, or InvalidRecordError naming the record and the field."""
     if not isinstance(record, Mapping):

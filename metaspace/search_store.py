@@ -10,8 +10,6 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from metaspace import store
-from metaspace.encoders import MetaSpace
 from metaspace.errors import MetaspaceError
 from metaspace.names import ACTIVE_VERSION, NEIGHBOURS, RUN_VECTORS, SEARCH_RUNS, SUGGEST_CONFIGS
 
@@ -83,10 +81,6 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
 
 def active_version(conn: psycopg.Connection) -> int:
     return _call(conn, f"SELECT {ACTIVE_VERSION}()", {})[0][0]
-
-
-def load_space(conn: psycopg.Connection, version: int) -> MetaSpace:
-    return store.load_space(conn, version)
 
 
 def branch_centroid(conn: psycopg.Connection, version: int, branch: str) -> np.ndarray:

@@ -284,8 +284,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[dict], 
     runs' ids and dates are sent once per run rather than once per vector. Where the legacy float32-bytes
     column exists, it is filled too, so that older readers keep working.
     """
-    for statement in STAGING:
-        conn.execute(statement)
+    conn.execute(";\n".join(STAGING))
     idx = np.flatnonzero(encoded.ok).astype(np.int32)
     with conn.cursor().copy(
         "COPY staging_meta (idx, run_id, as_of_date, config_id, strategy_id) FROM STDIN (FORMAT BINARY)"

@@ -92,3 +92,20 @@ def _cell(value: Any) -> str:
 
 def is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def progress_bar(unit: str = "runs"):
+    """A tqdm bar with rate and ETA on a terminal, silent in pipes."""
+    from tqdm import tqdm
+
+    return tqdm(total=None, unit=unit, disable=not is_terminal(), dynamic_ncols=True, file=sys.stderr)
+
+
+def with_total(bar) -> Callable[[int, int], None]:
+    """A progress callback (step, total) for work whose total is known only once it starts."""
+
+    def update(step: int, total: int) -> None:
+        bar.total = total
+        bar.update(step)
+
+    return update

@@ -5,8 +5,14 @@ from __future__ import annotations
 import click
 
 from metaspace import demo
-from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_table
-from metaspace.cli.pipeline import _bar
+from metaspace.cli.common import (
+    database_url,
+    database_url_option,
+    domain_errors,
+    echo_table,
+    progress_bar,
+    with_total,
+)
 from metaspace.db import redact
 
 
@@ -28,16 +34,9 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
         metaspace demo
         metaspace demo --n 5000 --out-dir /tmp/tour
     """
-    imports = _bar(None, "runs")
-    embeds = _bar(None, "runs")
-
-    def embed_progress(step: int, total: int) -> None:
-        embeds.total = total
-        embeds.update(step)
-
-    with imports, embeds:
+    with progress_bar() as imports, progress_bar() as embeds:
         result = demo.run_demo(n=n, seed=seed, out_dir=out_dir, database_url=database_url(), say=click.echo,
-                               import_progress=imports.update, embed_progress=embed_progress)
+                               import_progress=imports.update, embed_progress=with_total(embeds))
     for step in result.steps:
         click.echo()
         click.echo(step.title)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from metaspace import api
-from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, is_terminal
-
-
-def _bar(total: int | None, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, disable=not is_terminal(), dynamic_ncols=True, file=sys.stderr)
+from metaspace.cli.common import (
+    database_url,
+    database_url_option,
+    domain_errors,
+    echo_json,
+    progress_bar,
+    with_total,
+)
 
 
 @click.command("import-runs")
@@ -38,7 +38,7 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
         metaspace import-runs runs.jsonl.gz --rejects rejects.jsonl
         cat runs.jsonl | metaspace import-runs - --format json
     """
-    with _bar(None, "runs") as bar:
+    with progress_bar() as bar:
         summary = api.import_runs(paths, database_url=database_url(), rejects=rejects, strict=strict,
                                   batch_size=batch_size, progress=bar.update)
     for item in summary.rejects[:10]:
@@ -82,16 +82,10 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies
         metaspace embed-runs --rebuild --format json
     """
     schema = json.loads(Path(schema_file).read_text()) if schema_file else None
-    bar = _bar(None, "runs")
-
-    def progress(step: int, total: int) -> None:
-        bar.total = total
-        bar.update(step)
-
-    with bar:
+    with progress_bar() as bar:
         summary = api.embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
                                  strategies=strategies, limit=limit, dry_run=dry_run, batch_size=batch_size,
-                                 schema=schema, progress=progress)
+                                 schema=schema, progress=with_total(bar))
     for note in summary.notes:
         click.echo(note, err=True)
     for entry in summary.quarantined[:10]:
