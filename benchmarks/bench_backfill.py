@@ -25,9 +25,10 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 from synthetic import synthetic_runs  # noqa: E402
 
-from metaspace import api, migrate  # noqa: E402
-from metaspace.db import connect, resolve_url  # noqa: E402
+from metaspace import pipeline  # noqa: E402
 from metaspace.sample import sample_runs  # noqa: E402
+from metaspace.store import migrate  # noqa: E402
+from metaspace.store.connection import connect, resolve_url  # noqa: E402
 
 
 def _fixed_width_rows(n: int) -> bytes:
@@ -124,10 +125,10 @@ def main() -> None:
             for run in runs:
                 handle.write(json.dumps(run) + "\n")
         t0 = time.perf_counter()
-        api.import_runs([path], database_url=url)
+        pipeline.import_runs([path], database_url=url)
         import_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        summary = api.embed_runs(database_url=url)
+        summary = pipeline.embed_runs(database_url=url)
         embed_s = time.perf_counter() - t0
         copy_s = raw_copy_seconds(url, args.n)
         stored_plain_s, stored_indexed_s = stored_copy_seconds(url)

@@ -27,9 +27,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from metaspace import api, migrate, store
-from metaspace.db import connect, resolve_url
+from metaspace import pipeline
+from metaspace.fitted import load_space
 from metaspace.sample import sample_runs, write_runs
+from metaspace.store import migrate, registry
+from metaspace.store import vectors as vector_store
+from metaspace.store.connection import connect, resolve_url
 
 K = 10
 EF_SEARCH = (20, 40, 64, 100, 200, 400)
@@ -48,8 +51,8 @@ def _load(url: str, n: int, extra: int, seed: int) -> None:
     path = Path(tempfile.mkdtemp()) / "runs.jsonl.gz"
     write_runs(sample_runs(n, seed=seed), path)
     started = time.perf_counter()
-    api.import_runs([str(path)], database_url=url)
-    summary = api.embed_runs(database_url=url)
+    pipeline.import_runs([str(path)], database_url=url)
+    summary = pipeline.embed_runs(database_url=url)
     print(f"loaded {n:,} runs in {time.perf_counter() - started:.0f} s (HNSW builds {summary.index_seconds:.0f} s)")
     if extra:
         _add_joint_vectors(url, extra, seed)
@@ -58,9 +61,9 @@ def _load(url: str, n: int, extra: int, seed: int) -> None:
 def _add_joint_vectors(url: str, extra: int, seed: int) -> None:
     started = time.perf_counter()
     with connect(url, autocommit=True) as conn:
-        version = store.versions(conn)[-1].version
-        space = store.load_space(conn, version)
-        store.drop_hnsw_indexes(conn)
+        version = registry.versions(conn)[-1].version
+        space = load_space(conn, version)
+        vector_store.drop_hnsw_indexes(conn)
         done = 0
         chunk = 0
         while done < extra:
@@ -80,15 +83,15 @@ def _add_joint_vectors(url: str, extra: int, seed: int) -> None:
             done += len(runs)
             print(f"  added {done:,} / {extra:,} joint vectors ({time.perf_counter() - started:.0f} s)", flush=True)
         build = time.perf_counter()
-        store.ensure_hnsw_indexes(conn, "3GB")
-        store.analyze(conn)
+        vector_store.ensure_hnsw_indexes(conn, "3GB")
+        vector_store.analyze(conn)
         print(f"HNSW rebuilt over {done:,} more vectors in {time.perf_counter() - build:.0f} s")
 
 
 def _queries(url: str, count: int, seed: int) -> np.ndarray:
     with connect(url, autocommit=True) as conn:
-        version = next(v.version for v in store.versions(conn) if v.is_active)
-        space = store.load_space(conn, version)
+        version = next(v.version for v in registry.versions(conn) if v.is_active)
+        space = load_space(conn, version)
     return space.encode(sample_runs(count, seed=seed + 99)).joint
 
 

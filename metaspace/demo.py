@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from metaspace import api, landscape, migrate, queries, sample
-from metaspace.db import connection, redact
+from metaspace import landscape, pipeline, sample
 from metaspace.errors import MetaspaceError
-from metaspace.store import count_runs
+from metaspace.search import search, suggest
+from metaspace.store import migrate
+from metaspace.store.connection import connection, redact
+from metaspace.store.runs import count_runs
 
 DEMO_DATABASE = "metaspace_demo"
 
@@ -46,7 +48,7 @@ def _database(database_url: str | None) -> str:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from metaspace import embedded
+            from metaspace.store import embedded
 
             return embedded.start(DEMO_DATABASE, fresh=True)
     migrate.upgrade(database_url)
@@ -97,8 +99,8 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     say(f"   written to {runs_file}")
     say("3. import-runs and embed-runs: each run becomes a point in R^384 (joint) and in the config, env and "
         "outcome spaces")
-    imported = api.import_runs([runs_file], database_url=url, progress=import_progress)
-    embedded = api.embed_runs(database_url=url, progress=embed_progress)
+    imported = pipeline.import_runs([runs_file], database_url=url, progress=import_progress)
+    embedded = pipeline.embed_runs(database_url=url, progress=embed_progress)
     say(f"   imported {imported.inserted:,}, embedded {embedded.embedded:,} with encoder version {embedded.version}"
         f"{' (HNSW indexes built after the load)' if embedded.index_rebuilt else ''}")
     result = DemoResult(url, runs_file, "", 0.0)
@@ -106,7 +108,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     truth = _truth_by_regime(records)
     example = _target(records, "trending", "trend")
     result.example_run = example["run_id"]
-    similar = queries.search(run_id=example["run_id"], k=5, database_url=url)
+    similar = search(run_id=example["run_id"], k=5, database_url=url)
     result.steps.append(Step(
         f"4. Runs like {example['run_id']} ({example['config_id']} on {example['strategy_id']}, "
         f"Sharpe {example['outcome']['sharpe']:.2f}), in the joint space",
@@ -116,7 +118,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     for number, regime in ((5, "stressed"), (6, "calm")):
         target = _target(records, regime)
         as_of = dt.date.fromisoformat(target["test_start"])
-        suggestions = queries.suggest(target["env"], k=3, as_of=as_of, database_url=url)
+        suggestions = suggest(target["env"], k=3, as_of=as_of, database_url=url)
         family, mean = truth[regime]
         result.steps.append(Step(
             f"{number}. Configs for a {regime} environment (the env of {target['run_id']}), as of {as_of}",

@@ -17,3 +17,7 @@ class InvalidRecordError(MetaspaceError):
         self.field = field
         self.reason = reason
         super().__init__(f"run {record!r}, field {field!r}: {reason}")
+
+
+class VersionChanged(MetaspaceError):
+    """The encoder version a vector was made with is no longer the active one (a rebuild switched)."""

@@ -49,7 +49,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     os.environ["METASPACE_HOME"] = str(home)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from metaspace import embedded
+        from metaspace.store import embedded
 
         url = embedded.start()
     try:
@@ -79,7 +79,7 @@ def _drop_database(server_url: str, name: str) -> None:
 @pytest.fixture(scope="session")
 def template_url(server_url: str) -> str:
     """A database migrated to head once per session; tests copy it."""
-    from metaspace import migrate
+    from metaspace.store import migrate
 
     _drop_database(server_url, TEMPLATE)
     url = _create_database(server_url, TEMPLATE)
@@ -105,7 +105,7 @@ def db_url(server_url: str, template_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
-    from metaspace.db import connect
+    from metaspace.store.connection import connect
 
     with connect(db_url, autocommit=True) as connection:
         yield connection
@@ -123,13 +123,13 @@ def sample_history(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def sample_db(server_url: str, template_url: str, sample_history: list[dict],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database holding the sample history, imported and embedded; shared by a module's read-only tests."""
-    from metaspace import api
+    from metaspace import pipeline
     from metaspace.sample import write_runs
 
     path = write_runs(sample_history, tmp_path_factory.mktemp("sample") / "runs.jsonl.gz")
     name = f"s_{uuid.uuid4().hex[:12]}"
     url = _create_database(server_url, name, template=TEMPLATE)
-    api.import_runs([str(path)], database_url=url)
-    api.embed_runs(database_url=url)
+    pipeline.import_runs([str(path)], database_url=url)
+    pipeline.embed_runs(database_url=url)
     yield url
     _drop_database(server_url, name)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from metaspace import migrate
 from metaspace.cli import cli
+from metaspace.store import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 

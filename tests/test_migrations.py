@@ -8,9 +8,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from metaspace import migrate
-from metaspace.db import connect
 from metaspace.errors import MetaspaceError, SchemaBehindError
+from metaspace.store import migrate
+from metaspace.store.connection import connect
 
 DIM = 384
 
@@ -136,7 +136,7 @@ def test_downgrade_refuses_to_drop_stored_runs(db_url: str) -> None:
 
 
 def test_commands_refuse_a_database_that_is_behind(empty_db: str) -> None:
-    from metaspace.db import connection
+    from metaspace.store.connection import connection
 
     migrate.upgrade(empty_db, "0003_runs_and_encoder_registry")
     with pytest.raises(SchemaBehindError, match="run `metaspace migrate`"):
@@ -219,8 +219,8 @@ def test_the_same_run_cannot_be_written_twice_for_one_version(conn: psycopg.Conn
 
 
 def test_the_hnsw_index_names_match_the_sql_file() -> None:
-    from metaspace.names import HNSW_INDEX_NAMES
-    from metaspace.sqlfiles import statements
+    from metaspace.store.sqlfiles import statements
+    from metaspace.store.vectors import HNSW_INDEX_NAMES
 
     created = [statement.split("EXISTS", 1)[1].split()[0] for statement in statements("vector_indexes_v1.sql")]
     assert tuple(created) == HNSW_INDEX_NAMES

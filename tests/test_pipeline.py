@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from metaspace import api, migrate
+from metaspace import pipeline
 from metaspace.cli import cli
 from metaspace.errors import InvalidRecordError, MetaspaceError
+from metaspace.store import migrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from synthetic import synthetic_runs  # noqa: E402
@@ -48,13 +49,13 @@ def runs_file(tmp_path: Path) -> str:
 
 
 def test_import_is_idempotent_and_counts_changes(db_url: str, runs_file: str, tmp_path: Path) -> None:
-    first = api.import_runs([runs_file], database_url=db_url)
+    first = pipeline.import_runs([runs_file], database_url=db_url)
     assert (first.read, first.inserted, first.updated, first.unchanged) == (400, 400, 0, 0)
-    again = api.import_runs([runs_file], database_url=db_url)
+    again = pipeline.import_runs([runs_file], database_url=db_url)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 400)
     changed = synthetic_runs(400, seed=1)[:3]
     changed[0]["outcome"]["family"] = "changed"
-    result = api.import_runs([_write(tmp_path / "c.jsonl", changed)], database_url=db_url)
+    result = pipeline.import_runs([_write(tmp_path / "c.jsonl", changed)], database_url=db_url)
     assert (result.inserted, result.updated, result.unchanged) == (0, 1, 2)
 
 
@@ -66,24 +67,24 @@ def test_invalid_records_are_rejected_with_line_and_field_and_nothing_good_is_lo
              json.dumps(good[2] | {"env": {"vols": [1, "a"]}})]
     path.write_text("\n".join(lines) + "\n")
     rejects = tmp_path / "rejects.jsonl"
-    summary = api.import_runs([str(path)], database_url=db_url, rejects=str(rejects))
+    summary = pipeline.import_runs([str(path)], database_url=db_url, rejects=str(rejects))
     assert (summary.read, summary.inserted, summary.rejected) == (6, 2, 4)
     rows = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert [(r["line"], r["field"]) for r in rows] == [
         (2, "(line)"), (3, "as_of_date"), (5, "run_id"), (6, "env.vols[1]")]
     assert rows[1]["run_id"] == "X1"
     with pytest.raises(MetaspaceError, match="nothing imported"):
-        api.import_runs([str(path)], database_url=db_url, strict=True)
+        pipeline.import_runs([str(path)], database_url=db_url, strict=True)
     assert _counts(db_url)["runs"] == 2
 
 
 def test_embed_runs_fits_registers_and_is_idempotent(db_url: str, runs_file: str) -> None:
-    api.import_runs([runs_file], database_url=db_url)
-    first = api.embed_runs(database_url=db_url)
+    pipeline.import_runs([runs_file], database_url=db_url)
+    first = pipeline.embed_runs(database_url=db_url)
     assert first.fitted and first.version == 1 and first.embedded == 400
     counts = _counts(db_url)
     assert counts["joint"] == counts["distinct_joint"] == 400 and counts["branch"] == 1200
-    second = api.embed_runs(database_url=db_url)
+    second = pipeline.embed_runs(database_url=db_url)
     assert not second.fitted and second.embedded == 0
     assert _counts(db_url) == counts
     with psycopg.connect(db_url) as conn:
@@ -95,50 +96,50 @@ def test_embed_runs_fits_registers_and_is_idempotent(db_url: str, runs_file: str
 
 def test_embedding_is_incremental_after_new_imports(db_url: str, tmp_path: Path) -> None:
     runs = synthetic_runs(300, seed=3)
-    api.import_runs([_write(tmp_path / "a.jsonl", runs[:200])], database_url=db_url)
-    api.embed_runs(database_url=db_url)
-    api.import_runs([_write(tmp_path / "b.jsonl", runs[200:])], database_url=db_url)
-    assert api.embed_runs(database_url=db_url, dry_run=True).pending == 100
-    later = api.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", runs[:200])], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "b.jsonl", runs[200:])], database_url=db_url)
+    assert pipeline.embed_runs(database_url=db_url, dry_run=True).pending == 100
+    later = pipeline.embed_runs(database_url=db_url)
     assert later.embedded == 100 and not later.fitted
     assert _counts(db_url)["joint"] == 300
 
 
 def test_narrowing_by_since_strategy_and_limit(db_url: str, runs_file: str) -> None:
-    api.import_runs([runs_file], database_url=db_url)
-    assert api.embed_runs(database_url=db_url, limit=7).embedded == 7
-    narrowed = api.embed_runs(database_url=db_url, strategies=["STRAT_trend"], since="2020-01-01")
+    pipeline.import_runs([runs_file], database_url=db_url)
+    assert pipeline.embed_runs(database_url=db_url, limit=7).embedded == 7
+    narrowed = pipeline.embed_runs(database_url=db_url, strategies=["STRAT_trend"], since="2020-01-01")
     with psycopg.connect(db_url) as conn:
         expected = conn.execute(
             "SELECT count(*) FROM historical_db.runs r WHERE strategy_id = 'STRAT_trend' AND as_of_date >= '2020-01-01' "
             "AND NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j WHERE j.entity_scope->>'run_id' = r.run_id)"
         ).fetchone()[0]
-    assert narrowed.pending > 0 and api.embed_runs(database_url=db_url, dry_run=True).pending == 400 - 7 - narrowed.embedded
+    assert narrowed.pending > 0 and pipeline.embed_runs(database_url=db_url, dry_run=True).pending == 400 - 7 - narrowed.embedded
     assert expected == 0
 
 
 def test_runs_that_fail_encoding_are_quarantined_and_the_rest_embedded(db_url: str, tmp_path: Path) -> None:
     runs = synthetic_runs(200, seed=4)
-    api.import_runs([_write(tmp_path / "a.jsonl", runs)], database_url=db_url)
-    api.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", runs)], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     bad = synthetic_runs(2, seed=99)
     key = next(k for k, v in bad[0]["env"]["group0"].items())
     bad[0]["env"]["group0"][key] = "not a number"
-    api.import_runs([_write(tmp_path / "b.jsonl", bad)], database_url=db_url)
-    summary = api.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "b.jsonl", bad)], database_url=db_url)
+    summary = pipeline.embed_runs(database_url=db_url)
     assert summary.embedded == 1
     assert summary.quarantined == [{"run_id": bad[0]["run_id"], "field": f"env.group0.{key}",
                                     "reason": "expected a number, got the string 'not a number'"}]
     assert _counts(db_url)["quarantine"] == 1
-    assert api.embed_runs(database_url=db_url).embedded == 0
+    assert pipeline.embed_runs(database_url=db_url).embedded == 0
 
 
 def test_rebuild_writes_a_new_version_then_switches(db_url: str, tmp_path: Path) -> None:
     runs = synthetic_runs(300, seed=5)
-    api.import_runs([_write(tmp_path / "a.jsonl", runs[:150])], database_url=db_url)
-    api.embed_runs(database_url=db_url)
-    api.import_runs([_write(tmp_path / "b.jsonl", runs[150:])], database_url=db_url)
-    rebuilt = api.embed_runs(database_url=db_url, rebuild=True)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", runs[:150])], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "b.jsonl", runs[150:])], database_url=db_url)
+    rebuilt = pipeline.embed_runs(database_url=db_url, rebuild=True)
     assert rebuilt.fitted and rebuilt.version == 2 and rebuilt.switched_from == 1
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT version FROM historical_db.encoder_versions WHERE is_active").fetchone() == (2,)
@@ -147,14 +148,14 @@ def test_rebuild_writes_a_new_version_then_switches(db_url: str, tmp_path: Path)
 
 
 def test_an_interrupted_rebuild_keeps_old_vectors_queryable_and_resumes(db_url: str, runs_file: str) -> None:
-    api.import_runs([runs_file], database_url=db_url)
-    api.embed_runs(database_url=db_url)
-    partial = api.embed_runs(database_url=db_url, rebuild=True, limit=100, schema={"env": {"mix.a": {"ignore": True}}})
+    pipeline.import_runs([runs_file], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    partial = pipeline.embed_runs(database_url=db_url, rebuild=True, limit=100, schema={"env": {"mix.a": {"ignore": True}}})
     assert partial.version == 2 and partial.switched_from is None
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT version FROM historical_db.encoder_versions WHERE is_active").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM historical_db.joint_embeddings WHERE encoder_version = 1").fetchone()[0] == 400
-    resumed = api.embed_runs(database_url=db_url, rebuild=True)
+    resumed = pipeline.embed_runs(database_url=db_url, rebuild=True)
     assert resumed.version == 2 and resumed.embedded == 300 and resumed.switched_from == 1
 
 
@@ -164,9 +165,9 @@ def test_legacy_float32_column_is_filled_for_new_vectors(empty_db: str, runs_fil
         conn.execute("CREATE TABLE historical_db.joint_embeddings (joint_type text, as_of_date date, "
                      "entity_scope jsonb, model_id text, vector bytea)")
     migrate.upgrade(empty_db)
-    api.import_runs([runs_file], database_url=empty_db)
-    api.embed_runs(database_url=empty_db)
-    from metaspace.db import connect
+    pipeline.import_runs([runs_file], database_url=empty_db)
+    pipeline.embed_runs(database_url=empty_db)
+    from metaspace.store.connection import connect
 
     with connect(empty_db) as conn:
         rows = conn.execute("SELECT vector, vector_f32 FROM historical_db.joint_embeddings").fetchall()
@@ -176,12 +177,12 @@ def test_legacy_float32_column_is_filled_for_new_vectors(empty_db: str, runs_fil
 
 
 def test_embed_run_writes_one_new_run_online(db_url: str, runs_file: str) -> None:
-    api.import_runs([runs_file], database_url=db_url)
-    api.embed_runs(database_url=db_url)
+    pipeline.import_runs([runs_file], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     record = synthetic_runs(1, seed=77)[0]
-    vector = api.embed_run(record, database_url=db_url)
+    vector = pipeline.embed_run(record, database_url=db_url)
     assert vector.shape == (384,) and vector.dtype == np.float32
-    from metaspace.db import connect
+    from metaspace.store.connection import connect
 
     with connect(db_url) as conn:
         (stored,) = conn.execute(
@@ -189,17 +190,17 @@ def test_embed_run_writes_one_new_run_online(db_url: str, runs_file: str) -> Non
             (record["run_id"],)).fetchone()
     assert np.array_equal(stored.to_numpy(), vector)
     with pytest.raises(InvalidRecordError, match="as_of_date"):
-        api.embed_run({"run_id": "bad"}, database_url=db_url)
+        pipeline.embed_run({"run_id": "bad"}, database_url=db_url)
 
 
 def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, runs_file: str) -> None:
-    from metaspace.db import connect
+    from metaspace.store.connection import connect
 
-    api.import_runs([runs_file], database_url=db_url)
-    api.embed_runs(database_url=db_url)
+    pipeline.import_runs([runs_file], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     first, second, third = synthetic_runs(3, seed=78)
     with connect(db_url, autocommit=True) as conn:
-        api.embed_run(first, conn=conn)  # warm: the active version is looked up once per database
+        pipeline.embed_run(first, conn=conn)  # warm: the active version is looked up once per database
         statements = []
         real_execute = conn.execute
 
@@ -208,11 +209,11 @@ def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, r
             return real_execute(query, *args, **kwargs)
 
         conn.execute = counting_execute
-        api.embed_run(second, conn=conn)
+        pipeline.embed_run(second, conn=conn)
         assert len(statements) == 1 and "store_run_v1" in statements[0]
         conn.execute = real_execute
-        api.embed_runs(database_url=db_url, rebuild=True)  # a new version becomes active meanwhile
-        vector = api.embed_run(third, conn=conn)
+        pipeline.embed_runs(database_url=db_url, rebuild=True)  # a new version becomes active meanwhile
+        vector = pipeline.embed_run(third, conn=conn)
         version, stored = conn.execute(
             "SELECT encoder_version, vector FROM historical_db.joint_embeddings WHERE entity_scope->>'run_id' = %s",
             (third["run_id"],)).fetchone()
@@ -222,31 +223,31 @@ def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, r
 
 
 def test_embed_run_notices_a_database_rebuilt_under_a_running_process(db_url: str, tmp_path: Path) -> None:
-    from metaspace.db import connect
     from metaspace.encoders import MetaSpace
+    from metaspace.store.connection import connect
 
-    api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(300, seed=5))], database_url=db_url)
-    api.embed_runs(database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(300, seed=5))], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     first, second = synthetic_runs(2, seed=79)
     with connect(db_url, autocommit=True) as conn:
-        api.embed_run(first, conn=conn)  # this process now remembers version 1's fitted state
+        pipeline.embed_run(first, conn=conn)  # this process now remembers version 1's fitted state
         migrate.downgrade(db_url, "base", allow_data_loss=True)
         migrate.upgrade(db_url)
-        api.import_runs([_write(tmp_path / "b.jsonl", synthetic_runs(300, seed=6))], database_url=db_url)
-        api.embed_runs(database_url=db_url)  # a different version 1
-        vector = api.embed_run(second, conn=conn)
+        pipeline.import_runs([_write(tmp_path / "b.jsonl", synthetic_runs(300, seed=6))], database_url=db_url)
+        pipeline.embed_runs(database_url=db_url)  # a different version 1
+        vector = pipeline.embed_run(second, conn=conn)
         state = conn.execute("SELECT state FROM historical_db.encoder_versions WHERE is_active").fetchone()[0]
     expected = MetaSpace.from_dict(state).transform([second])[0]  # read afresh, not from the process cache
     assert np.array_equal(vector, expected)
 
 
 def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, tmp_path: Path) -> None:
-    api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
     results, errors = [], []
 
     def work() -> None:
         try:
-            results.append(api.embed_runs(database_url=db_url, batch_size=100))
+            results.append(pipeline.embed_runs(database_url=db_url, batch_size=100))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -262,8 +263,8 @@ def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, t
 
 
 def test_a_backfill_killed_midway_completes_on_rerun(db_url: str, tmp_path: Path) -> None:
-    api.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(1500, seed=8))], database_url=db_url)
-    api.embed_runs(database_url=db_url, limit=2)
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(1500, seed=8))], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url, limit=2)
     env = os.environ | {"METASPACE_DATABASE_URL": db_url}
     proc = subprocess.Popen([sys.executable, "-m", "metaspace", "embed-runs", "--batch-size", "50"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -275,7 +276,7 @@ def test_a_backfill_killed_midway_completes_on_rerun(db_url: str, tmp_path: Path
     middle = _counts(db_url)
     assert middle["joint"] == middle["distinct_joint"] and middle["joint"] < 1500
     assert middle["branch"] == 3 * middle["joint"]
-    api.embed_runs(database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     counts = _counts(db_url)
     assert counts["joint"] == counts["distinct_joint"] == 1500 and counts["branch"] == 4500
 

@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import metaspace
-from metaspace import api, migrate
+from metaspace import pipeline
 from metaspace.cli import cli
-from metaspace.db import connect
 from metaspace.errors import MetaspaceError
 from metaspace.sample import sample_runs, write_runs
+from metaspace.store import migrate
+from metaspace.store.connection import connect
 
 SPACES = ("joint", "config", "env", "outcome")
 SLOW_DB = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -330,8 +331,8 @@ def test_reader_role_can_search_but_not_write(sconn, sample_history) -> None:
 
 def test_search_functions_survive_a_downgrade_upgrade_cycle(db_url: str, tmp_path: Path) -> None:
     path = write_runs(sample_runs(300, seed=3), tmp_path / "runs.jsonl")
-    api.import_runs([str(path)], database_url=db_url)
-    api.embed_runs(database_url=db_url)
+    pipeline.import_runs([str(path)], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
     before = metaspace.search(run_id="SIM_3_0000001", k=5, database_url=db_url)
     migrate.downgrade(db_url, "0004_search_indexes")
     with psycopg.connect(db_url) as conn:

@@ -6,7 +6,7 @@ Revises:
 
 from alembic import op
 
-from metaspace.sqlfiles import read_sql
+from metaspace.store.sqlfiles import read_sql
 
 revision = "0001_schema_and_pgvector"
 down_revision = None

@@ -20,7 +20,7 @@ Downgrading drops these tables; it refuses while they hold rows unless ``allow_d
 
 from alembic import op
 
-from metaspace.migrate import refuse_data_loss
+from metaspace.store.migrate import refuse_data_loss
 
 revision = "0003_runs_and_encoder_registry"
 down_revision = "0002_joint_embeddings"

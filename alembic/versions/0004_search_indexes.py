@@ -9,7 +9,7 @@ CREATE INDEX CONCURRENTLY, each outside a transaction, so writers are not blocke
 
 from alembic import context, op
 
-from metaspace.sqlfiles import statements
+from metaspace.store.sqlfiles import statements
 
 revision = "0004_search_indexes"
 down_revision = "0003_runs_and_encoder_registry"

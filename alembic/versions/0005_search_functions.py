@@ -19,7 +19,7 @@ databases may use them.
 
 from alembic import op
 
-from metaspace.sqlfiles import read_sql
+from metaspace.store.sqlfiles import read_sql
 
 revision = "0005_search_functions"
 down_revision = "0004_search_indexes"

@@ -16,7 +16,7 @@ Downgrading drops both tables; it refuses while they hold rows unless ``allow_da
 
 from alembic import op
 
-from metaspace.migrate import refuse_data_loss
+from metaspace.store.migrate import refuse_data_loss
 
 revision = "0006_clusters"
 down_revision = "0005_search_functions"

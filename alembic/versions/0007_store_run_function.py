@@ -10,7 +10,7 @@ Only ``metaspace_writer`` (and the owner) may execute it. Downgrading drops it; 
 
 from alembic import op
 
-from metaspace.sqlfiles import read_sql
+from metaspace.store.sqlfiles import read_sql
 
 revision = "0007_store_run_function"
 down_revision = "0006_clusters"

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
-import psycopg
 
 from metaspace.errors import MetaspaceError
+from metaspace.store.connection import DATABASE_ERRORS, describe_error
 
 
 def _store_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -53,11 +53,8 @@ def domain_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except MetaspaceError as exc:
             raise click.ClickException(str(exc)) from exc
-        except psycopg.OperationalError as exc:
-            raise click.ClickException(
-                f"could not reach the database: {str(exc).strip()}\n"
-                "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server."
-            ) from exc
+        except DATABASE_ERRORS as exc:
+            raise click.ClickException(describe_error(exc)) from exc
 
     return wrapper
 

@@ -13,7 +13,7 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
-from metaspace.db import redact
+from metaspace.store.connection import redact
 
 
 @click.command("demo")

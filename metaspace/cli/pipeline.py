@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from metaspace import api
 from metaspace.cli.common import (
     database_url,
     database_url_option,
@@ -16,6 +15,7 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
+from metaspace.pipeline import embed_runs, import_runs
 
 
 @click.command("import-runs")
@@ -39,7 +39,7 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
         cat runs.jsonl | metaspace import-runs - --format json
     """
     with progress_bar() as bar:
-        summary = api.import_runs(paths, database_url=database_url(), rejects=rejects, strict=strict,
+        summary = import_runs(paths, database_url=database_url(), rejects=rejects, strict=strict,
                                   batch_size=batch_size, progress=bar.update)
     for item in summary.rejects[:10]:
         click.echo(f"rejected {item['source']}:{item['line']} run {item['run_id']!r} field {item['field']!r}: "
@@ -83,7 +83,7 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies
     """
     schema = json.loads(Path(schema_file).read_text()) if schema_file else None
     with progress_bar() as bar:
-        summary = api.embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
+        summary = embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
                                  strategies=strategies, limit=limit, dry_run=dry_run, batch_size=batch_size,
                                  schema=schema, progress=with_total(bar))
     for note in summary.notes:

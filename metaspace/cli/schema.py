@@ -6,9 +6,9 @@ import warnings
 
 import click
 
-from metaspace import migrate as migrations
 from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, format_option
-from metaspace.db import redact, resolve_url
+from metaspace.store import migrate as migrations
+from metaspace.store.connection import redact, resolve_url
 
 
 @click.group()
@@ -25,7 +25,7 @@ def db() -> None:
 def _embedded():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from metaspace import embedded
+        from metaspace.store import embedded
 
         return embedded
 

@@ -9,17 +9,25 @@ from typing import Any
 
 import click
 
-from metaspace import queries as api
 from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, echo_table
 from metaspace.errors import MetaspaceError
 from metaspace.names import SPACES
+from metaspace.search import (
+    MATCH_COLUMNS,
+    Answer,
+    optuna_params,
+    queries_from,
+    read_inputs,
+    search_many,
+    suggest_many,
+)
 
 MATCH_TABLE = ("run_id", "config_id", "strategy_id", "as_of_date", "distance")
 SUGGEST_TABLE = ("config_id", "score", "runs", "mean_distance", "objective_mean", "objective_std", "best_run_id",
                  "deflated_confidence")
 
 
-def _header(answer: api.Answer, index: int) -> str:
+def _header(answer: Answer, index: int) -> str:
     as_of = f", as of {answer.query.as_of.isoformat()}" if answer.query.as_of else ""
     return f"# {index}: {answer.query.label} ({answer.query.space} space{as_of})"
 
@@ -34,10 +42,10 @@ def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
         if fmt == "json":
             echo_json(answer.rows)
         elif fmt == "optuna":
-            echo_json([api.optuna_params(row) for row in answer.rows])
+            echo_json([optuna_params(row) for row in answer.rows])
         elif fmt == "csv":
             if writer is None:
-                columns = ["input", "rank", *api.MATCH_COLUMNS]
+                columns = ["input", "rank", *MATCH_COLUMNS]
                 writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
                 writer.writeheader()
             for rank, row in enumerate(answer.rows, start=1):
@@ -59,7 +67,7 @@ def _inputs(run_ids: tuple[str, ...], files: dict[str, str | None]) -> tuple[str
     kind = chosen[0]
     if kind == "run":
         return kind, [(f"run {run_id}", run_id) for run_id in run_ids]
-    return kind, api.read_inputs(files[kind])
+    return kind, read_inputs(files[kind])
 
 
 @click.command("search")
@@ -98,8 +106,8 @@ def search_command(run_ids, env_file, config_file, outcome_file, record_file, sp
     kind, inputs = _inputs(run_ids, {"env": env_file, "config": config_file, "outcome": outcome_file,
                                      "record": record_file})
     scope_obj = _scope(scope)
-    queries = api.queries_from(kind, inputs, space=space, as_of=as_of)
-    answers = api.search_many(queries, k=k, strategies=strategies, configs=configs, scope=scope_obj, exact=exact,
+    queries = queries_from(kind, inputs, space=space, as_of=as_of)
+    answers = search_many(queries, k=k, strategies=strategies, configs=configs, scope=scope_obj, exact=exact,
                               database_url=database_url())
     _emit(answers, fmt, MATCH_TABLE)
 
@@ -146,9 +154,9 @@ def suggest_command(env_file, k, objective, higher_is_better, as_of, neighbours,
         metaspace suggest --env envs.jsonl --objective outcome.max_drawdown --lower-is-better --format json
         metaspace suggest --env today.json --format optuna   # then: study.enqueue_trial(params)
     """
-    inputs = api.read_inputs(env_file)
-    queries = api.queries_from("env", inputs, space="env", as_of=as_of)
-    answers = api.suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
+    inputs = read_inputs(env_file)
+    queries = queries_from("env", inputs, space="env", as_of=as_of)
+    answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
                                neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
                                database_url=database_url())
     _emit(answers, fmt, SUGGEST_TABLE)

@@ -45,6 +45,10 @@ class EncodedRuns:
         mask[list(self.errors)] = False
         return mask
 
+    def vectors(self) -> dict[str, np.ndarray]:
+        """Every space's vectors by name: joint, config, env, outcome."""
+        return {"joint": self.joint, **self.branches}
+
 
 class MetaSpace:
     """The three branch encoders and the joint model, fitted together on a history of run records."""

@@ -1,4 +1,4 @@
-"""The Python API: plain functions with the same names and options as the commands."""
+"""The pipeline: import run records, fit encoder versions, and embed runs (in bulk and one at a time)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import psycopg
 
-from metaspace import store
-from metaspace.db import connect, connection, resolve_url
-from metaspace.embedded import tuned_settings
 from metaspace.encoders import EncodedRuns, EncodingError, MetaSpace, SchemaDriftWarning
-from metaspace.errors import InvalidRecordError, MetaspaceError
+from metaspace.errors import InvalidRecordError, MetaspaceError, VersionChanged
+from metaspace.fitted import forget_space, load_space
 from metaspace.records import Rejected, Run, parse_date, read_records, validate
+from metaspace.store import registry
+from metaspace.store import runs as run_store
+from metaspace.store import vectors as vector_store
+from metaspace.store.connection import connect, connection, resolve_url
+from metaspace.store.embedded import tuned_settings
 
 T = TypeVar("T")
 
@@ -155,11 +157,11 @@ def _write_reject(handle, item: Rejected, summary: ImportSummary) -> None:
         handle.write(json.dumps(item.as_dict()) + "\n")
 
 
-def _flush(conn: psycopg.Connection, batch: list[Run], summary: ImportSummary, progress: Progress | None) -> None:
+def _flush(conn, batch: list[Run], summary: ImportSummary, progress: Progress | None) -> None:
     if not batch:
         return
     with conn.transaction():
-        counts = store.upsert_runs(conn, batch)
+        counts = run_store.upsert_runs(conn, batch)
     summary.inserted += counts.inserted
     summary.updated += counts.updated
     summary.unchanged += counts.unchanged
@@ -206,48 +208,48 @@ def embed_runs(
     """
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
-    selection = store.Selection(parse_date(since, "--since"), tuple(strategies))
+    selection = run_store.Selection(parse_date(since, "--since"), tuple(strategies))
     url = resolve_url(database_url)
     with connection(url, autocommit=True) as conn:
-        store.lock(conn)
+        vector_store.lock(conn)
         try:
             target, active = _target_version(conn, summary, rebuild=rebuild or refit, dry_run=dry_run, schema=schema)
             if target is None:
                 summary.seconds = time.perf_counter() - started
                 return summary
             summary.version = target
-            pending = store.count_pending(conn, target, selection)
+            pending = run_store.count_pending(conn, target, selection)
             summary.pending = min(pending, limit) if limit else pending
             if dry_run:
                 summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
                 return summary
-            stored_before = store.stored_vector_count(conn, target)
+            stored_before = vector_store.stored_vector_count(conn, target)
             bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
             if bulk:
-                store.drop_hnsw_indexes(conn)
+                vector_store.drop_hnsw_indexes(conn)
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
             _embed_pending(conn, url, target, selection, summary, batch_size, progress)
             if bulk or rebuild or refit:
                 index_started = time.perf_counter()
-                store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
+                vector_store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
                 summary.index_seconds = time.perf_counter() - index_started
                 summary.index_rebuilt = bulk
             else:
-                store.ensure_hnsw_indexes(conn)
+                vector_store.ensure_hnsw_indexes(conn)
             if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
-                store.analyze(conn)
-            if target != active and store.count_pending(conn, target, store.Selection()) == 0:
+                vector_store.analyze(conn)
+            if target != active and run_store.count_pending(conn, target, run_store.Selection()) == 0:
                 with conn.transaction():
-                    summary.switched_from = store.activate(conn, target)
+                    summary.switched_from = registry.activate(conn, target)
                 summary.notes.append(f"switched to encoder version {target}")
         finally:
-            store.unlock(conn)
+            vector_store.unlock(conn)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema) -> tuple[int | None, int | None]:
-    registered = store.versions(conn)
+    registered = registry.versions(conn)
     active = next((v.version for v in registered if v.is_active), None)
     pending_rebuild = next((v.version for v in reversed(registered) if not v.is_active and (active is None or v.version > active)), None)
     if active is not None and not rebuild:
@@ -255,17 +257,17 @@ def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool
     if rebuild and pending_rebuild is not None:
         summary.notes.append(f"resuming the rebuild to encoder version {pending_rebuild}")
         return pending_rebuild, active
-    total = store.count_runs(conn)
+    total = run_store.count_runs(conn)
     if total < 2:
         summary.notes.append("fewer than two runs stored: import runs first (metaspace import-runs)")
         return None, active
     if dry_run:
         summary.notes.append(f"would fit a new encoder version on {min(total, FIT_SAMPLE)} runs")
         return None, active
-    runs = store.sample_runs(conn, FIT_SAMPLE)
+    runs = run_store.sample_runs(conn, FIT_SAMPLE)
     space = MetaSpace(overrides=schema).fit(runs)
     with conn.transaction():
-        version = store.register(conn, space, activate=active is None)
+        version = registry.register(conn, space.to_dict(), space.fingerprint_, space.n_fit_runs_, activate=active is None)
     if version == active:
         summary.notes.append(f"refitting gave the same state as the active version {version}: nothing to rebuild")
         return version, active
@@ -281,16 +283,19 @@ def _embed_pending(conn, url: str, version: int, selection, summary: EmbedSummar
     previous batch is written on this one: numpy and PostgreSQL then use both cores. Each batch is
     written in its own transaction, in order; a batch fetched while the previous one is being written
     holds only later run_ids, so it never overlaps it."""
-    space = store.load_space(conn, version)
-    legacy = store.has_legacy_bytes(conn)
+    space = load_space(conn, version)
+    legacy = vector_store.has_legacy_bytes(conn)
     with connect(url, autocommit=True) as reader, warnings.catch_warnings():
         warnings.simplefilter("ignore", SchemaDriftWarning)  # process-wide: the worker thread encodes
         for runs, encoded, encode_seconds in in_background(
                 _fetch_and_encode(reader, space, version, selection, summary.pending, batch_size)):
             started = time.perf_counter()
             with conn.transaction():
-                store.write_vectors(conn, version, runs, encoded, legacy)
-                summary.quarantined += store.quarantine(conn, version, runs, encoded)
+                vector_store.write_vectors(conn, version, runs, encoded.ok, encoded.vectors(), legacy)
+                entries = [{"run_id": runs[i]["run_id"], "field": error.field, "reason": error.reason,
+                            "record_sha256": runs[i]["record_sha256"]} for i, error in sorted(encoded.errors.items())]
+                vector_store.quarantine(conn, version, entries)
+                summary.quarantined += [{key: e[key] for key in ("run_id", "field", "reason")} for e in entries]
             summary.write_seconds += time.perf_counter() - started
             summary.encode_seconds += encode_seconds
             summary.embedded += int(encoded.ok.sum())
@@ -298,11 +303,11 @@ def _embed_pending(conn, url: str, version: int, selection, summary: EmbedSummar
                 progress(len(runs), summary.pending)
 
 
-def _fetch_and_encode(reader: psycopg.Connection, space: MetaSpace, version: int, selection, pending: int,
+def _fetch_and_encode(reader, space: MetaSpace, version: int, selection, pending: int,
                       batch_size: int) -> Iterator[tuple[list[dict], EncodedRuns, float]]:
     after, remaining = "", pending
     while remaining > 0:
-        runs = store.pending_runs(reader, version, selection, after, min(batch_size, remaining))
+        runs = run_store.pending_runs(reader, version, selection, after, min(batch_size, remaining))
         if not runs:
             return
         after = runs[-1]["run_id"]
@@ -316,7 +321,7 @@ _ONLINE: dict[str, tuple[int, bool]] = {}
 
 
 def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
-              conn: psycopg.Connection | None = None) -> np.ndarray:
+              conn: Any = None) -> np.ndarray:
     """Store one new run and its vectors with the active encoder version, right after its backtest.
 
     One round trip once warm: the run is encoded here and stored with its four vectors by one call of
@@ -330,25 +335,26 @@ def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
             return embed_run(record, conn=own)
     for attempt in (1, 2):
         version, legacy = _online_target(conn, refresh=attempt == 2)
-        space = store.load_space(conn, version)
+        space = load_space(conn, version)
         encoded = _encode_one(space, run)
         try:
-            store.store_run(conn, run, version, space.fingerprint_, encoded, legacy)
+            vector_store.store_run(conn, run.as_record() | {"extra": run.extra}, run.sha256, version,
+                                   space.fingerprint_, {name: v[0] for name, v in encoded.vectors().items()}, legacy)
             return encoded.joint[0]
-        except psycopg.errors.ObjectNotInPrerequisiteState:
-            store.forget_space(conn, version)
+        except VersionChanged:
+            forget_space(conn, version)
             if attempt == 2:
                 raise MetaspaceError("the active encoder version keeps changing: is a rebuild switching?") from None
     raise AssertionError("unreachable")
 
 
-def _online_target(conn: psycopg.Connection, *, refresh: bool) -> tuple[int, bool]:
+def _online_target(conn, *, refresh: bool) -> tuple[int, bool]:
     key = conn.info.dsn
     if refresh or key not in _ONLINE:
-        active = next((v.version for v in store.versions(conn) if v.is_active), None)
+        active = next((v.version for v in registry.versions(conn) if v.is_active), None)
         if active is None:
             raise MetaspaceError("no encoder version is registered yet: run `metaspace embed-runs` first")
-        _ONLINE[key] = (active, store.has_legacy_bytes(conn))
+        _ONLINE[key] = (active, vector_store.has_legacy_bytes(conn))
     return _ONLINE[key]
 
 

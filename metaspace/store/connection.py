@@ -12,6 +12,9 @@ import psycopg
 
 ENV_URL = "METASPACE_DATABASE_URL"
 
+# What a caller above the store catches to report a database error (with :func:`describe_error`).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
+
 
 def resolve_url(url: str | None = None) -> str:
     """The URL given, else ``METASPACE_DATABASE_URL``, else the embedded server (started if needed)."""
@@ -21,7 +24,7 @@ def resolve_url(url: str | None = None) -> str:
         return os.environ[ENV_URL]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from metaspace import embedded
+        from metaspace.store import embedded
 
         return embedded.start()
 
@@ -60,7 +63,7 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
 @contextmanager
 def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """Resolve the URL, connect, and check that the schema is at head before handing the connection out."""
-    from metaspace.migrate import require_current
+    from metaspace.store.migrate import require_current
 
     conn = connect(resolve_url(url), autocommit=autocommit, register=False)
     try:
@@ -71,3 +74,22 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
         yield conn
     finally:
         conn.close()
+
+
+def describe_error(exc: Exception) -> str:
+    """A database error in words a user can act on: could not connect, lacks a privilege (which role,
+    what to grant), or the server refused (its message and SQLSTATE, for a DBA to search)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = (getattr(diag, "message_primary", None) or str(exc)).strip()
+    hint = getattr(diag, "message_hint", None)
+    if sqlstate is None or sqlstate.startswith("08"):
+        return (f"could not connect to the database: {primary}\n"
+                "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")
+    if sqlstate == "42501":
+        pgconn = getattr(exc, "pgconn", None)
+        user = pgconn.user.decode() if pgconn is not None and pgconn.user else "this login role"
+        return (f"permission denied (SQLSTATE 42501): {primary}. The role {user} lacks this privilege: a reader "
+                f"needs GRANT metaspace_reader TO {user}; import and embed need GRANT metaspace_writer TO {user} "
+                "(see README, Roles).")
+    return f"the database refused: {primary}{f' (hint: {hint})' if hint else ''} (SQLSTATE {sqlstate})"

@@ -11,7 +11,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.errors import MetaspaceError
-from metaspace.names import ACTIVE_VERSION, NEIGHBOURS, RUN_VECTORS, SEARCH_RUNS, SUGGEST_CONFIGS
 
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
@@ -47,7 +46,7 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
            exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        f"SELECT * FROM {SEARCH_RUNS}(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "  # noqa: S608
+        "SELECT * FROM historical_db.search_runs_v1(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"q": np.asarray(vector, dtype=np.float32), "k": k, "space": space, "exact": exact} | filters.params(),
     )
@@ -58,7 +57,7 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        f"SELECT * FROM {NEIGHBOURS}(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "  # noqa: S608
+        "SELECT * FROM historical_db.neighbours_v1(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
     )
@@ -70,7 +69,7 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
             exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        f"SELECT * FROM {SUGGEST_CONFIGS}(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "  # noqa: S608
+        "SELECT * FROM historical_db.suggest_configs_v1(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
         "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s)",
         {"env": np.asarray(env, dtype=np.float32), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
@@ -79,14 +78,10 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
 
 
-def active_version(conn: psycopg.Connection) -> int:
-    return _call(conn, f"SELECT {ACTIVE_VERSION}()", {})[0][0]
-
-
 def branch_centroid(conn: psycopg.Connection, version: int, branch: str) -> np.ndarray:
     """The mean vector of a branch over the stored runs: the imputation for a branch a query does not give."""
     row = conn.execute(
-        f"SELECT avg(vector) FROM {RUN_VECTORS} WHERE space = %s AND encoder_version = %s",  # noqa: S608
+        "SELECT avg(vector) FROM historical_db.run_vectors_v1 WHERE space = %s AND encoder_version = %s",
         (branch, version),
     ).fetchone()
     if row[0] is None:

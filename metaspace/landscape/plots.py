@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from metaspace.errors import MetaspaceError
-from metaspace.landscape_store import Points
+from metaspace.store.clusters import Points
 
 MAX_CATEGORIES = 20
 HEXBIN_FROM = 3_000

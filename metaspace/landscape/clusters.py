@@ -1,24 +1,19 @@
-"""The landscape of a space: a 2-D picture (``metaspace map``) and behaviour clusters (``metaspace cluster``).
-
-Both read the stored vectors of the active encoder version; clusters are written back with the version
-and parameters that produced them.
-"""
+"""Behaviour clusters (``metaspace cluster``): k-means over a space's stored vectors, written back with the
+encoder version and parameters that produced them."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metaspace import landscape_store
-from metaspace.db import connection
 from metaspace.errors import MetaspaceError
-from metaspace.landscape_store import Points
-from metaspace.queries import check_space
-from metaspace.records import parse_date
+from metaspace.search import active_version, check_space
+from metaspace.store import clusters as cluster_store
+from metaspace.store.clusters import Points
+from metaspace.store.connection import connection
 
 AUTO_K = range(2, 13)
 SILHOUETTE_SAMPLE = 5_000
@@ -29,72 +24,6 @@ def _objective_path(objective: str) -> list[str]:
     if not path:
         raise MetaspaceError(f"objective {objective!r} is not an outcome key (for example outcome.sharpe)")
     return path
-
-
-# -- map ------------------------------------------------------------------------------------------
-
-
-def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """2-D coordinates and axis labels. PCA axes say how much of the spread they carry."""
-    if method == "umap":
-        try:
-            import umap
-        except ImportError:
-            raise MetaspaceError("--method umap needs the umap extra: pip install 'metaspace[umap]'") from None
-        return umap.UMAP(random_state=seed).fit_transform(vectors), ["UMAP 1", "UMAP 2"]
-    centred = vectors.astype(np.float64) - vectors.mean(axis=0)
-    _, singular, vt = np.linalg.svd(centred[:: max(1, len(centred) // 50_000)], full_matrices=False)
-    share = singular**2 / max((singular**2).sum(), 1e-12)
-    coords = centred @ vt[:2].T
-    return coords, [f"PC{i + 1} ({share[i]:.0%} of the spread)" for i in range(2)]
-
-
-@dataclass
-class MapResult:
-    path: str
-    points: int
-    space: str
-    color: str
-    version: int
-
-
-def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of: Any = None,
-              method: str = "pca", clustering: int | None = None, database_url: str | None = None) -> MapResult:
-    """Draw the stored runs of a space in 2-D, coloured by an outcome key, the strategy, or a clustering."""
-    check_space(space)
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".png", ".html"):
-        raise MetaspaceError(f"--out {out!r}: the picture is written as .png or .html")
-    as_of = parse_date(as_of, "--as-of")
-    with connection(database_url) as conn:
-        points = landscape_store.points(conn, space, ["sharpe"], as_of, _color_key(color))
-        labels = None
-        if color == "cluster":
-            labels = landscape_store.labels(conn, points.run_ids, space, points.version, clustering)
-    if len(points.run_ids) < 3:
-        raise MetaspaceError(f"only {len(points.run_ids)} embedded run(s) in the {space} space: nothing to draw")
-    coords, axes = project(points.vectors, method)
-    title = f"{space} space, encoder version {points.version}: {len(points.run_ids):,} runs" + (
-        f" as of {as_of}" if as_of else "")
-    from metaspace import plots
-
-    draw = plots.html if suffix == ".html" else plots.png
-    draw(out, coords, axes, title, points, color, labels)
-    return MapResult(out, len(points.run_ids), space, color, points.version)
-
-
-def _color_key(color: str) -> tuple[str, list[str]] | None:
-    if color in ("strategy", "cluster"):
-        return None
-    branch, _, rest = color.partition(".")
-    path = [part for part in rest.split(".") if part]
-    if branch not in ("config", "env", "outcome") or not path:
-        raise MetaspaceError(f"--color {color!r}: use strategy, cluster, or a record key such as outcome.sharpe, "
-                             "env.realized_vol or config.rebalance")
-    return branch, path
-
-
-# -- clusters -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -152,7 +81,7 @@ def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, o
     if (k is None) == (not auto):
         raise MetaspaceError("give --k N or --auto")
     with connection(database_url, autocommit=True) as conn:
-        points = landscape_store.points(conn, space, _objective_path(objective), None)
+        points = cluster_store.points(conn, space, active_version(conn), _objective_path(objective), None)
         if k is not None and not 1 <= k <= len(points.run_ids):
             raise MetaspaceError(f"--k {k}: must be between 1 and the number of embedded runs ({len(points.run_ids)})")
         quality: dict[str, Any] = {}
@@ -165,7 +94,7 @@ def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, o
         params = {"n_init": 4, "random_state": seed, "algorithm": "lloyd", "auto": auto,
                   "criterion": "silhouette, k in 2..12, sample 5000" if auto else None}
         with conn.transaction():
-            clustering_id = landscape_store.save_clustering(
+            clustering_id = cluster_store.save_clustering(
                 conn, space, points.version, k, "kmeans", params, quality, points.run_ids, model.labels_, distances)
     result = ClusterResult(clustering_id, space, points.version, k, "kmeans", quality)
     result.clusters = _summaries(points, model.labels_, distances, k)

@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import psycopg
 
-from metaspace import search_store, store
-from metaspace.db import connection
 from metaspace.encoders import EncodingError, SchemaDriftWarning
 from metaspace.encoders.features import flatten
 from metaspace.errors import MetaspaceError
+from metaspace.fitted import load_space
 from metaspace.names import BRANCHES, SPACES
 from metaspace.records import parse_date
+from metaspace.store import registry
+from metaspace.store import search as search_store
+from metaspace.store.connection import connection
 
 KINDS = ("run", "record", "env", "config", "outcome")
 MATCH_COLUMNS = search_store.MATCH_COLUMNS
@@ -50,6 +51,14 @@ class Answer:
     query: Query
     rows: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+
+
+def active_version(conn) -> int:
+    """The active encoder version; an error that says what to run before there is one."""
+    version = registry.active_version(conn)
+    if version is None:
+        raise MetaspaceError("no encoder version is active: nothing has been embedded yet; run metaspace embed-runs")
+    return version
 
 
 def check_space(space: str) -> str:
@@ -122,10 +131,10 @@ def _as_record(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
 class _Encoder:
     """Encodes query records with the active version, imputing branches a joint query does not give."""
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn):
         self.conn = conn
-        self.version = search_store.active_version(conn)
-        self.space = store.load_space(conn, self.version)
+        self.version = active_version(conn)
+        self.space = load_space(conn, self.version)
         self._centroids: dict[str, np.ndarray] = {}
 
     def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:

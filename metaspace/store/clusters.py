@@ -10,9 +10,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from metaspace import search_store
 from metaspace.errors import MetaspaceError
-from metaspace.names import CLUSTERINGS, RUN_CLUSTERS, RUN_VECTORS, RUNS
 
 
 @dataclass
@@ -31,11 +29,10 @@ class Points:
 BRANCH_COLUMNS = {"config": "r.config", "env": "r.env", "outcome": "r.outcome"}
 
 
-def points(conn: psycopg.Connection, space: str, objective: list[str], as_of: dt.date | None,
+def points(conn: psycopg.Connection, space: str, version: int, objective: list[str], as_of: dt.date | None,
            color: tuple[str, list[str]] | None = None) -> Points:
     """Every embedded run of a space (active encoder version), as of a date, with its objective value and,
     with ``color`` = (branch, key path), the value of that key."""
-    version = search_store.active_version(conn)
     color_column = f"{BRANCH_COLUMNS[color[0]]} #> %(color_path)s" if color else "NULL::jsonb"
     cursor = conn.cursor(binary=True)
     cursor.execute(
@@ -43,7 +40,7 @@ def points(conn: psycopg.Connection, space: str, objective: list[str], as_of: dt
         SELECT v.run_id, v.vector, r.config_id, r.strategy_id,
                CASE WHEN jsonb_typeof(r.outcome #> %(path)s) = 'number' THEN (r.outcome #>> %(path)s)::float8 END,
                {color_column}
-        FROM {RUN_VECTORS} v JOIN {RUNS} r ON r.run_id = v.run_id
+        FROM historical_db.run_vectors_v1 v JOIN historical_db.runs r ON r.run_id = v.run_id
         WHERE v.space = %(space)s AND v.encoder_version = %(version)s
           AND (%(as_of)s::date IS NULL OR v.as_of_date <= %(as_of)s::date)
         ORDER BY v.run_id
@@ -61,12 +58,12 @@ def points(conn: psycopg.Connection, space: str, objective: list[str], as_of: dt
 def save_clustering(conn: psycopg.Connection, space: str, version: int, k: int, method: str, params: dict[str, Any],
                     quality: dict[str, Any], run_ids: list[str], labels: np.ndarray, distances: np.ndarray) -> int:
     clustering_id = conn.execute(
-        f"INSERT INTO {CLUSTERINGS} (space, encoder_version, k, method, params, quality, runs) "  # noqa: S608
+        "INSERT INTO historical_db.clusterings (space, encoder_version, k, method, params, quality, runs) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING clustering_id",
         (space, version, k, method, Jsonb(params), Jsonb({str(key): value for key, value in quality.items()}),
          len(run_ids)),
     ).fetchone()[0]
-    with conn.cursor().copy(f"COPY {RUN_CLUSTERS} (clustering_id, run_id, label, distance) FROM STDIN") as copy:  # noqa: S608
+    with conn.cursor().copy("COPY historical_db.run_clusters (clustering_id, run_id, label, distance) FROM STDIN") as copy:  # noqa: S608
         for run_id, label, distance in zip(run_ids, labels.tolist(), distances.tolist()):
             copy.write_row((clustering_id, run_id, label, distance))
     return clustering_id
@@ -77,12 +74,12 @@ def labels(conn: psycopg.Connection, run_ids: list[str], space: str, version: in
     """Each run's label in a clustering (the latest of this space and version when none is named)."""
     if clustering_id is None:
         row = conn.execute(
-            f"SELECT clustering_id FROM {CLUSTERINGS} WHERE space = %s AND encoder_version = %s "  # noqa: S608
+            "SELECT clustering_id FROM historical_db.clusterings WHERE space = %s AND encoder_version = %s "
             "ORDER BY created_at DESC, clustering_id DESC LIMIT 1", (space, version)).fetchone()
         if row is None:
             raise MetaspaceError(f"no clustering of the {space} space for encoder version {version}: "
                                  f"run metaspace cluster --space {space} --auto first")
         clustering_id = row[0]
-    found = dict(conn.execute(f"SELECT run_id, label FROM {RUN_CLUSTERS} WHERE clustering_id = %s",  # noqa: S608
+    found = dict(conn.execute("SELECT run_id, label FROM historical_db.run_clusters WHERE clustering_id = %s",
                               (clustering_id,)).fetchall())
     return [found.get(run_id) for run_id in run_ids]

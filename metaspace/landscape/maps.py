@@ -1,0 +1,75 @@
+"""The 2-D picture of a space (``metaspace map``): PCA or UMAP of the stored vectors, as of a date."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaspace.errors import MetaspaceError
+from metaspace.records import parse_date
+from metaspace.search import active_version, check_space
+from metaspace.store import clusters as cluster_store
+from metaspace.store.connection import connection
+
+
+def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """2-D coordinates and axis labels. PCA axes say how much of the spread they carry."""
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            raise MetaspaceError("--method umap needs the umap extra: pip install 'metaspace[umap]'") from None
+        return umap.UMAP(random_state=seed).fit_transform(vectors), ["UMAP 1", "UMAP 2"]
+    centred = vectors.astype(np.float64) - vectors.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred[:: max(1, len(centred) // 50_000)], full_matrices=False)
+    share = singular**2 / max((singular**2).sum(), 1e-12)
+    coords = centred @ vt[:2].T
+    return coords, [f"PC{i + 1} ({share[i]:.0%} of the spread)" for i in range(2)]
+
+
+@dataclass
+class MapResult:
+    path: str
+    points: int
+    space: str
+    color: str
+    version: int
+
+
+def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of: Any = None,
+              method: str = "pca", clustering: int | None = None, database_url: str | None = None) -> MapResult:
+    """Draw the stored runs of a space in 2-D, coloured by an outcome key, the strategy, or a clustering."""
+    check_space(space)
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".png", ".html"):
+        raise MetaspaceError(f"--out {out!r}: the picture is written as .png or .html")
+    as_of = parse_date(as_of, "--as-of")
+    with connection(database_url) as conn:
+        points = cluster_store.points(conn, space, active_version(conn), ["sharpe"], as_of, _color_key(color))
+        labels = None
+        if color == "cluster":
+            labels = cluster_store.labels(conn, points.run_ids, space, points.version, clustering)
+    if len(points.run_ids) < 3:
+        raise MetaspaceError(f"only {len(points.run_ids)} embedded run(s) in the {space} space: nothing to draw")
+    coords, axes = project(points.vectors, method)
+    title = f"{space} space, encoder version {points.version}: {len(points.run_ids):,} runs" + (
+        f" as of {as_of}" if as_of else "")
+    from metaspace.landscape import plots
+
+    draw = plots.html if suffix == ".html" else plots.png
+    draw(out, coords, axes, title, points, color, labels)
+    return MapResult(out, len(points.run_ids), space, color, points.version)
+
+
+def _color_key(color: str) -> tuple[str, list[str]] | None:
+    if color in ("strategy", "cluster"):
+        return None
+    branch, _, rest = color.partition(".")
+    path = [part for part in rest.split(".") if part]
+    if branch not in ("config", "env", "outcome") or not path:
+        raise MetaspaceError(f"--color {color!r}: use strategy, cluster, or a record key such as outcome.sharpe, "
+                             "env.realized_vol or config.rebalance")
+    return branch, path

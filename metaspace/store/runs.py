@@ -1,0 +1,128 @@
+"""The runs table: upserts from import, and the runs that still need vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from metaspace.names import JOINT_MODEL, JOINT_TYPE
+
+
+@dataclass
+class UpsertCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def upsert_runs(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
+    """Insert new runs (validated ``records.Run``s), update changed ones (dropping their now stale vectors),
+    leave unchanged ones alone."""
+    latest = {run.run_id: run for run in runs}
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS staging_runs (LIKE historical_db.runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor().copy(
+        "COPY staging_runs (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256) "
+        "FROM STDIN"
+    ) as copy:
+        for run in latest.values():
+            copy.write_row((run.run_id, run.config_id, run.strategy_id, run.as_of_date, Jsonb(run.config),
+                            Jsonb(run.env), Jsonb(run.outcome), Jsonb(run.extra), run.sha256))
+    rows = conn.execute(
+        """
+        INSERT INTO historical_db.runs AS r
+            (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256)
+        SELECT run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256 FROM staging_runs
+        ON CONFLICT (run_id) DO UPDATE SET
+            config_id = excluded.config_id, strategy_id = excluded.strategy_id, as_of_date = excluded.as_of_date,
+            config = excluded.config, env = excluded.env, outcome = excluded.outcome, extra = excluded.extra,
+            record_sha256 = excluded.record_sha256, updated_at = now()
+        WHERE r.record_sha256 <> excluded.record_sha256
+        RETURNING run_id, (xmax = 0) AS inserted
+        """
+    ).fetchall()
+    updated = [run_id for run_id, inserted in rows if not inserted]
+    if updated:
+        forget_vectors(conn, updated)
+    inserted = len(rows) - len(updated)
+    return UpsertCounts(inserted, len(updated), len(latest) - len(rows))
+
+
+def forget_vectors(conn: psycopg.Connection, run_ids: list[str]) -> None:
+    """Drop the vectors and quarantine entries of changed runs, so that embed-runs encodes them again."""
+    conn.execute(
+        "DELETE FROM historical_db.joint_embeddings WHERE encoder_version IS NOT NULL AND joint_type = %s "
+        "AND model_id = %s AND (entity_scope ->> 'run_id') = ANY(%s)",
+        (JOINT_TYPE, JOINT_MODEL, run_ids),
+    )
+    conn.execute("DELETE FROM historical_db.branch_embeddings WHERE run_id = ANY(%s)", (run_ids,))
+    conn.execute("DELETE FROM historical_db.embedding_quarantine WHERE run_id = ANY(%s)", (run_ids,))
+
+
+def _run_from_row(row: tuple) -> dict[str, Any]:
+    run_id, config_id, strategy_id, as_of_date, config, env, outcome, sha = row
+    return {"run_id": run_id, "config_id": config_id, "strategy_id": strategy_id, "as_of_date": as_of_date,
+            "config": config, "env": env, "outcome": outcome, "record_sha256": sha}
+
+
+RUN_COLUMNS = "r.run_id, r.config_id, r.strategy_id, r.as_of_date, r.config, r.env, r.outcome, r.record_sha256"
+
+
+def sample_runs(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    """A deterministic sample of stored runs for fitting (the same database gives the same sample)."""
+    rows = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM historical_db.runs r ORDER BY md5(r.run_id) LIMIT %s", (limit,)  # noqa: S608
+    ).fetchall()
+    return [_run_from_row(row) for row in rows]
+
+
+def count_runs(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0]
+
+
+@dataclass(frozen=True)
+class Selection:
+    since: Any = None
+    strategies: tuple[str, ...] = ()
+
+
+def _pending_where(selection: Selection) -> str:
+    clauses = [
+        "NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j WHERE j.encoder_version = %(version)s "
+        "AND j.joint_type = %(joint_type)s AND j.model_id = %(model_id)s AND (j.entity_scope ->> 'run_id') = r.run_id)",
+        "NOT EXISTS (SELECT 1 FROM historical_db.embedding_quarantine q WHERE q.encoder_version = %(version)s "
+        "AND q.run_id = r.run_id)",
+    ]
+    if selection.since is not None:
+        clauses.append("r.as_of_date >= %(since)s")
+    if selection.strategies:
+        clauses.append("r.strategy_id = ANY(%(strategies)s)")
+    return " AND ".join(clauses)
+
+
+def _params(version: int, selection: Selection, **more: Any) -> dict[str, Any]:
+    return {"version": version, "joint_type": JOINT_TYPE, "model_id": JOINT_MODEL, "since": selection.since,
+            "strategies": list(selection.strategies), **more}
+
+
+def count_pending(conn: psycopg.Connection, version: int, selection: Selection) -> int:
+    where = _pending_where(selection)
+    return conn.execute(
+        f"SELECT count(*) FROM historical_db.runs r WHERE {where}", _params(version, selection)  # noqa: S608
+    ).fetchone()[0]
+
+
+def pending_runs(conn: psycopg.Connection, version: int, selection: Selection, after: str, limit: int) -> list[dict]:
+    """The next runs (by run_id, after ``after``) that have no vector for this version yet."""
+    where = _pending_where(selection)
+    rows = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM historical_db.runs r WHERE r.run_id > %(after)s AND {where} "  # noqa: S608
+        "ORDER BY r.run_id LIMIT %(limit)s",
+        _params(version, selection, after=after, limit=limit),
+    ).fetchall()
+    return [_run_from_row(row) for row in rows]

@@ -1,0 +1,188 @@
+"""Writing vectors: the bulk path (binary COPY into staging, one set-based insert), the online path
+(store_run_v1), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from metaspace.errors import VersionChanged
+from metaspace.names import BRANCH_MODELS, DIMENSION, JOINT_MODEL, JOINT_TYPE, SCHEMA, SOURCE
+from metaspace.store.sqlfiles import statements
+
+HNSW_INDEXES = "vector_indexes_v1.sql"
+# The HNSW indexes created by sql/vector_indexes_v1.sql (one per space); embed-runs drops and re-creates
+# them around a large backfill. tests/test_migrations.py checks this list against the file.
+HNSW_INDEX_NAMES = ("joint_embeddings_vector_hnsw", "branch_embeddings_config_hnsw", "branch_embeddings_env_hnsw",
+                    "branch_embeddings_outcome_hnsw")
+# Advisory lock key held by embed-runs while it writes (two backfills never interleave).
+EMBED_LOCK_KEY = 0x6D657461_7370  # "meta" "sp"
+
+
+def has_legacy_bytes(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = 'historical_db' "
+        "AND table_name = 'joint_embeddings' AND column_name = 'vector_f32'"
+    ).fetchone())
+
+
+STAGING = [
+    "CREATE TEMP TABLE IF NOT EXISTS staging_meta (idx integer, run_id text, as_of_date date, config_id text, "
+    "strategy_id text) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS staging_vectors (idx integer, space smallint, vector vector(384)) "
+    "ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS staging_f32 (idx integer, f32 bytea) ON COMMIT DELETE ROWS",
+]
+SPACE_CODES = {"joint": 0, **{branch: i + 1 for i, branch in enumerate(BRANCH_MODELS)}}
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
+# One row of COPY's binary format for (idx int4, space int2, vector): every field has a fixed width, so a
+# whole batch is one numpy array turned into bytes (pgvector's binary form: int16 dim, int16 0, float4s).
+_VECTOR_ROW = np.dtype([("fields", ">i2"), ("idx_len", ">i4"), ("idx", ">i4"), ("space_len", ">i4"),
+                        ("space", ">i2"), ("vector_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"),
+                        ("vector", ">f4", (DIMENSION,))])
+# (idx int4, f32 bytea): the legacy column's little-endian float32 bytes.
+_F32_ROW = np.dtype([("fields", ">i2"), ("idx_len", ">i4"), ("idx", ">i4"), ("bytes_len", ">i4"),
+                     ("bytes", "<f4", (DIMENSION,))])
+
+
+def _vector_rows(idx: np.ndarray, space: int, vectors: np.ndarray) -> bytes:
+    rows = np.empty(len(idx), _VECTOR_ROW)
+    rows["fields"], rows["idx_len"], rows["idx"] = 3, 4, idx
+    rows["space_len"], rows["space"] = 2, space
+    rows["vector_len"], rows["dim"], rows["unused"], rows["vector"] = 4 + 4 * DIMENSION, DIMENSION, 0, vectors
+    return rows.tobytes()
+
+
+def _f32_rows(idx: np.ndarray, vectors: np.ndarray) -> bytes:
+    rows = np.empty(len(idx), _F32_ROW)
+    rows["fields"], rows["idx_len"], rows["idx"] = 2, 4, idx
+    rows["bytes_len"], rows["bytes"] = 4 * DIMENSION, vectors
+    return rows.tobytes()
+
+
+def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping[str, Any]], ok: np.ndarray,
+                  vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
+    """Binary COPY of the batch into staging tables, then one set-based insert per target table.
+
+    The vectors' COPY stream is built for the whole batch at once with numpy (no per-row Python), and the
+    runs' ids and dates are sent once per run rather than once per vector. Where the legacy float32-bytes
+    column exists, it is filled too, so that older readers keep working.
+    """
+    conn.execute(";\n".join(STAGING))
+    idx = np.flatnonzero(ok).astype(np.int32)
+    with conn.cursor().copy(
+        "COPY staging_meta (idx, run_id, as_of_date, config_id, strategy_id) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int4", "text", "date", "text", "text"])
+        for i in idx.tolist():
+            run = runs[i]
+            copy.write_row((i, run["run_id"], run["as_of_date"], run["config_id"], run["strategy_id"]))
+    blocks = [_vector_rows(idx, SPACE_CODES[space], vectors[space][idx]) for space in SPACE_CODES]
+    with conn.cursor().copy("COPY staging_vectors (idx, space, vector) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(_SIGNATURE)
+        for block in blocks:
+            copy.write(block)
+        copy.write(_TRAILER)
+    if legacy_bytes:
+        with conn.cursor().copy("COPY staging_f32 (idx, f32) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(_SIGNATURE + _f32_rows(idx, vectors["joint"][idx]) + _TRAILER)
+    legacy_column = ", vector_f32" if legacy_bytes else ""
+    legacy_value = ", f.f32" if legacy_bytes else ""
+    legacy_join = "LEFT JOIN staging_f32 f ON f.idx = v.idx" if legacy_bytes else ""
+    conn.execute(
+        f"""
+        INSERT INTO historical_db.joint_embeddings
+            (joint_type, as_of_date, entity_scope, model_id, vector, encoder_version{legacy_column})
+        SELECT %(joint_type)s, m.as_of_date,
+               jsonb_build_object('run_id', m.run_id, 'config_id', m.config_id, 'strategy_id', m.strategy_id,
+                                  'source', %(source)s::text),
+               %(model_id)s, v.vector, %(version)s{legacy_value}
+        FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx {legacy_join}
+        WHERE v.space = 0
+        ON CONFLICT (joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version)
+            WHERE encoder_version IS NOT NULL DO NOTHING
+        """,  # noqa: S608 (only fixed column names are interpolated)
+        {"joint_type": JOINT_TYPE, "source": SOURCE, "model_id": JOINT_MODEL, "version": version},
+    )
+    conn.execute(
+        """
+        INSERT INTO historical_db.branch_embeddings
+            (run_id, branch, encoder_version, model_id, as_of_date, strategy_id, config_id, vector)
+        SELECT m.run_id, b.branch, %(version)s, b.model_id, m.as_of_date, m.strategy_id, m.config_id, v.vector
+        FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx
+             JOIN (SELECT unnest(%(codes)s::smallint[]) AS code, unnest(%(branches)s::text[]) AS branch,
+                          unnest(%(models)s::text[]) AS model_id) b ON b.code = v.space
+        ON CONFLICT (run_id, branch, encoder_version) DO NOTHING
+        """,
+        {"version": version, "codes": [SPACE_CODES[b] for b in BRANCH_MODELS], "branches": list(BRANCH_MODELS),
+         "models": list(BRANCH_MODELS.values())},
+    )
+
+
+def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, version: int, fingerprint: str,
+              vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
+    """One run and its four vectors in one statement (sql/store_run_v1.sql): the online path."""
+    joint = vectors["joint"]
+    try:
+        conn.execute(
+            "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
+             vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
+        )
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        raise VersionChanged(exc.diag.message_primary or str(exc)) from None
+
+
+def quarantine(conn: psycopg.Connection, version: int, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Record runs that failed encoding (run_id, field, reason, record_sha256), so they are not retried
+    until their record changes."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO historical_db.embedding_quarantine (run_id, encoder_version, field, reason, record_sha256) "
+            "VALUES (%(run_id)s, %(version)s, %(field)s, %(reason)s, %(record_sha256)s) "
+            "ON CONFLICT (run_id, encoder_version) DO UPDATE SET field = excluded.field, "
+            "reason = excluded.reason, record_sha256 = excluded.record_sha256, quarantined_at = now()",
+            [dict(entry, version=version) for entry in entries],
+        )
+
+
+def stored_vector_count(conn: psycopg.Connection, version: int) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM historical_db.joint_embeddings WHERE encoder_version = %s", (version,)
+    ).fetchone()[0]
+
+
+def drop_hnsw_indexes(conn: psycopg.Connection) -> None:
+    for name in HNSW_INDEX_NAMES:
+        conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{name}")
+
+
+def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | None = None) -> None:
+    """Create any missing HNSW index (after a bulk load, or after an interrupted one)."""
+    if maintenance_work_mem:
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    for statement in statements(HNSW_INDEXES):
+        conn.execute(statement)
+
+
+def analyze(conn: psycopg.Connection) -> None:
+    """Refresh the planner's statistics after a load, so searches use the HNSW indexes right away
+    (before autovacuum gets to it, a freshly loaded table looks tiny and gets sequential scans)."""
+    conn.execute("ANALYZE historical_db.joint_embeddings")
+    conn.execute("ANALYZE historical_db.branch_embeddings")
+    conn.execute("ANALYZE historical_db.runs")
+
+
+def lock(conn: psycopg.Connection) -> None:
+    """Serialise writers of vectors: a second embed-runs waits for the first, then finds nothing left to do."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (EMBED_LOCK_KEY,))
+
+
+def unlock(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (EMBED_LOCK_KEY,))
