@@ -90,7 +90,18 @@ def import_runs(
     paths: Iterable[str], *, database_url: str | None = None, rejects: str | None = None, strict: bool = False,
     batch_size: int = 5_000, progress: Progress | None = None,
 ) -> ImportSummary:
-    """Load run records into historical_db.runs: upsert valid ones by run_id, reject invalid ones with a reason.
+    """Load run records from files (JSONL, CSV, Parquet, '-' for stdin) into historical_db.runs: upsert valid
+    ones by run_id, reject invalid ones with a reason. See :func:`import_records`."""
+    return import_records(read_records(paths), database_url=database_url, rejects=rejects, strict=strict,
+                          batch_size=batch_size, progress=progress)
+
+
+def import_records(
+    records: Iterable[tuple[str, int, Any]], *, database_url: str | None = None, rejects: str | None = None,
+    strict: bool = False, batch_size: int = 5_000, progress: Progress | None = None,
+) -> ImportSummary:
+    """Load run records given as (source, position, record) into historical_db.runs, the way import-runs
+    does: the entry point for importers that read runs from elsewhere (MLflow, Optuna).
 
     Each batch commits whole or not at all. With ``strict``, any reject stops the import before anything lands.
     """
@@ -98,7 +109,6 @@ def import_runs(
     batch: list[Run] = []
     reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
     try:
-        records = read_records(paths)
         if strict:
             checked = [_check(s, n, r) for s, n, r in records]
             bad = [item for item in checked if isinstance(item, Rejected)]
