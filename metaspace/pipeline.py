@@ -22,7 +22,6 @@ from metaspace.store import registry
 from metaspace.store import runs as run_store
 from metaspace.store import vectors as vector_store
 from metaspace.store.connection import connect, connection, resolve_url
-from metaspace.store.embedded import tuned_settings
 
 T = TypeVar("T")
 
@@ -234,18 +233,25 @@ def embed_runs(
                 summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
                 return summary
             stored_before = vector_store.stored_vector_count(conn, target)
+            owner = vector_store.owns_tables(conn)
             bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
+            if bulk and not owner:
+                bulk = False
+                summary.notes.append("large backfill loaded with the HNSW indexes in place: dropping and rebuilding "
+                                     "them needs the tables' owner")
             if bulk:
                 vector_store.drop_hnsw_indexes(conn)
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
             _embed_pending(conn, url, target, selection, summary, batch_size, progress)
-            if bulk or rebuild or refit:
-                index_started = time.perf_counter()
-                vector_store.ensure_hnsw_indexes(conn, tuned_settings()["maintenance_work_mem"])
+            index_started = time.perf_counter()
+            missing = vector_store.missing_hnsw_indexes(conn)
+            if missing and not owner:
+                summary.notes.append(f"HNSW index(es) {', '.join(missing)} missing: searches use exact scans until "
+                                     "the tables' owner runs metaspace embed-runs")
+            elif missing:
+                vector_store.ensure_hnsw_indexes(conn)
                 summary.index_seconds = time.perf_counter() - index_started
                 summary.index_rebuilt = bulk
-            else:
-                vector_store.ensure_hnsw_indexes(conn)
             if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
                 vector_store.analyze(conn)
             if target != active and run_store.count_pending(conn, target, run_store.Selection()) == 0:

@@ -4,18 +4,28 @@ Revision ID: 0001_schema_and_pgvector
 Revises:
 """
 
-from alembic import op
+from pathlib import Path
 
-from metaspace.store.sqlfiles import read_sql
+from alembic import op
 
 revision = "0001_schema_and_pgvector"
 down_revision = None
 branch_labels = None
 depends_on = None
 
+# This revision's own copies of the SQL it installs, as released (alembic/versions/frozen/); the tests check
+# them, and the released sql/ files, against these checksums.
+FROZEN_SQL = {
+    "require_pgvector_v1.sql": "456c305bc6f94956e0dd104e025823a29a65373cd1c153c15351256f7ff0e2ba",
+}
+
+
+def _frozen(name: str) -> str:
+    return (Path(__file__).parent / "frozen" / f"0001_{name}").read_text(encoding="utf-8")
+
 
 def upgrade() -> None:
-    op.execute(read_sql("require_pgvector_v1.sql"))
+    op.execute(_frozen("require_pgvector_v1.sql"))
     op.execute("CREATE SCHEMA IF NOT EXISTS historical_db")
 
 

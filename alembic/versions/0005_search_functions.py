@@ -17,14 +17,26 @@ in this database; the roles themselves stay, since roles belong to the whole ser
 databases may use them.
 """
 
-from alembic import op
+from pathlib import Path
 
-from metaspace.store.sqlfiles import read_sql
+from alembic import op
 
 revision = "0005_search_functions"
 down_revision = "0004_search_indexes"
 branch_labels = None
 depends_on = None
+
+# This revision's own copies of the SQL it installs, as released (alembic/versions/frozen/); the tests check
+# them, and the released sql/ files, against these checksums.
+FROZEN_SQL = {
+    "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
+    "search_v1.sql": "9397266b3172b06f8e1c8061e97522bfae6842f7530c2b2a8a9c0be48debc297",
+    "roles_v1.sql": "15b0cf2d287c50e7bae8cf0c4a3db8d9a1196020daa0784e3e648f7ef8a348af",
+}
+
+
+def _frozen(name: str) -> str:
+    return (Path(__file__).parent / "frozen" / f"0005_{name}").read_text(encoding="utf-8")
 
 DROP = [
     "DROP FUNCTION historical_db.suggest_configs_v1(vector, integer, date, text, boolean, integer, integer, text[], boolean)",
@@ -75,9 +87,9 @@ VERSION_INDEX = (
 def upgrade() -> None:
     op.execute(VERSION_DATE_INDEX)
     op.execute("DROP INDEX IF EXISTS historical_db.joint_embeddings_encoder_version")
-    op.execute(read_sql("pin_search_path_v1.sql"))
-    op.execute(read_sql("search_v1.sql"))
-    op.execute(read_sql("roles_v1.sql"))
+    op.execute(_frozen("pin_search_path_v1.sql"))
+    op.execute(_frozen("search_v1.sql"))
+    op.execute(_frozen("roles_v1.sql"))
 
 
 def downgrade() -> None:

@@ -14,14 +14,24 @@ deletes its clusterings (ON DELETE CASCADE); deleting a run deletes its labels.
 Downgrading drops both tables; it refuses while they hold rows unless ``allow_data_loss`` is set.
 """
 
-from alembic import op
-
-from metaspace.store.migrate import refuse_data_loss
+from alembic import context, op
 
 revision = "0006_clusters"
 down_revision = "0005_search_functions"
 branch_labels = None
 depends_on = None
+
+
+def refuse_data_loss(tables: tuple[str, ...]) -> None:
+    """Stop before dropping tables that hold rows, unless the user said --allow-data-loss. (Offline --sql
+    output cannot look, so it prints the drop for a DBA to read.)"""
+    if context.is_offline_mode() or context.config.attributes.get("allow_data_loss"):
+        return
+    for table in tables:
+        rows = op.get_bind().exec_driver_sql(f"SELECT count(*) FROM historical_db.{table}").scalar()  # noqa: S608
+        if rows:
+            raise RuntimeError(f"historical_db.{table} holds {rows} rows that this downgrade would drop; export "
+                               "them first, or pass --allow-data-loss to metaspace migrate")
 
 UPGRADE = [
     """

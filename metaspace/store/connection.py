@@ -72,6 +72,9 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
 
         register_vector(conn)
         yield conn
+    except psycopg.Error as exc:
+        exc.login_role = conn.info.user  # type: ignore[attr-defined]  # for describe_error, after the close
+        raise
     finally:
         conn.close()
 
@@ -87,8 +90,7 @@ def describe_error(exc: Exception) -> str:
         return (f"could not connect to the database: {primary}\n"
                 "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")
     if sqlstate == "42501":
-        pgconn = getattr(exc, "pgconn", None)
-        user = pgconn.user.decode() if pgconn is not None and pgconn.user else "this login role"
+        user = getattr(exc, "login_role", None) or "your login role"
         return (f"permission denied (SQLSTATE 42501): {primary}. The role {user} lacks this privilege: a reader "
                 f"needs GRANT metaspace_reader TO {user}; import and embed need GRANT metaspace_writer TO {user} "
                 "(see README, Roles).")

@@ -18,23 +18,6 @@ from metaspace.errors import MetaspaceError, SchemaBehindError
 VERSION_TABLE = "public.metaspace_schema_version"
 
 
-def refuse_data_loss(tables: tuple[str, ...]) -> None:
-    """In a downgrade: stop before dropping historical_db tables that hold rows, unless the user said
-    ``--allow-data-loss``. (Offline ``--sql`` output cannot look, so it prints the drop for a DBA to read.)"""
-    from alembic import context, op
-
-    if context.is_offline_mode() or context.config.attributes.get("allow_data_loss"):
-        return
-    bind = op.get_bind()
-    for table in tables:
-        rows = bind.exec_driver_sql(f"SELECT count(*) FROM historical_db.{table}").scalar()  # noqa: S608
-        if rows:
-            raise RuntimeError(
-                f"historical_db.{table} holds {rows} rows that this downgrade would drop; export them first, "
-                "or pass --allow-data-loss to metaspace migrate"
-            )
-
-
 def _script_location() -> str:
     """The migrations folder shipped in the package (``alembic/`` in the repository)."""
     env_py = resources.files("metaspace.migrations").joinpath("env.py")

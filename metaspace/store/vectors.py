@@ -158,17 +158,41 @@ def stored_vector_count(conn: psycopg.Connection, version: int) -> int:
     ).fetchone()[0]
 
 
+def owns_tables(conn: psycopg.Connection) -> bool:
+    """Whether this login may drop and build the vector tables' indexes (it owns them, or is in the role
+    that does)."""
+    return conn.execute(
+        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
+        "WHERE c.oid = 'historical_db.joint_embeddings'::regclass"
+    ).fetchone()[0]
+
+
 def drop_hnsw_indexes(conn: psycopg.Connection) -> None:
     for name in HNSW_INDEX_NAMES:
         conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{name}")
 
 
-def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | None = None) -> None:
-    """Create any missing HNSW index (after a bulk load, or after an interrupted one)."""
-    if maintenance_work_mem:
+def missing_hnsw_indexes(conn: psycopg.Connection) -> list[str]:
+    present = {name for (name,) in conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND indexname = ANY(%s)",
+        (SCHEMA, list(HNSW_INDEX_NAMES))).fetchall()}
+    return [name for name in HNSW_INDEX_NAMES if name not in present]
+
+
+def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | None = None) -> list[str]:
+    """Create any missing HNSW index (after a bulk load, or after an interrupted one); return those built.
+
+    Only missing ones are created, so a writer that does not own the tables passes when all are there.
+    ``maintenance_work_mem`` is the server's own setting unless given: the server's memory is not the
+    client's to size (the embedded server is configured for index builds when it is created).
+    """
+    missing = missing_hnsw_indexes(conn)
+    if missing and maintenance_work_mem:
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-    for statement in statements(HNSW_INDEXES):
-        conn.execute(statement)
+    for name, statement in zip(HNSW_INDEX_NAMES, statements(HNSW_INDEXES)):
+        if name in missing:
+            conn.execute(statement)
+    return missing
 
 
 def analyze(conn: psycopg.Connection) -> None:

@@ -1,0 +1,51 @@
+-- (No percent signs in this file: it is also printed by `metaspace migrate --sql`.)
+-- Two NOLOGIN roles to grant to your login roles (README "Roles"):
+--   metaspace_reader: read every table (clusters included), run the search functions, pass the schema check;
+--   metaspace_writer: the reader's rights, plus import-runs, embed-runs, embed_run and cluster. On
+--                     PostgreSQL 17 and newer it may also ANALYZE the tables (MAINTAIN). Dropping and
+--                     building HNSW indexes needs the tables' owner: a writer's large backfill loads with
+--                     the indexes in place instead, and says so.
+-- Roles are cluster-wide: an existing role is reused. Without the right to create roles, the migration
+-- goes on and says so; an administrator can create them and rerun this file (psql -f).
+-- Version 2 of roles_v1.sql: v1 ran before the clusters tables existed and left out the schema-version
+-- table that every command reads, so a writer could not import and a reader could not read clusters.
+DO $roles$
+DECLARE
+    name text;
+    tables text := 'historical_db.runs, historical_db.joint_embeddings, historical_db.branch_embeddings, '
+        'historical_db.embedding_quarantine, historical_db.clusterings, historical_db.run_clusters';
+BEGIN
+    FOREACH name IN ARRAY ARRAY['metaspace_reader', 'metaspace_writer'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
+            BEGIN
+                EXECUTE 'CREATE ROLE ' || quote_ident(name) || ' NOLOGIN';
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE USING MESSAGE = 'not allowed to create role ' || name
+                    || '; an administrator can create it (CREATE ROLE ' || name || ' NOLOGIN) and rerun the grants';
+            END;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
+            EXECUTE 'GRANT USAGE ON SCHEMA historical_db TO ' || quote_ident(name);
+            EXECUTE 'GRANT SELECT ON ALL TABLES IN SCHEMA historical_db TO ' || quote_ident(name);
+            EXECUTE 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA historical_db TO ' || quote_ident(name);
+            EXECUTE 'GRANT SELECT ON public.metaspace_schema_version TO ' || quote_ident(name);
+            EXECUTE 'ALTER DEFAULT PRIVILEGES IN SCHEMA historical_db GRANT SELECT ON TABLES TO ' || quote_ident(name);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_reader') THEN
+        -- The online write path is the writer's alone.
+        REVOKE EXECUTE ON FUNCTION
+            historical_db.store_run_v1(jsonb, text, integer, text, vector, vector, vector, vector, bytea)
+            FROM metaspace_reader;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_writer') THEN
+        EXECUTE 'GRANT INSERT, UPDATE, DELETE ON ' || tables || ' TO metaspace_writer';
+        GRANT INSERT ON historical_db.encoder_versions TO metaspace_writer;
+        GRANT UPDATE (is_active, activated_at) ON historical_db.encoder_versions TO metaspace_writer;
+        GRANT USAGE ON ALL SEQUENCES IN SCHEMA historical_db TO metaspace_writer;
+        IF current_setting('server_version_num')::integer >= 170000 THEN
+            EXECUTE 'GRANT MAINTAIN ON ' || tables || ', historical_db.encoder_versions TO metaspace_writer';
+        END IF;
+    END IF;
+END
+$roles$;

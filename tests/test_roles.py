@@ -1,0 +1,92 @@
+"""The reader and writer roles, used the way the README says: granted to real login roles that then run
+metaspace's commands end to end."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+import metaspace
+from metaspace import pipeline
+from metaspace.cli import cli
+from metaspace.sample import write_runs
+
+
+def _login(server_url: str, db_url: str, granted: str) -> Iterator[str]:
+    name = f"login_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(granted), sql.Identifier(name)))
+    yield make_conninfo(db_url, user=name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def writer_url(server_url: str, db_url: str) -> Iterator[str]:
+    yield from _login(server_url, db_url, "metaspace_writer")
+
+
+@pytest.fixture
+def reader_url(server_url: str, sample_db: str) -> Iterator[str]:
+    yield from _login(server_url, sample_db, "metaspace_reader")
+
+
+def test_a_writer_login_imports_and_embeds_end_to_end(writer_url: str, sample_history: list[dict],
+                                                      tmp_path: Path) -> None:
+    path = write_runs(sample_history[:600], tmp_path / "runs.jsonl")
+    result = CliRunner().invoke(cli, ["--database-url", writer_url, "import-runs", str(path)])
+    assert result.exit_code == 0, result.output
+    summary = pipeline.embed_runs(database_url=writer_url)
+    assert summary.embedded == 600 and summary.quarantined == []
+    changed = dict(sample_history[0], outcome={"sharpe": 9.0})
+    metaspace.embed_run(changed, database_url=writer_url)
+    assert metaspace.search(run_id=changed["run_id"], k=3, database_url=writer_url)
+    assert pipeline.embed_runs(database_url=writer_url, rebuild=True).switched_from == 1
+    clustered = CliRunner().invoke(cli, ["--database-url", writer_url, "cluster", "--k", "3"])
+    assert clustered.exit_code == 0, clustered.output
+
+
+def test_a_writer_login_loads_a_large_backfill_with_the_indexes_in_place(
+        writer_url: str, sample_history: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.import_records((("runs", i, r) for i, r in enumerate(sample_history[:300])), database_url=writer_url)
+    monkeypatch.setattr(pipeline, "BULK_MIN", 100)
+    summary = pipeline.embed_runs(database_url=writer_url)
+    assert summary.embedded == 300 and not summary.index_rebuilt
+    assert any("needs the tables' owner" in note for note in summary.notes)
+    with psycopg.connect(writer_url) as conn:
+        hnsw = conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'historical_db' "
+                            "AND indexdef LIKE '%USING hnsw%'").fetchone()[0]
+    assert hnsw == 4
+
+
+def test_a_reader_login_searches_suggests_maps_and_reads_clusters(reader_url: str, sample_db: str,
+                                                                   sample_history: list[dict],
+                                                                   tmp_path: Path) -> None:
+    metaspace.cluster(k=3, database_url=sample_db)
+    run_id = sample_history[5]["run_id"]
+    assert len(metaspace.search(run_id=run_id, k=5, database_url=reader_url)) == 5
+    assert metaspace.suggest(sample_history[5]["env"], k=3, database_url=reader_url)
+    out = tmp_path / "map.png"
+    result = CliRunner().invoke(cli, ["--database-url", reader_url, "map", "--color", "cluster", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0
+
+
+def test_a_reader_login_cannot_write_and_is_told_what_to_grant(reader_url: str, sample_history: list[dict],
+                                                               tmp_path: Path) -> None:
+    path = write_runs(sample_history[:5], tmp_path / "runs.jsonl")
+    result = CliRunner().invoke(cli, ["--database-url", reader_url, "import-runs", str(path)])
+    assert result.exit_code == 1
+    assert "SQLSTATE 42501" in result.output and "GRANT metaspace_writer TO login_" in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        metaspace.embed_run(dict(sample_history[0], run_id="new-run"), database_url=reader_url)
