@@ -8,7 +8,9 @@ import queue
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -102,32 +104,29 @@ def import_records(
     """Load run records given as (source, position, record) into historical_db.runs, the way import-runs
     does: the entry point for importers that read runs from elsewhere (MLflow, Optuna).
 
-    Each batch commits whole or not at all. With ``strict``, any reject stops the import before anything lands.
+    Every record is judged on its own: an invalid one, or one the server refuses, is rejected with its
+    position, field and reason, and the others land. Each batch commits whole. With ``strict`` the whole
+    import is one transaction: every record is still read and every reject listed, but if there is any,
+    nothing lands. Records are streamed, never all held in memory.
     """
     summary = ImportSummary()
-    batch: list[Run] = []
     reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
     try:
-        if strict:
-            checked = [_check(s, n, r) for s, n, r in records]
-            bad = [item for item in checked if isinstance(item, Rejected)]
-            if bad:
-                for item in bad:
-                    _write_reject(reject_file, item, summary)
-                summary.read = len(checked)
-                raise MetaspaceError(
-                    f"{len(bad)} invalid record(s), nothing imported (--strict); first: {_describe_reject(bad[0])}"
-                )
-        items = iter(checked) if strict else (_check(s, n, r) for s, n, r in records)
-        with connection(database_url) as conn:
+        items = (_check(s, n, r) for s, n, r in records)
+        with connection(database_url) as conn, (conn.transaction() if strict else nullcontext()):
             for chunk in in_background(_chunks(items, batch_size)):
+                valid = []
                 for item in chunk:
                     summary.read += 1
                     if isinstance(item, Rejected):
                         _write_reject(reject_file, item, summary)
                     else:
-                        batch.append(item)
-                _flush(conn, batch, summary, progress)
+                        valid.append(item)
+                if not (strict and summary.rejected):
+                    _flush(conn, valid, summary, reject_file, progress)
+            if strict and summary.rejected:
+                raise MetaspaceError(f"{summary.rejected} invalid record(s), nothing imported (--strict); "
+                                     f"first: {_describe_reject(summary.rejects[0])}")
     finally:
         if reject_file:
             reject_file.close()
@@ -145,17 +144,17 @@ def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def _check(source: str, line: int, record: Any) -> Run | Rejected:
+def _check(source: str, line: int, record: Any) -> tuple[str, int, Run] | Rejected:
     if isinstance(record, InvalidRecordError):
         return Rejected(source, line, None, record.field, record.reason)
     try:
-        return validate(record)
+        return source, line, validate(record)
     except InvalidRecordError as exc:
         return Rejected(source, line, None if exc.record == "?" else exc.record, exc.field, exc.reason)
 
 
-def _describe_reject(item: Rejected) -> str:
-    return f"{item.source}:{item.line} run {item.run_id!r}, field {item.field!r}: {item.reason}"
+def _describe_reject(item: dict[str, Any]) -> str:
+    return f"{item['source']}:{item['line']} run {item['run_id']!r}, field {item['field']!r}: {item['reason']}"
 
 
 def _write_reject(handle, item: Rejected, summary: ImportSummary) -> None:
@@ -166,17 +165,21 @@ def _write_reject(handle, item: Rejected, summary: ImportSummary) -> None:
         handle.write(json.dumps(item.as_dict()) + "\n")
 
 
-def _flush(conn, batch: list[Run], summary: ImportSummary, progress: Progress | None) -> None:
+def _flush(conn, batch: list[tuple[str, int, Run]], summary: ImportSummary, reject_file,
+           progress: Progress | None) -> None:
+    """Upsert a batch in one transaction; records the server refuses are found and rejected, the rest land."""
     if not batch:
         return
     with conn.transaction():
-        counts = run_store.upsert_runs(conn, batch)
+        counts, refused = run_store.upsert_runs(conn, [run for _, _, run in batch])
+    where = {run.run_id: (source, line) for source, line, run in batch}
+    for run_id, reason in refused:
+        _write_reject(reject_file, Rejected(*where[run_id], run_id, "(record)", reason), summary)
     summary.inserted += counts.inserted
     summary.updated += counts.updated
     summary.unchanged += counts.unchanged
     if progress:
         progress(len(batch))
-    batch.clear()
 
 
 # -- embed-runs -------------------------------------------------------------------------------------
@@ -190,6 +193,7 @@ class EmbedSummary:
     pending: int = 0
     embedded: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    unseen_keys: dict[str, int] = field(default_factory=dict)
     switched_from: int | None = None
     index_rebuilt: bool = False
     index_seconds: float = 0.0
@@ -303,8 +307,10 @@ def _embed_pending(conn, url: str, version: int, selection, summary: EmbedSummar
     legacy = vector_store.has_legacy_bytes(conn)
     with connect(url, autocommit=True) as reader, warnings.catch_warnings():
         warnings.simplefilter("ignore", SchemaDriftWarning)  # process-wide: the worker thread encodes
-        for runs, encoded, encode_seconds in in_background(
+        unseen: Counter[str] = Counter()
+        for runs, encoded, encode_seconds, batch_unseen in in_background(
                 _fetch_and_encode(reader, space, version, selection, summary.pending, batch_size)):
+            unseen.update(batch_unseen)
             started = time.perf_counter()
             with conn.transaction():
                 vector_store.write_vectors(conn, version, runs, encoded.ok, encoded.vectors(), legacy)
@@ -317,10 +323,17 @@ def _embed_pending(conn, url: str, version: int, selection, summary: EmbedSummar
             summary.embedded += int(encoded.ok.sum())
             if progress:
                 progress(len(runs), summary.pending)
+    summary.unseen_keys = dict(unseen.most_common())
+    if unseen:
+        shown = ", ".join(f"{key} ({count})" for key, count in unseen.most_common(5))
+        summary.notes.append(
+            f"{len(unseen)} key(s) that encoder version {version} was not fitted on were ignored in "
+            f"{sum(unseen.values())} value(s): {shown}{' ...' if len(unseen) > 5 else ''}; "
+            "metaspace embed-runs --rebuild fits a version that uses them")
 
 
 def _fetch_and_encode(reader, space: MetaSpace, version: int, selection, pending: int,
-                      batch_size: int) -> Iterator[tuple[list[dict], EncodedRuns, float]]:
+                      batch_size: int) -> Iterator[tuple[list[dict], EncodedRuns, float, Counter[str]]]:
     after, remaining = "", pending
     while remaining > 0:
         runs = run_store.pending_runs(reader, version, selection, after, min(batch_size, remaining))
@@ -330,7 +343,9 @@ def _fetch_and_encode(reader, space: MetaSpace, version: int, selection, pending
         remaining -= len(runs)
         started = time.perf_counter()
         encoded = space.encode(runs)
-        yield runs, encoded, time.perf_counter() - started
+        unseen = Counter({f"{branch}.{key}": count for branch, encoder in space.branches_.items()
+                          for key, count in getattr(encoder, "last_unknown_keys_", {}).items()})
+        yield runs, encoded, time.perf_counter() - started, unseen
 
 
 _ONLINE: dict[str, tuple[int, bool]] = {}

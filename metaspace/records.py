@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -60,20 +61,74 @@ class Rejected:
                 "reason": self.reason}
 
 
-def _check_leaves(value: Any, path: str, run_id: str) -> None:
+# What PostgreSQL's jsonb and float64 can hold, and what a sane record looks like: beyond these a record is
+# rejected with its field, never stored to break something later.
+MAX_KEY_LENGTH = 256
+MAX_DEPTH = 16
+MAX_LIST_LENGTH = 10_000
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store this text (a NUL, or a lone UTF-16 surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which PostgreSQL text and jsonb cannot hold"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate, which is not valid Unicode text"
+    return None
+
+
+def _number_problem(value: int | float) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not valid JSON; use null for a missing value"
+    try:
+        float(value)
+    except OverflowError:
+        return f"the integer {str(value)[:20]}... ({len(str(value))} digits) is beyond the float64 range"
+    return None
+
+
+def _check_value(value: Any, path: str, run_id: str, depth: int = 0) -> None:
+    def bad(where: str, reason: str) -> InvalidRecordError:
+        return InvalidRecordError(run_id, where, reason)
+
+    if depth > MAX_DEPTH:
+        raise bad(path, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, Mapping):
         for key, child in value.items():
             if not isinstance(key, str) or not key:
-                raise InvalidRecordError(run_id, path, f"keys must be non-empty strings, got {key!r}")
-            _check_leaves(child, f"{path}.{key}", run_id)
+                raise bad(path, f"keys must be non-empty strings, got {key!r}")
+            if len(key) > MAX_KEY_LENGTH:
+                raise bad(f"{path}.{key[:40]}...", f"key longer than {MAX_KEY_LENGTH} characters")
+            problem = text_problem(key)
+            if problem:
+                raise bad(f"{path}.{key!r}", f"key {problem}")
+            _check_value(child, f"{path}.{key}", run_id, depth + 1)
     elif isinstance(value, list):
+        if len(value) > MAX_LIST_LENGTH:
+            raise bad(path, f"list of {len(value)} items; at most {MAX_LIST_LENGTH}")
         for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
-                raise InvalidRecordError(run_id, f"{path}[{i}]", f"lists must hold finite numbers, got {item!r}")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise InvalidRecordError(run_id, path, f"{value} is not valid JSON; use null for a missing value")
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise InvalidRecordError(run_id, path, f"unsupported value of type {type(value).__name__}")
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise bad(f"{path}[{i}]", f"lists must hold finite numbers, got {_short(item)}")
+            problem = _number_problem(item)
+            if problem:
+                raise bad(f"{path}[{i}]", problem)
+    elif isinstance(value, str):
+        problem = text_problem(value)
+        if problem:
+            raise bad(path, problem)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        problem = _number_problem(value)
+        if problem:
+            raise bad(path, problem)
+    elif value is not None and not isinstance(value, bool):
+        raise bad(path, f"unsupported value of type {type(value).__name__}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _optional_id(record: Mapping[str, Any], field: str, run_id: str) -> str | None:
@@ -81,8 +136,12 @@ def _optional_id(record: Mapping[str, Any], field: str, run_id: str) -> str | No
     if value is None or value == "":
         return None
     if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise InvalidRecordError(run_id, field, f"expected a string, got {value!r}")
-    return str(value)
+        raise InvalidRecordError(run_id, field, f"expected a string, got {_short(value)}")
+    text = str(value)
+    problem = text_problem(text)
+    if problem or len(text) > 512:
+        raise InvalidRecordError(run_id, field, problem or "longer than 512 characters")
+    return text
 
 
 def parse_date(value: Any, label: str) -> dt.date | None:
@@ -107,7 +166,11 @@ def validate(record: Any) -> Run:
     if isinstance(run_id, int) and not isinstance(run_id, bool):
         run_id = str(run_id)
     if not isinstance(run_id, str) or not run_id.strip():
-        raise InvalidRecordError("?", "run_id", "required: a non-empty string")
+        raise InvalidRecordError("?", "run_id", f"required: a non-empty string (or integer), got {_short(run_id)}")
+    problem = text_problem(run_id)
+    if problem:
+        raise InvalidRecordError(run_id.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:60],
+                                 "run_id", problem)
     if len(run_id) > 512:
         raise InvalidRecordError(run_id[:40] + "...", "run_id", "longer than 512 characters")
     raw_date = record.get("as_of_date")
@@ -124,15 +187,36 @@ def validate(record: Any) -> Run:
             value = {}
         if not isinstance(value, Mapping):
             raise InvalidRecordError(run_id, branch, f"expected an object, got {type(value).__name__}")
-        _check_leaves(value, branch, run_id)
+        _check_value(value, branch, run_id)
         branches[branch] = dict(value)
     extra = {k: v for k, v in record.items() if k not in RESERVED}
-    try:
-        json.dumps(extra, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRecordError(run_id, "(extra fields)", f"not JSON-able: {exc}") from None
+    _check_extra(extra, run_id)
     return Run(run_id, as_of, _optional_id(record, "config_id", run_id), _optional_id(record, "strategy_id", run_id),
                branches["config"], branches["env"], branches["outcome"], extra)
+
+
+def _check_extra(value: Any, run_id: str, path: str = "", depth: int = 0) -> None:
+    """Other top-level fields are kept as they are (lists of anything included), if PostgreSQL can hold them."""
+    if depth > MAX_DEPTH:
+        raise InvalidRecordError(run_id, path, f"nested deeper than {MAX_DEPTH} levels")
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else None
+    if items is None:
+        if isinstance(value, (dict, list)) or value is None or isinstance(value, bool):
+            return
+        if isinstance(value, str):
+            problem = text_problem(value)
+        elif isinstance(value, (int, float)):
+            problem = _number_problem(value)
+        else:
+            problem = f"unsupported value of type {type(value).__name__}"
+        if problem:
+            raise InvalidRecordError(run_id, path, problem)
+        return
+    for key, child in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if not isinstance(key, (str, int)) or (isinstance(key, str) and text_problem(key)):
+            raise InvalidRecordError(run_id, path or "(extra fields)", f"key {key!r} cannot be stored")
+        _check_extra(child, run_id, where, depth + 1)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -156,6 +240,8 @@ def _format(path: str) -> str:
 
 
 def _csv_value(text: str) -> Any:
+    """A CSV cell as the JSON value it stands for. Only text that a number writes back to exactly becomes a
+    number: "007", "1_000" or "nan" stay strings, so an identifier never silently changes."""
     if text == "":
         return None
     lowered = text.lower()
@@ -166,15 +252,16 @@ def _csv_value(text: str) -> Any:
             return json.loads(text)
         except ValueError:
             return text
-    try:
+    if _INTEGER.fullmatch(text):
         return int(text)
-    except ValueError:
-        pass
-    try:
+    if _DECIMAL.fullmatch(text):
         value = float(text)
-        return value if math.isfinite(value) else None
-    except ValueError:
-        return text
+        return value if math.isfinite(value) else text
+    return text
+
+
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|-?\.[0-9]+([eE][-+]?[0-9]+)?")
 
 
 def unflatten(row: Mapping[str, Any]) -> dict[str, Any]:

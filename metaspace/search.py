@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from metaspace import keys
 from metaspace.encoders import EncodingError, SchemaDriftWarning
 from metaspace.encoders.features import flatten
 from metaspace.errors import MetaspaceError
@@ -238,21 +239,24 @@ def search(*, run_id: str | None = None, record: Mapping[str, Any] | None = None
     return _rows_or_frame(answer.rows, as_frame)
 
 
-def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str = "sharpe", higher_is_better: bool = True,
+def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
                  neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (), exact: bool = False,
                  database_url: str | None = None) -> Iterator[Answer]:
-    """Suggested configs for each env query, in input order."""
+    """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
+    ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``."""
     with connection(database_url, autocommit=True) as conn:
+        key = keys.resolve(conn, objective, branch="outcome", option="objective")
         encoder = _Encoder(conn)
         prepared = [(q, *encoder.vector(q)) for q in queries]
-        for query, vector, notes in prepared:
-            rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=objective,
+        for index, (query, vector, notes) in enumerate(prepared):
+            notes = [key.note, *notes] if key.note and index == 0 else notes
+            rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=".".join(key.path),
                                         higher_is_better=higher_is_better, neighbours=neighbours,
                                         min_runs=min_runs, strategies=tuple(strategies), exact=exact)
             yield Answer(query, rows, notes)
 
 
-def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str = "sharpe", higher_is_better: bool = True,
+def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
             as_of: Any = None, neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (),
             exact: bool = False, database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a

@@ -43,7 +43,8 @@ def map_command(space, color, as_of, method, clustering, out) -> None:
 @click.option("--space", type=click.Choice(SPACES), default="joint", show_default=True)
 @click.option("--k", "k", type=click.IntRange(1), help="Number of clusters.")
 @click.option("--auto", is_flag=True, help="Choose k in 2..12 by the silhouette score (on up to 5,000 runs).")
-@click.option("--objective", default="outcome.sharpe", show_default=True, help="Outcome key summarised per cluster.")
+@click.option("--objective", metavar="KEY",
+              help="Outcome key summarised per cluster (default: the one outcome key named sharpe, if any).")
 @click.option("--seed", default=0, show_default=True, help="k-means seed (same seed, same labels).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors
@@ -66,8 +67,10 @@ def cluster_command(space, k, auto, objective, seed, fmt) -> None:
     how = "chosen by silhouette" if auto else "given"
     click.echo(f"clustering {result.clustering_id}: {result.k} clusters ({how}) of the {result.space} space, "
                f"encoder version {result.version}")
-    echo_table([{"cluster": c.label, "runs": c.size, f"{objective} mean": c.objective_mean,
-                 f"{objective} std": c.objective_std, "representative configs": ", ".join(c.representative_configs),
+    for note in result.notes:
+        click.echo(note, err=True)
+    echo_table([{"cluster": c.label, "runs": c.size, f"{result.objective} mean": c.objective_mean,
+                 f"{result.objective} std": c.objective_std, "representative configs": ", ".join(c.representative_configs),
                  "dominant strategies": ", ".join(f"{s['strategy_id']} {s['share']:.0%}" for s in c.dominant_strategies)}
                 for c in result.clusters])
 

@@ -129,7 +129,8 @@ def _scope(text: str | None) -> dict[str, Any] | None:
 @click.option("--env", "env_file", required=True, metavar="FILE",
               help="Target environments (JSON or JSONL; a line may be a record with its own as_of_date).")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many configs.")
-@click.option("--objective", default="outcome.sharpe", show_default=True, help="The outcome key to rank by.")
+@click.option("--objective", metavar="KEY",
+              help="The outcome key to rank by (default: the one numeric outcome key named sharpe, at any depth).")
 @click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
 @click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a line's own date wins).")
 @click.option("--neighbours", default=200, show_default=True, type=click.IntRange(1, 10000),

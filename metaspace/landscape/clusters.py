@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from metaspace.errors import MetaspaceError
+from metaspace.keys import optional_objective
 from metaspace.search import active_version, check_space
 from metaspace.store import clusters as cluster_store
 from metaspace.store.clusters import Points
@@ -17,13 +18,6 @@ from metaspace.store.connection import connection
 
 AUTO_K = range(2, 13)
 SILHOUETTE_SAMPLE = 5_000
-
-
-def _objective_path(objective: str) -> list[str]:
-    path = [part for part in objective.removeprefix("outcome.").split(".") if part]
-    if not path:
-        raise MetaspaceError(f"objective {objective!r} is not an outcome key (for example outcome.sharpe)")
-    return path
 
 
 @dataclass
@@ -45,6 +39,8 @@ class ClusterResult:
     method: str
     quality: dict[str, Any]
     clusters: list[ClusterSummary] = field(default_factory=list)
+    objective: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,16 +68,20 @@ def choose_k(vectors: np.ndarray, seed: int = 0) -> tuple[int, dict[int, float]]
     return max(scores, key=scores.get), scores
 
 
-def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, objective: str = "outcome.sharpe",
+def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, objective: str | None = None,
             seed: int = 0, database_url: str | None = None) -> ClusterResult:
-    """k-means over the stored vectors of a space; labels stored with the encoder version and parameters."""
+    """k-means over the stored vectors of a space; labels stored with the encoder version and parameters.
+
+    ``objective`` (an outcome key) is summarised per cluster; by default the one outcome key named sharpe,
+    if there is one."""
     from sklearn.cluster import KMeans
 
     check_space(space)
     if (k is None) == (not auto):
         raise MetaspaceError("give --k N or --auto")
     with connection(database_url, autocommit=True) as conn:
-        points = cluster_store.points(conn, space, active_version(conn), _objective_path(objective), None)
+        key = optional_objective(conn, objective)
+        points = cluster_store.points(conn, space, active_version(conn), key.path if key else None, None)
         if k is not None and not 1 <= k <= len(points.run_ids):
             raise MetaspaceError(f"--k {k}: must be between 1 and the number of embedded runs ({len(points.run_ids)})")
         quality: dict[str, Any] = {}
@@ -96,7 +96,8 @@ def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, o
         with conn.transaction():
             clustering_id = cluster_store.save_clustering(
                 conn, space, points.version, k, "kmeans", params, quality, points.run_ids, model.labels_, distances)
-    result = ClusterResult(clustering_id, space, points.version, k, "kmeans", quality)
+    result = ClusterResult(clustering_id, space, points.version, k, "kmeans", quality,
+                           objective=key.name if key else None, notes=[key.note] if key and key.note else [])
     result.clusters = _summaries(points, model.labels_, distances, k)
     return result
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from metaspace.errors import MetaspaceError
+from metaspace.keys import optional_objective, resolve
 from metaspace.records import parse_date
 from metaspace.search import active_version, check_space
 from metaspace.store import clusters as cluster_store
@@ -48,7 +49,10 @@ def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of:
         raise MetaspaceError(f"--out {out!r}: the picture is written as .png or .html")
     as_of = parse_date(as_of, "--as-of")
     with connection(database_url) as conn:
-        points = cluster_store.points(conn, space, active_version(conn), ["sharpe"], as_of, _color_key(color))
+        objective = optional_objective(conn, None)
+        color_key = None if color in ("strategy", "cluster") else resolve(conn, color, numeric=False, option="--color")
+        points = cluster_store.points(conn, space, active_version(conn), objective.path if objective else None,
+                                      as_of, (color_key.branch, list(color_key.path)) if color_key else None)
         labels = None
         if color == "cluster":
             labels = cluster_store.labels(conn, points.run_ids, space, points.version, clustering)
@@ -62,14 +66,3 @@ def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of:
     draw = plots.html if suffix == ".html" else plots.png
     draw(out, coords, axes, title, points, color, labels)
     return MapResult(out, len(points.run_ids), space, color, points.version)
-
-
-def _color_key(color: str) -> tuple[str, list[str]] | None:
-    if color in ("strategy", "cluster"):
-        return None
-    branch, _, rest = color.partition(".")
-    path = [part for part in rest.split(".") if part]
-    if branch not in ("config", "env", "outcome") or not path:
-        raise MetaspaceError(f"--color {color!r}: use strategy, cluster, or a record key such as outcome.sharpe, "
-                             "env.realized_vol or config.rebalance")
-    return branch, path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ class Points:
 BRANCH_COLUMNS = {"config": "r.config", "env": "r.env", "outcome": "r.outcome"}
 
 
-def points(conn: psycopg.Connection, space: str, version: int, objective: list[str], as_of: dt.date | None,
+def points(conn: psycopg.Connection, space: str, version: int, objective: Sequence[str] | None, as_of: dt.date | None,
            color: tuple[str, list[str]] | None = None) -> Points:
     """Every embedded run of a space (active encoder version), as of a date, with its objective value and,
     with ``color`` = (branch, key path), the value of that key."""
@@ -45,7 +46,7 @@ def points(conn: psycopg.Connection, space: str, version: int, objective: list[s
           AND (%(as_of)s::date IS NULL OR v.as_of_date <= %(as_of)s::date)
         ORDER BY v.run_id
         """,  # noqa: S608 (fixed names only)
-        {"path": objective, "space": space, "version": version, "as_of": as_of,
+        {"path": list(objective) if objective else None, "space": space, "version": version, "as_of": as_of,
          "color_path": color[1] if color else None},
     )
     rows = cursor.fetchall()

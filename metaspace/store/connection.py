@@ -30,33 +30,48 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print or log."""
+    """The URL with any password replaced by ``***`` (in the authority or as ``?password=``), safe to print."""
     if "://" in url:
         parts = urlsplit(url)
-        if not parts.password:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        query = "&".join("password=***" if pair.partition("=")[0].lower() == "password" else pair
+                         for pair in parts.query.split("&"))
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            host = netloc.rpartition("@")[2]
+            netloc = f"{user}:***@{host}"
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
     params = psycopg.conninfo.conninfo_to_dict(url)
     if "password" in params:
         params["password"] = "***"
     return " ".join(f"{key}={value}" for key, value in params.items())
 
 
-def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
-    """A psycopg connection with the pgvector types registered (numpy arrays in and out)."""
-    conn = psycopg.connect(url, autocommit=autocommit)
-    if register:
-        from pgvector.psycopg import register_vector
+# PostgreSQL 18.0 to 18.4 fail with "no empty local buffer available" when one scan of a temporary staging
+# table larger than temp_buffers meets rows stored out of line at a high effective_io_concurrency (fixed
+# in 18.6). temp_buffers of at least (effective_io_concurrency + 1) x 128 kB avoids it; it is allocated
+# only as temporary tables use it, and must be set before a session's first one. Never lowered.
+_TEMP_BUFFERS = (
+    "SELECT set_config('temp_buffers', '64MB', false) "
+    "WHERE pg_size_bytes(current_setting('temp_buffers')) < 64 * 1024 * 1024"
+)
 
-        try:
+
+def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
+    """A psycopg connection with the pgvector types registered (numpy arrays in and out), and room for
+    the staging tables of the write path."""
+    conn = psycopg.connect(url, autocommit=autocommit)
+    try:
+        conn.execute(_TEMP_BUFFERS)
+        if not autocommit:
+            conn.commit()
+        if register:
+            from pgvector.psycopg import register_vector
+
             register_vector(conn)
-        except psycopg.ProgrammingError:
-            conn.close()
-            raise
+    except psycopg.Error:
+        conn.close()
+        raise
     return conn
 
 

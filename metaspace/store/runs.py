@@ -19,7 +19,32 @@ class UpsertCounts:
     unchanged: int = 0
 
 
-def upsert_runs(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
+# Errors the server raises for a record it cannot take (bad data, a broken constraint, a value too large,
+# an internal error on one row): the batch is split until the refused records are found.
+REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.InternalError, psycopg.errors.ProgramLimitExceeded)
+
+
+def upsert_runs(conn: psycopg.Connection, runs: Sequence[Any]) -> tuple[UpsertCounts, list[tuple[str, str]]]:
+    """Upsert runs (validated ``records.Run``s); return the counts and the (run_id, reason) of any the
+    server refused. A refused batch is halved, each half in its own savepoint, down to the single
+    records that fail: one bad record never stops the others, and nothing lands half-way silently."""
+    try:
+        with conn.transaction():
+            return _upsert(conn, runs), []
+    except REFUSALS as exc:
+        if len(runs) == 1:
+            sqlstate = exc.sqlstate or "?"
+            return UpsertCounts(), [(runs[0].run_id, f"the database refused it: {exc.diag.message_primary or exc} "
+                                                     f"(SQLSTATE {sqlstate})")]
+    half = len(runs) // 2
+    first, refused_first = upsert_runs(conn, runs[:half])
+    second, refused_second = upsert_runs(conn, runs[half:])
+    total = UpsertCounts(first.inserted + second.inserted, first.updated + second.updated,
+                         first.unchanged + second.unchanged)
+    return total, refused_first + refused_second
+
+
+def _upsert(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
     """Insert new runs (validated ``records.Run``s), update changed ones (dropping their now stale vectors),
     leave unchanged ones alone."""
     latest = {run.run_id: run for run in runs}
@@ -126,3 +151,21 @@ def pending_runs(conn: psycopg.Connection, version: int, selection: Selection, a
         _params(version, selection, after=after, limit=limit),
     ).fetchall()
     return [_run_from_row(row) for row in rows]
+
+
+def branch_sample(conn: psycopg.Connection, branch: str, limit: int) -> list[dict[str, Any]]:
+    """One branch object (config, env or outcome) of up to ``limit`` stored runs, the latest first."""
+    column = {"config": "config", "env": "env", "outcome": "outcome"}[branch]
+    rows = conn.execute(
+        f"SELECT {column} FROM historical_db.runs ORDER BY as_of_date DESC LIMIT %s", (limit,)  # noqa: S608
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def key_exists(conn: psycopg.Connection, branch: str, path: list[str], numeric: bool) -> bool:
+    """Whether any stored run has this key (holding a number, with ``numeric``)."""
+    column = {"config": "config", "env": "env", "outcome": "outcome"}[branch]
+    return conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM historical_db.runs WHERE jsonb_typeof({column} #> %s) "  # noqa: S608
+        "= ANY(%s))", (path, ["number"] if numeric else ["number", "string", "boolean", "array"]),
+    ).fetchone()[0]

@@ -130,11 +130,12 @@ def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, 
     """One run and its four vectors in one statement (sql/store_run_v1.sql): the online path."""
     joint = vectors["joint"]
     try:
-        conn.execute(
-            "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
-             vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
-        )
+        with conn.transaction():  # a savepoint when the caller's connection is inside a transaction
+            conn.execute(
+                "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
+                 vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
+            )
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
         raise VersionChanged(exc.diag.message_primary or str(exc)) from None
 
