@@ -189,3 +189,43 @@ def test_embed_reports_keys_the_encoder_was_not_fitted_on(db_url: str, tmp_path:
     summary = pipeline.embed_runs(database_url=db_url)
     assert summary.embedded == 30 and summary.unseen_keys == {"env.vix": 30}
     assert any("env.vix (30)" in note and "--rebuild" in note for note in summary.notes)
+
+
+def test_a_password_in_the_query_string_is_never_printed() -> None:
+    from metaspace.store.connection import redact
+
+    url = "postgresql://alice:pw1@127.0.0.1:1/db?sslmode=disable&password=pw2"
+    assert redact(url) == "postgresql://alice:***@127.0.0.1:1/db?sslmode=disable&password=***"
+    result = CliRunner().invoke(cli, ["migrate", "--database-url", "postgresql://127.0.0.1:1/db?password=s3cret",
+                                      "--status"])
+    assert result.exit_code == 1 and "s3cret" not in result.output
+
+
+def test_database_errors_say_what_happened_with_the_sqlstate(db_url: str, tmp_path: Path) -> None:
+    unreachable = CliRunner().invoke(cli, ["--database-url", "postgresql://nobody@127.0.0.1:1/x", "search",
+                                           "--run", "r1"])
+    assert unreachable.exit_code == 1 and "could not connect to the database" in unreachable.output
+    with connect(db_url, autocommit=True) as conn:  # a replica, or a database a DBA made read-only
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET default_transaction_read_only = on")
+    path = _write_jsonl(tmp_path / "runs.jsonl", [json.dumps(r) for r in _good(3)])
+    refused = CliRunner().invoke(cli, ["--database-url", db_url, "import-runs", path])
+    assert refused.exit_code == 1
+    assert "the database refused: cannot execute " in refused.output and "(SQLSTATE 25006)" in refused.output
+    for result in (unreachable, refused):
+        assert "Traceback" not in result.output
+
+
+def test_embed_run_follows_a_version_switch_inside_the_callers_transaction(db_url: str) -> None:
+    records = _good(60)
+    pipeline.import_records((("mem", i, r) for i, r in enumerate(records)), database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    with connect(db_url) as conn:  # not autocommit: embed_run's statements run inside the caller's transaction
+        pipeline.embed_run(_good(1, start=900)[0], conn=conn)
+        conn.commit()
+        pipeline.embed_runs(database_url=db_url, rebuild=True)
+        pipeline.embed_run(_good(1, start=901)[0], conn=conn)
+        conn.commit()
+        versions = dict(conn.execute(
+            "SELECT entity_scope->>'run_id', encoder_version FROM historical_db.joint_embeddings "
+            "WHERE entity_scope->>'run_id' IN ('good-00900', 'good-00901')").fetchall())
+    assert versions == {"good-00901": 2} or versions == {"good-00900": 2, "good-00901": 2}

@@ -19,9 +19,9 @@ class UpsertCounts:
     unchanged: int = 0
 
 
-# Errors the server raises for a record it cannot take (bad data, a broken constraint, a value too large,
-# an internal error on one row): the batch is split until the refused records are found.
-REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.InternalError, psycopg.errors.ProgramLimitExceeded)
+# Errors the server raises for a record it cannot take (bad data, a broken constraint, a value too large):
+# the batch is split until the refused records are found. Any other error stops the import.
+REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
 def upsert_runs(conn: psycopg.Connection, runs: Sequence[Any]) -> tuple[UpsertCounts, list[tuple[str, str]]]:
