@@ -1,0 +1,326 @@
+"""SQLAlchemy 2.0 mappings of metaspace's tables, the run_vectors_v1 view and the search functions, so that
+an application queries the space through its own session and ORM.
+
+The migrations are the only way to build or change the schema (``metaspace migrate``): these mappings
+describe what they built, for reading, and are never used to create tables; there is no ``create_all``
+here on purpose. ``tests/test_models.py`` compares :data:`metadata` with a database built by the migration
+chain (tables, columns, types, nullability, indexes, foreign keys), so a revision that changes a table
+fails the tests until this module follows it. Check constraints and server defaults live in the
+migrations only. metaspace writes through its own commands and SQL functions (``import-runs``,
+``embed-runs``, ``historical_db.store_run_v1``), which keep its rules; the mappings do not.
+
+The plain nearest-neighbour query, which uses the HNSW index::
+
+    q = [...]  # 384 floats, e.g. a run's vector
+    stmt = (select(JointEmbedding)
+            .where(JointEmbedding.joint_type == JOINT_TYPE)
+            .order_by(JointEmbedding.vector.l2_distance(q))
+            .limit(10))
+
+and a search function, with PostgreSQL's named arguments::
+
+    hits = search_runs_v1(q, k=10, space="env", as_of=date(2024, 3, 29))
+    session.execute(select(hits.c.run_id, hits.c.distance)).all()
+
+Importing this module imports SQLAlchemy; ``import metaspace`` does not import it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Double,
+    Engine,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Text,
+    UniqueConstraint,
+    column,
+    create_engine,
+    event,
+    func,
+    literal,
+    literal_column,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import TypeEngine
+
+from metaspace.names import DIMENSION, SCHEMA
+
+__all__ = [
+    "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
+    "RunVector", "engine", "metadata", "neighbours_v1", "search_runs_v1", "suggest_configs_v1", "views",
+]
+
+_HNSW = {"postgresql_using": "hnsw", "postgresql_with": {"m": 16, "ef_construction": 64},
+         "postgresql_ops": {"vector": "vector_l2_ops"}}
+
+
+class Base(DeclarativeBase):
+    """The tables the migrations create in ``historical_db``."""
+
+    metadata = MetaData(schema=SCHEMA)
+
+
+metadata = Base.metadata
+
+
+class JointEmbedding(Base):
+    """One joint vector (or, in a converted table, a row of another joint type); the run is
+    ``entity_scope['run_id']``. ``vector_f32`` exists only in tables converted from the float32-bytes form
+    and is not mapped."""
+
+    __tablename__ = "joint_embeddings"
+    __table_args__ = (
+        Index("joint_embeddings_vector_hnsw", "vector", **_HNSW),
+        Index("joint_embeddings_one_per_run", "joint_type", "model_id", text("(entity_scope ->> 'run_id')"),
+              "encoder_version", unique=True, postgresql_where=text("encoder_version IS NOT NULL")),
+        Index("joint_embeddings_type_date", "joint_type", "as_of_date"),
+        Index("joint_embeddings_version_date", "encoder_version", "as_of_date",
+              postgresql_where=text("encoder_version IS NOT NULL")),
+    )
+
+    embedding_id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    joint_type: Mapped[str] = mapped_column(Text)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    entity_scope: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    model_id: Mapped[str] = mapped_column(Text)
+    vector: Mapped[Any | None] = mapped_column(VECTOR(DIMENSION))
+    encoder_version: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="RESTRICT"))
+
+
+class Run(Base):
+    """One run record as imported: config, env and outcome as JSON, with the record's sha256."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("runs_as_of_date", "as_of_date"),
+        Index("runs_strategy_id", "strategy_id", "as_of_date"),
+    )
+
+    run_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str | None] = mapped_column(Text)
+    strategy_id: Mapped[str | None] = mapped_column(Text)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    env: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    record_sha256: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EncoderVersion(Base):
+    """A registered fit of the encoders (immutable: a trigger refuses changes); one per model is active."""
+
+    __tablename__ = "encoder_versions"
+    __table_args__ = (
+        UniqueConstraint("fingerprint", name="encoder_versions_fingerprint_key"),
+        Index("encoder_versions_one_active", "model_id", unique=True, postgresql_where=text("is_active")),
+    )
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model_id: Mapped[str] = mapped_column(Text)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    fitted_on_runs: Mapped[int] = mapped_column(BigInteger)
+    is_active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    activated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BranchEmbedding(Base):
+    """A run's config, env or outcome vector; each branch has its own partial HNSW index."""
+
+    __tablename__ = "branch_embeddings"
+    __table_args__ = (
+        PrimaryKeyConstraint("run_id", "branch", "encoder_version"),
+        Index("branch_embeddings_version_date", "encoder_version", "branch", "as_of_date"),
+        *(Index(f"branch_embeddings_{branch}_hnsw", "vector", postgresql_where=text(f"branch = '{branch}'"), **_HNSW)
+          for branch in ("config", "env", "outcome")),
+    )
+
+    run_id: Mapped[str] = mapped_column(Text, ForeignKey("runs.run_id", ondelete="CASCADE"))
+    branch: Mapped[str] = mapped_column(Text)
+    encoder_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="RESTRICT"))
+    model_id: Mapped[str] = mapped_column(Text)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    strategy_id: Mapped[str | None] = mapped_column(Text)
+    config_id: Mapped[str | None] = mapped_column(Text)
+    vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+class EmbeddingQuarantine(Base):
+    """A run that failed encoding with an encoder version, with the field and the reason."""
+
+    __tablename__ = "embedding_quarantine"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "encoder_version"),)
+
+    run_id: Mapped[str] = mapped_column(Text, ForeignKey("runs.run_id", ondelete="CASCADE"))
+    encoder_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="CASCADE"))
+    field: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    record_sha256: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Clustering(Base):
+    """One ``metaspace cluster`` run: space, encoder version, k, method, parameters and quality."""
+
+    __tablename__ = "clusterings"
+    __table_args__ = (Index("clusterings_space_version", "space", "encoder_version", "created_at"),)
+
+    clustering_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    space: Mapped[str] = mapped_column(Text)
+    encoder_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="CASCADE"))
+    k: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    quality: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    runs: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunCluster(Base):
+    """A run's label in a clustering, and its distance to the cluster's centre."""
+
+    __tablename__ = "run_clusters"
+    __table_args__ = (
+        PrimaryKeyConstraint("clustering_id", "run_id"),
+        Index("run_clusters_label", "clustering_id", "label"),
+    )
+
+    clustering_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("clusterings.clustering_id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(Text, ForeignKey("runs.run_id", ondelete="CASCADE"))
+    label: Mapped[int] = mapped_column(Integer)
+    distance: Mapped[float] = mapped_column(Double)
+
+
+class _View(DeclarativeBase):
+    """Views: mapped for reading, kept out of :data:`metadata` (never created, never compared as tables)."""
+
+    metadata = MetaData(schema=SCHEMA, info={"is_view": True})
+
+
+views = _View.metadata
+
+
+class RunVector(_View):
+    """``historical_db.run_vectors_v1`` (read-only): every stored vector by ``space`` (joint, config, env,
+    outcome). Filter on one space, and on ``encoder_version``, to use that space's HNSW index."""
+
+    __tablename__ = "run_vectors_v1"
+    __table_args__ = {"info": {"is_view": True}}
+
+    space: Mapped[str] = mapped_column(Text, primary_key=True)
+    run_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    encoder_version: Mapped[int | None] = mapped_column(Integer, primary_key=True)
+    config_id: Mapped[str | None] = mapped_column(Text)
+    strategy_id: Mapped[str | None] = mapped_column(Text)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    entity_scope: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+# The search functions' parameters (sql/search_v1.sql), in order, with their types.
+_SEARCH_PARAMS: dict[str, TypeEngine[Any]] = {
+    "k": Integer(), "space": Text(), "as_of": Date(), "strategy_ids": ARRAY(Text()), "config_ids": ARRAY(Text()),
+    "scope": JSONB(), "exact": Boolean(),
+}
+_SUGGEST_PARAMS: dict[str, TypeEngine[Any]] = {
+    "env": VECTOR(DIMENSION), "k": Integer(), "as_of": Date(), "objective": Text(), "higher_is_better": Boolean(),
+    "neighbours": Integer(), "min_runs": Integer(), "strategy_ids": ARRAY(Text()), "exact": Boolean(),
+}
+_RUN_MATCH = (("run_id", Text), ("config_id", Text), ("strategy_id", Text), ("as_of_date", Date),
+              ("distance", Double), ("entity_scope", JSONB))
+_CONFIG_SUGGESTION = (("config_id", Text), ("config", JSONB), ("score", Double), ("weighted_objective", Double),
+                      ("runs", Integer), ("mean_distance", Double), ("objective_mean", Double),
+                      ("objective_std", Double), ("best_run_id", Text), ("best_objective", Double),
+                      ("edge_z", Double), ("deflated_confidence", Double), ("candidates", Integer))
+
+
+def _call(name: str, params: dict[str, TypeEngine[Any]], columns: tuple[tuple[str, Any], ...],
+          arguments: dict[str, Any]) -> TableValuedAlias:
+    """``historical_db.<name>(p => :v, ...)`` as a FROM item with typed columns; an argument left None is
+    not passed, so the function's own default applies."""
+    args = []
+    for key, value in arguments.items():
+        if value is None:
+            continue
+        bound = value if isinstance(value, ClauseElement) else literal(value, params[key])
+        args.append(literal_column(key).op("=>")(bound))
+    fn = getattr(func.historical_db, name)(*args)
+    return fn.table_valued(*(column(col, type_) for col, type_ in columns), name=name)
+
+
+def search_runs_v1(query: Any, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                   strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                   scope: dict[str, Any] | None = None, exact: bool | None = None) -> TableValuedAlias:
+    """``historical_db.search_runs_v1``: the k nearest runs to ``query`` (a vector, or a SQL expression
+    giving one) in a space, as of a date. Columns: run_id, config_id, strategy_id, as_of_date, distance,
+    entity_scope."""
+    return _call("search_runs_v1", {"query": VECTOR(DIMENSION)} | _SEARCH_PARAMS, _RUN_MATCH,
+                 dict(query=query, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact))
+
+
+def neighbours_v1(of_run: str, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                  strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                  scope: dict[str, Any] | None = None, exact: bool | None = None) -> TableValuedAlias:
+    """``historical_db.neighbours_v1``: the k nearest runs to a stored run, the run itself excluded
+    (what ``metaspace search --run`` answers). Columns as :func:`search_runs_v1`."""
+    return _call("neighbours_v1", {"of_run": Text()} | _SEARCH_PARAMS, _RUN_MATCH,
+                 dict(of_run=of_run, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact))
+
+
+def suggest_configs_v1(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                       objective: str | None = None, higher_is_better: bool | None = None,
+                       neighbours: int | None = None, min_runs: int | None = None,
+                       strategy_ids: list[str] | None = None, exact: bool | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_configs_v1``: configs that did well in environments near ``env`` (an env
+    vector), as of a date. Columns: config_id, config, score, weighted_objective, runs, mean_distance,
+    objective_mean, objective_std, best_run_id, best_objective, edge_z, deflated_confidence, candidates."""
+    return _call("suggest_configs_v1", _SUGGEST_PARAMS, _CONFIG_SUGGESTION,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact))
+
+
+def engine(url: str | None = None, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine (psycopg driver) on metaspace's database. ``url`` is what metaspace takes
+    everywhere: a libpq URL (``postgresql://me@db/quant``) or key=value DSN (``host=db dbname=quant``), handed
+    to libpq unchanged; a SQLAlchemy URL naming its driver (``postgresql+psycopg://...``) is used as is.
+    With no URL: ``METASPACE_DATABASE_URL``, else the embedded server. ``kwargs`` go to ``create_engine``."""
+    from metaspace.store.connection import resolve_url
+
+    url = resolve_url(url)
+    if url.split("://", 1)[0].startswith("postgresql+"):
+        return create_engine(url, **kwargs)
+    created = create_engine("postgresql+psycopg://", **kwargs)
+
+    @event.listens_for(created, "do_connect")
+    def _libpq_conninfo(dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        cargs[:] = [url]
+
+    return created
