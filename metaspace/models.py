@@ -7,7 +7,7 @@ here on purpose. ``tests/test_models.py`` compares :data:`metadata` with a datab
 chain (tables, columns, types, nullability, indexes, foreign keys), so a revision that changes a table
 fails the tests until this module follows it. Check constraints and server defaults live in the
 migrations only. metaspace writes through its own commands and SQL functions (``import-runs``,
-``embed-runs``, ``historical_db.store_run_v1``), which keep its rules; the mappings do not.
+``embed-runs``, ``historical_db.store_run_v2``), which keep its rules; the mappings do not.
 
 The plain nearest-neighbour query, which uses the HNSW index::
 
@@ -144,6 +144,8 @@ class EncoderVersion(Base):
     is_active: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     activated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    fit_until: Mapped[dt.date | None] = mapped_column(Date)
+    fitted_through: Mapped[dt.date | None] = mapped_column(Date)
 
 
 class BranchEmbedding(Base):

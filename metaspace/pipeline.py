@@ -210,7 +210,8 @@ class EmbedSummary:
 def embed_runs(
     *, database_url: str | None = None, refit: bool = False, rebuild: bool = False, since: str | dt.date | None = None,
     strategies: Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
-    schema: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
+    schema: Mapping[str, Any] | None = None, fit_until: str | dt.date | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EmbedSummary:
     """Embed the stored runs that lack a vector for the active encoder version (fitting one if none).
 
@@ -222,11 +223,13 @@ def embed_runs(
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
     selection = run_store.Selection(parse_date(since, "--since"), tuple(strategies))
+    fit_until = parse_date(fit_until, "--fit-until")
     url = resolve_url(database_url)
     with connection(url, autocommit=True) as conn:
         vector_store.lock(conn)
         try:
-            target, active = _target_version(conn, summary, rebuild=rebuild or refit, dry_run=dry_run, schema=schema)
+            target, active = _target_version(conn, summary, rebuild=rebuild or refit or fit_until is not None,
+                                             dry_run=dry_run, schema=schema, fit_until=fit_until)
             if target is None:
                 summary.seconds = time.perf_counter() - started
                 return summary
@@ -268,26 +271,31 @@ def embed_runs(
     return summary
 
 
-def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema) -> tuple[int | None, int | None]:
+def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema,
+                    fit_until: dt.date | None) -> tuple[int | None, int | None]:
     registered = registry.versions(conn)
     active = next((v.version for v in registered if v.is_active), None)
-    pending_rebuild = next((v.version for v in reversed(registered) if not v.is_active and (active is None or v.version > active)), None)
+    pending_rebuild = next((v for v in reversed(registered) if not v.is_active and (active is None or v.version > active)),
+                           None)
     if active is not None and not rebuild:
         return active, active
-    if rebuild and pending_rebuild is not None:
-        summary.notes.append(f"resuming the rebuild to encoder version {pending_rebuild}")
-        return pending_rebuild, active
-    total = run_store.count_runs(conn)
+    if rebuild and pending_rebuild is not None and (fit_until is None or pending_rebuild.fit_until == fit_until):
+        summary.notes.append(f"resuming the rebuild to encoder version {pending_rebuild.version}")
+        return pending_rebuild.version, active
+    total = run_store.count_runs(conn, fit_until)
     if total < 2:
-        summary.notes.append("fewer than two runs stored: import runs first (metaspace import-runs)")
+        known = f" known by {fit_until}" if fit_until else ""
+        summary.notes.append(f"fewer than two runs{known} stored: import runs first (metaspace import-runs)")
         return None, active
     if dry_run:
         summary.notes.append(f"would fit a new encoder version on {min(total, FIT_SAMPLE)} runs")
         return None, active
-    runs = run_store.sample_runs(conn, FIT_SAMPLE)
+    runs = run_store.sample_runs(conn, FIT_SAMPLE, fit_until)
     space = MetaSpace(overrides=schema).fit(runs)
     with conn.transaction():
-        version = registry.register(conn, space.to_dict(), space.fingerprint_, space.n_fit_runs_, activate=active is None)
+        version = registry.register(conn, space.to_dict(), space.fingerprint_, space.n_fit_runs_,
+                                    activate=active is None, fit_until=fit_until,
+                                    fitted_through=max(run["as_of_date"] for run in runs))
     if version == active:
         summary.notes.append(f"refitting gave the same state as the active version {version}: nothing to rebuild")
         return version, active
@@ -356,7 +364,7 @@ def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
     """Store one new run and its vectors with the active encoder version, right after its backtest.
 
     One round trip once warm: the run is encoded here and stored with its four vectors by one call of
-    historical_db.store_run_v1 (the active version and the table's form are remembered per database and
+    historical_db.store_run_v2 (the active version and the table's form are remembered per database and
     looked up again only when a rebuild has switched versions). Returns the joint vector. Raises
     InvalidRecordError / MetaspaceError naming the field of a bad record.
     """

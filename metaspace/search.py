@@ -21,7 +21,7 @@ import numpy as np
 from metaspace import keys
 from metaspace.encoders import EncodingError, SchemaDriftWarning
 from metaspace.encoders.features import flatten
-from metaspace.errors import MetaspaceError
+from metaspace.errors import MetaspaceError, VersionChanged
 from metaspace.fitted import load_space
 from metaspace.names import BRANCHES, SPACES
 from metaspace.records import parse_date
@@ -99,8 +99,9 @@ def read_inputs(path: str) -> list[tuple[str, Any]]:
 
 def queries_from(kind: str, inputs: Iterable[tuple[str, Any]], *, space: str | None = None,
                  as_of: Any = None) -> list[Query]:
-    """Queries from decoded inputs. A line that is a (partial) run record with its own as_of_date is asked
-    as of that date (a walk-forward replay); other lines use ``as_of``."""
+    """Queries from decoded inputs. ``as_of`` is a cap: nothing dated after it is used, whatever a line
+    says. A line that is a (partial) run record with its own as_of_date is asked as of that date (a
+    walk-forward replay) when it is earlier."""
     if kind not in KINDS:
         raise MetaspaceError(f"unknown input kind {kind!r}: use one of {', '.join(KINDS)}")
     target = check_space(space or DEFAULT_SPACE[kind])
@@ -114,7 +115,8 @@ def queries_from(kind: str, inputs: Iterable[tuple[str, Any]], *, space: str | N
             raise MetaspaceError(f"{label}: expected a JSON object, got {type(value).__name__}")
         record = _as_record(kind, value)
         own = parse_date(record.get("as_of_date"), f"{label}: as_of_date")
-        queries.append(Query("record", record, target, own or default_as_of, label))
+        dates = [d for d in (own, default_as_of) if d is not None]
+        queries.append(Query("record", record, target, min(dates) if dates else None, label))
     return queries
 
 
@@ -136,7 +138,7 @@ class _Encoder:
         self.conn = conn
         self.version = active_version(conn)
         self.space = load_space(conn, self.version)
-        self._centroids: dict[str, np.ndarray] = {}
+        self.fitted_through = _fitted_through(conn, self.version)
 
     def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:
         record = query.value
@@ -151,7 +153,7 @@ class _Encoder:
         vectors: dict[str, np.ndarray] = {}
         for branch in needed:
             if branch in missing:
-                vectors[branch] = self._centroid(branch)
+                vectors[branch] = self.space.impute(branch)
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SchemaDriftWarning)
@@ -167,14 +169,9 @@ class _Encoder:
         joint = self.space.combine(*(vectors[b][None, :] for b in BRANCHES))[0]
         return joint, notes
 
-    def _centroid(self, branch: str) -> np.ndarray:
-        if branch not in self._centroids:
-            self._centroids[branch] = search_store.branch_centroid(self.conn, self.version, branch)
-        return self._centroids[branch]
-
     def _notes(self, query: Query, record: Mapping, given: list[str], missing: list[str]) -> list[str]:
-        notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the stored runs "
-                 f"(encoder version {self.version})" for b in missing]
+        notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the runs encoder version "
+                 f"{self.version} was fitted on" for b in missing]
         for branch in given if query.space == "joint" else [query.space]:
             expected = set(self.space.branches_[branch].feature_keys(always_present=True))
             absent = sorted(expected - set(flatten(record[branch])))
@@ -183,6 +180,26 @@ class _Encoder:
                 notes.append(f"{query.label}: {len(absent)} {branch} key(s) that every stored run has were not "
                              f"given, encoded as missing: {shown}")
         return notes
+
+
+def fit_note(version: int, fitted_through: dt.date | None, as_of: dt.date | None) -> str | None:
+    """What an answer as of ``as_of`` says about the encoder version it used: that it was fitted on later
+    runs, or may have been."""
+    if as_of is None:
+        return None
+    if fitted_through is None:
+        return (f"encoder version {version} does not record which runs it was fitted on (it was fitted before "
+                f"metaspace recorded it): its scaling and categories may have seen runs after {as_of}; "
+                "metaspace embed-runs --fit-until DATE fits one that has not")
+    if as_of < fitted_through:
+        return (f"encoder version {version} was fitted on runs up to {fitted_through}, after {as_of}: its scaling "
+                f"and categories saw them (every run answered is still dated on or before {as_of}); "
+                f"metaspace embed-runs --fit-until {as_of} fits one that has not")
+    return None
+
+
+def _fitted_through(conn, version: int) -> dt.date | None:
+    return next((v.fitted_through for v in registry.versions(conn) if v.version == version), None)
 
 
 def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
@@ -198,8 +215,13 @@ def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
 def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[str] = (),
                 configs: Sequence[str] = (), scope: Mapping[str, Any] | None = None, exact: bool = False,
                 database_url: str | None = None) -> Iterator[Answer]:
-    """The k nearest runs to each query, in input order (every input is encoded before the first answer)."""
+    """The k nearest runs to each query, in input order (every input is encoded before the first answer).
+
+    Each query vector is searched with the encoder version it was made with: if a rebuild switches versions
+    during the batch, the queries still to come are encoded again with the new one."""
     with connection(database_url, autocommit=True) as conn:
+        version = active_version(conn)
+        fitted_through = _fitted_through(conn, version)
         encoder = _Encoder(conn) if any(q.kind == "record" for q in queries) else None
         prepared = [(q, *(encoder.vector(q) if q.kind == "record" else (None, []))) for q in queries]
         for query, vector, notes in prepared:
@@ -207,8 +229,15 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[s
             if query.kind == "run":
                 rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
             else:
-                rows = search_store.search(conn, vector, k, query.space, filters, exact)
-            yield Answer(query, rows, notes)
+                try:
+                    rows = search_store.search(conn, vector, k, query.space, filters, exact, encoder.version)
+                except VersionChanged:
+                    encoder = _Encoder(conn)
+                    version, fitted_through = encoder.version, encoder.fitted_through
+                    vector, notes = encoder.vector(query)
+                    rows = search_store.search(conn, vector, k, query.space, filters, exact, encoder.version)
+            note = fit_note(version, fitted_through, query.as_of)
+            yield Answer(query, rows, [*notes, note] if note else notes)
 
 
 def search(*, run_id: str | None = None, record: Mapping[str, Any] | None = None,
@@ -253,7 +282,8 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=".".join(key.path),
                                         higher_is_better=higher_is_better, neighbours=neighbours,
                                         min_runs=min_runs, strategies=tuple(strategies), exact=exact)
-            yield Answer(query, rows, notes)
+            note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
+            yield Answer(query, rows, [*notes, note] if note else notes)
 
 
 def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,

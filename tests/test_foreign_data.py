@@ -196,6 +196,7 @@ def test_a_password_in_the_query_string_is_never_printed() -> None:
 
     url = "postgresql://alice:pw1@127.0.0.1:1/db?sslmode=disable&password=pw2"
     assert redact(url) == "postgresql://alice:***@127.0.0.1:1/db?sslmode=disable&password=***"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     result = CliRunner().invoke(cli, ["migrate", "--database-url", "postgresql://127.0.0.1:1/db?password=s3cret",
                                       "--status"])
     assert result.exit_code == 1 and "s3cret" not in result.output

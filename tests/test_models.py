@@ -218,7 +218,7 @@ def test_search_and_neighbours_through_the_orm_give_the_cli_answer(sample_engine
         neighbours = session.execute(select(near.c.run_id)).scalars().all()
     result = CliRunner().invoke(cli, ["search", "--database-url", sample_db, "--run", run_id, "--format", "json"])
     assert result.exit_code == 0, result.output
-    from_cli = [row["run_id"] for row in json.loads(result.output.splitlines()[0])]
+    from_cli = [row["run_id"] for row in json.loads(result.stdout.splitlines()[0])["rows"]]
 
     assert len(from_cli) == 10
     assert neighbours == from_cli

@@ -246,12 +246,13 @@ def test_injection_attempts_in_every_text_argument_fail_safely(sconn, sample_his
 def test_functions_pin_search_path_and_are_stable(sconn) -> None:
     rows = sconn.execute(
         "SELECT p.proname, p.proconfig, p.provolatile, p.proparallel FROM pg_proc p "
-        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'historical_db' AND p.proname LIKE '%v1'"
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'historical_db' AND p.proname ~ '_v[0-9]+$'"
     ).fetchall()
-    assert {r[0] for r in rows} >= {"search_runs_v1", "neighbours_v1", "suggest_configs_v1"}
+    assert {r[0] for r in rows} >= {"search_runs_v1", "neighbours_v1", "suggest_configs_v1", "search_runs_v2",
+                                    "neighbours_v2", "store_run_v2", "query_version_v2"}
     for name, config, volatility, parallel in rows:
         assert any(c.startswith("search_path=pg_catalog,") for c in config or []), name
-        if name == "store_run_v1":  # the online writer: volatile, and never run in a parallel worker
+        if name.startswith("store_run_v"):  # the online writer: volatile, and never run in a parallel worker
             assert volatility == "v" and parallel == "u", name
         else:
             assert volatility in ("s", "i") and parallel == "s", name
@@ -383,15 +384,17 @@ def test_cli_search_formats(sample_db: str, sample_history) -> None:
     assert "run_id" in table.output and len(table.stdout.strip().splitlines()) == 1 + 2 + 4
     as_json = _cli("--database-url", sample_db, "search", "--run", run_id, "--run", sample_history[3]["run_id"],
                    "-k", "4", "--format", "json", "--space", "env")
-    lines = as_json.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(len(json.loads(line)) == 4 for line in lines)
-    assert json.loads(lines[0]) == metaspace.search(run_id=run_id, k=4, space="env", database_url=sample_db)
+    lines = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
+    assert len(lines) == 2 and all(len(line["rows"]) == 4 and line["space"] == "env" for line in lines)
+    assert lines[0]["rows"] == metaspace.search(run_id=run_id, k=4, space="env", database_url=sample_db)
+    assert lines[0]["input"] == f"run {run_id}" and lines[0]["as_of"] is None
     as_csv = _cli("--database-url", sample_db, "search", "--run", run_id, "-k", "3", "--format", "csv")
     rows = as_csv.stdout.strip().splitlines()
     assert rows[0].startswith("input,rank,run_id") and len(rows) == 4
 
 
-def test_cli_search_answers_each_line_as_of_its_own_date(sample_db: str, sample_history, tmp_path: Path) -> None:
+def test_cli_search_answers_each_line_as_of_its_own_date_capped_by_as_of(sample_db: str, sample_history,
+                                                                          tmp_path: Path) -> None:
     lines = [{"as_of_date": "2001-06-30", "env": sample_history[0]["env"]},
              {"as_of_date": "2012-12-31", "env": sample_history[1]["env"]},
              sample_history[2]["env"]]
@@ -402,9 +405,10 @@ def test_cli_search_answers_each_line_as_of_its_own_date(sample_db: str, sample_
     assert result.exit_code == 0, result.output
     answers = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(answers) == 3
-    for answer, limit in zip(answers, ("2001-06-30", "2012-12-31", "2005-01-01")):
-        assert len(answer) == 25 and all(row["as_of_date"] <= limit for row in answer)
-    assert max(row["as_of_date"] for row in answers[1]) > "2005-01-01"
+    for answer, limit in zip(answers, ("2001-06-30", "2005-01-01", "2005-01-01")):
+        # --as-of is a cap: a line may ask for an earlier date, never a later one
+        assert answer["as_of"] == limit
+        assert len(answer["rows"]) == 25 and all(row["as_of_date"] <= limit for row in answer["rows"])
 
 
 def test_cli_search_partial_record_says_what_was_imputed(sample_db: str, sample_history, tmp_path: Path) -> None:
@@ -413,7 +417,8 @@ def test_cli_search_partial_record_says_what_was_imputed(sample_db: str, sample_
                                indent=2))
     result = _cli("--database-url", sample_db, "search", "--record", str(path), "-k", "3")
     assert result.exit_code == 0, result.output
-    assert "no 'env' given; imputed with the mean env vector" in result.stderr
+    assert "no 'env' given; imputed with the mean env vector of the runs encoder version 1 was fitted on" \
+        in result.stderr
     assert "no 'outcome' given" in result.stderr
 
 
@@ -421,7 +426,7 @@ def test_cli_suggest_json_and_optuna(sample_db: str, sample_history, tmp_path: P
     path = tmp_path / "envs.jsonl"
     path.write_text(json.dumps(sample_history[0]["env"]) + "\n" + json.dumps(sample_history[1]["env"]) + "\n")
     result = _cli("--database-url", sample_db, "suggest", "--env", str(path), "-k", "2", "--format", "json")
-    answers = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    answers = [json.loads(line)["rows"] for line in result.stdout.strip().splitlines()]
     assert len(answers) == 2 and all(1 <= len(a) <= 2 and "config_id" in a[0] for a in answers)
     optuna = _cli("--database-url", sample_db, "suggest", "--env", str(path), "-k", "2", "--format", "optuna")
     params = [json.loads(line) for line in optuna.stdout.strip().splitlines()]

@@ -63,12 +63,16 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
 @click.option("--limit", type=click.IntRange(min=1), help="At most N runs.")
 @click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON overrides for a new fit: {branch: {key: {ignore|transform|kind|weight}}}.")
+@click.option("--fit-until", metavar="DATE",
+              help="Fit a new encoder version only on runs known by DATE (as_of_date on or before it), so that "
+                   "answers as of later dates use no scaling or category learned from after them.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done, change nothing.")
 @click.option("--batch-size", default=5000, show_default=True, help="Runs per transaction.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors
 def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies: tuple[str, ...], limit: int | None,
-                       schema_file: str | None, dry_run: bool, batch_size: int, fmt: str) -> None:
+                       schema_file: str | None, fit_until: str | None, dry_run: bool, batch_size: int,
+                       fmt: str) -> None:
     """Embed the stored runs that lack a vector (fitting the encoders first when none is registered).
 
     Writes the joint vector (META_CONFIG_ENV_V0, joint-meta-config-env-v1) and the config, env and outcome
@@ -80,12 +84,13 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies
         metaspace embed-runs
         metaspace embed-runs --since 2024-01-01 --strategy US_EQ_CORE --dry-run
         metaspace embed-runs --rebuild --format json
+        metaspace embed-runs --fit-until 2019-12-31
     """
     schema = json.loads(Path(schema_file).read_text()) if schema_file else None
     with progress_bar() as bar:
         summary = embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
                                  strategies=strategies, limit=limit, dry_run=dry_run, batch_size=batch_size,
-                                 schema=schema, progress=with_total(bar))
+                                 schema=schema, fit_until=fit_until, progress=with_total(bar))
     for note in summary.notes:
         click.echo(note, err=True)
     for entry in summary.quarantined[:10]:

@@ -40,7 +40,9 @@ def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
         for note in answer.notes:
             click.echo(f"note: {note}", err=True)
         if fmt == "json":
-            echo_json(answer.rows)
+            echo_json({"input": answer.query.label, "space": answer.query.space,
+                       "as_of": answer.query.as_of.isoformat() if answer.query.as_of else None,
+                       "rows": answer.rows, "notes": answer.notes})
         elif fmt == "optuna":
             echo_json([optuna_params(row) for row in answer.rows])
         elif fmt == "csv":

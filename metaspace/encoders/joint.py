@@ -75,6 +75,7 @@ class MetaSpace:
         self.branches_ = {}
         blocks = []
         self.scales_ = {}
+        self.imputation_ = {}
         for i, branch in enumerate(BRANCHES):
             encoder = BranchEncoder(
                 branch, overrides=(self.overrides or {}).get(branch), min_category_count=self.min_category_count,
@@ -84,8 +85,10 @@ class MetaSpace:
             self.branches_[branch] = encoder
             typical = encoder.typical_distance_
             self.scales_[branch] = float(weights[branch] / typical) if typical > 1e-12 else float(weights[branch])
-            coords, _ = encoder.coordinates_with_errors([run.get(branch) for run in runs])
+            coords, errors = encoder.coordinates_with_errors([run.get(branch) for run in runs])
             blocks.append(coords * self.scales_[branch])
+            ok = np.setdiff1d(np.arange(len(runs)), list(errors))
+            self.imputation_[branch] = coords[ok].mean(axis=0) if len(ok) else np.zeros(coords.shape[1])
         self.weights_ = weights
         u = np.hstack(blocks)
         if u.shape[1] <= DIM:
@@ -141,6 +144,17 @@ class MetaSpace:
     def fit_transform(self, runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.fit(runs).transform(runs)
 
+    def impute(self, branch: str) -> np.ndarray:
+        """The branch vector standing in for a branch a query does not give: the mean of the branch vectors
+        of the runs this version was fitted on (so it depends on nothing the fit did not see). A state
+        registered before it was kept gives the point of a branch with every feature missing."""
+        self._check_fitted()
+        encoder = self.branches_[branch]
+        if self.imputation_ is None:
+            vectors, _ = encoder.transform_with_errors([{}], ["(imputed)"])
+            return vectors[0]
+        return (self.imputation_[branch] @ encoder.embedding_.T).astype(np.float32)
+
     def combine(self, z_config: np.ndarray, z_env: np.ndarray, z_outcome: np.ndarray) -> np.ndarray:
         """The joint vectors of given branch vectors: a linear map of their concatenation."""
         self._check_fitted()
@@ -187,7 +201,8 @@ class MetaSpace:
             "embedding": encode_array(self.embedding_),
             "explained_variance_ratio": self.explained_variance_ratio_,
             "n_fit_runs": self.n_fit_runs_,
-        }
+        } | ({"imputation": {b: encode_array(v) for b, v in self.imputation_.items()}}
+             if self.imputation_ is not None else {})
 
     def to_dict(self) -> dict[str, Any]:
         """The whole fitted state as JSON-able data (arrays as base64), with its sha256 fingerprint."""
@@ -212,6 +227,8 @@ class MetaSpace:
         space.embedding_ = decode_array(state["embedding"])
         space.explained_variance_ratio_ = state["explained_variance_ratio"]
         space.n_fit_runs_ = state["n_fit_runs"]
+        imputation = state.get("imputation")
+        space.imputation_ = {b: decode_array(imputation[b]) for b in BRANCHES} if imputation else None
         space.fingerprint_ = fingerprint(space._state())
         if state.get("fingerprint") and state["fingerprint"] != space.fingerprint_:
             raise ValueError("encoder state does not match its fingerprint: it was changed after registration")

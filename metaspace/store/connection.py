@@ -33,6 +33,8 @@ def redact(url: str) -> str:
     """The URL with any password replaced by ``***`` (in the authority or as ``?password=``), safe to print."""
     if "://" in url:
         parts = urlsplit(url)
+        if parts.password is None and "password" not in parts.query.lower():
+            return url
         query = "&".join("password=***" if pair.partition("=")[0].lower() == "password" else pair
                          for pair in parts.query.split("&"))
         netloc = parts.netloc

@@ -18,11 +18,14 @@ class Version:
     fingerprint: str
     is_active: bool
     fitted_on_runs: int
+    fit_until: Any = None  # the cap given to the fit (a date), if any
+    fitted_through: Any = None  # the latest as_of_date among the runs it was fitted on (None: not recorded)
 
 
 def versions(conn: psycopg.Connection) -> list[Version]:
     rows = conn.execute(
-        "SELECT version, fingerprint, is_active, fitted_on_runs FROM historical_db.encoder_versions "
+        "SELECT version, fingerprint, is_active, fitted_on_runs, fit_until, fitted_through "
+        "FROM historical_db.encoder_versions "
         "WHERE model_id = %s ORDER BY version",
         (JOINT_MODEL,),
     ).fetchall()
@@ -48,7 +51,7 @@ def active_version(conn: psycopg.Connection) -> int | None:
 
 
 def register(conn: psycopg.Connection, state: dict[str, Any], fingerprint: str, fitted_on_runs: int, *,
-             activate: bool) -> int:
+             activate: bool, fit_until: Any = None, fitted_through: Any = None) -> int:
     """Register a fitted state as a new version (or return the version that already has its fingerprint)."""
     existing = conn.execute(
         "SELECT version FROM historical_db.encoder_versions WHERE fingerprint = %s", (fingerprint,)
@@ -58,9 +61,10 @@ def register(conn: psycopg.Connection, state: dict[str, Any], fingerprint: str, 
     version = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM historical_db.encoder_versions").fetchone()[0]
     conn.execute(
         "INSERT INTO historical_db.encoder_versions (version, model_id, state, fingerprint, fitted_on_runs, "
-        "is_active, activated_at) VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END)",
+        "is_active, activated_at, fit_until, fitted_through) "
+        "VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s)",
         (version, JOINT_MODEL, Jsonb(state, dumps=_dumps), fingerprint, fitted_on_runs,
-         activate, activate),
+         activate, activate, fit_until, fitted_through),
     )
     return version
 

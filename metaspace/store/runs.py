@@ -98,16 +98,19 @@ def _run_from_row(row: tuple) -> dict[str, Any]:
 RUN_COLUMNS = "r.run_id, r.config_id, r.strategy_id, r.as_of_date, r.config, r.env, r.outcome, r.record_sha256"
 
 
-def sample_runs(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
-    """A deterministic sample of stored runs for fitting (the same database gives the same sample)."""
+def sample_runs(conn: psycopg.Connection, limit: int, until: Any = None) -> list[dict[str, Any]]:
+    """A deterministic sample of stored runs for fitting (the same database gives the same sample), of
+    those known by ``until`` (as_of_date on or before it) when given."""
     rows = conn.execute(
-        f"SELECT {RUN_COLUMNS} FROM historical_db.runs r ORDER BY md5(r.run_id) LIMIT %s", (limit,)  # noqa: S608
+        f"SELECT {RUN_COLUMNS} FROM historical_db.runs r WHERE %s::date IS NULL OR r.as_of_date <= %s::date "  # noqa: S608
+        "ORDER BY md5(r.run_id) LIMIT %s", (until, until, limit),
     ).fetchall()
     return [_run_from_row(row) for row in rows]
 
 
-def count_runs(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0]
+def count_runs(conn: psycopg.Connection, until: Any = None) -> int:
+    return conn.execute("SELECT count(*) FROM historical_db.runs WHERE %s::date IS NULL OR as_of_date <= %s::date",
+                        (until, until)).fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def _pending_where(selection: Selection) -> str:
         "NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j WHERE j.encoder_version = %(version)s "
         "AND j.joint_type = %(joint_type)s AND j.model_id = %(model_id)s AND (j.entity_scope ->> 'run_id') = r.run_id)",
         "NOT EXISTS (SELECT 1 FROM historical_db.embedding_quarantine q WHERE q.encoder_version = %(version)s "
-        "AND q.run_id = r.run_id)",
+        "AND q.run_id = r.run_id AND q.record_sha256 = r.record_sha256)",
     ]
     if selection.since is not None:
         clauses.append("r.as_of_date >= %(since)s")

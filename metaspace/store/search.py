@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from metaspace.errors import MetaspaceError
+from metaspace.errors import MetaspaceError, VersionChanged
 
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
@@ -30,9 +30,12 @@ class Filters:
 
 
 def _call(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> list[tuple]:
-    """Run a search function; its argument errors (SQLSTATE 22023, P0002) become MetaspaceError."""
+    """Run a search function; its argument errors (SQLSTATE 22023, P0002) become MetaspaceError, and a
+    query encoded with a version that is no longer active (55000) VersionChanged."""
     try:
         return conn.execute(statement, params).fetchall()
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        raise VersionChanged(exc.diag.message_primary or str(exc)) from None
     except (psycopg.errors.InvalidParameterValue, psycopg.errors.NoDataFound) as exc:
         hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
         raise MetaspaceError(f"{exc.diag.message_primary}{hint}") from None
@@ -43,12 +46,15 @@ def _matches(rows: list[tuple]) -> list[dict[str, Any]]:
 
 
 def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, filters: Filters,
-           exact: bool) -> list[dict[str, Any]]:
+           exact: bool, version: int | None = None) -> list[dict[str, Any]]:
+    """The k nearest runs to a vector made with encoder ``version`` (VersionChanged if that is no longer
+    the active one)."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.search_runs_v1(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
-        "%(scope)s, %(exact)s)",
-        {"q": np.asarray(vector, dtype=np.float32), "k": k, "space": space, "exact": exact} | filters.params(),
+        "SELECT * FROM historical_db.search_runs_v2(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "%(scope)s, %(exact)s, %(version)s)",
+        {"q": np.asarray(vector, dtype=np.float32), "k": k, "space": space, "exact": exact, "version": version}
+        | filters.params(),
     )
     return _matches(rows)
 
@@ -57,7 +63,7 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.neighbours_v1(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.neighbours_v2(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
     )
@@ -76,14 +82,3 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
          "strategies": list(strategies) or None, "exact": exact},
     )
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
-
-
-def branch_centroid(conn: psycopg.Connection, version: int, branch: str) -> np.ndarray:
-    """The mean vector of a branch over the stored runs: the imputation for a branch a query does not give."""
-    row = conn.execute(
-        "SELECT avg(vector) FROM historical_db.run_vectors_v1 WHERE space = %s AND encoder_version = %s",
-        (branch, version),
-    ).fetchone()
-    if row[0] is None:
-        raise MetaspaceError(f"no stored {branch} vectors for encoder version {version}: run metaspace embed-runs")
-    return row[0].to_numpy()

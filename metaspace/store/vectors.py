@@ -1,5 +1,5 @@
 """Writing vectors: the bulk path (binary COPY into staging, one set-based insert), the online path
-(store_run_v1), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
+(store_run_v2), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def has_legacy_bytes(conn: psycopg.Connection) -> bool:
 
 STAGING = [
     "CREATE TEMP TABLE IF NOT EXISTS staging_meta (idx integer, run_id text, as_of_date date, config_id text, "
-    "strategy_id text) ON COMMIT DELETE ROWS",
+    "strategy_id text, record_sha256 text) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS staging_vectors (idx integer, space smallint, vector vector(384)) "
     "ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS staging_f32 (idx integer, f32 bytea) ON COMMIT DELETE ROWS",
@@ -77,12 +77,17 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
     conn.execute(";\n".join(STAGING))
     idx = np.flatnonzero(ok).astype(np.int32)
     with conn.cursor().copy(
-        "COPY staging_meta (idx, run_id, as_of_date, config_id, strategy_id) FROM STDIN (FORMAT BINARY)"
+        "COPY staging_meta (idx, run_id, as_of_date, config_id, strategy_id, record_sha256) FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        copy.set_types(["int4", "text", "date", "text", "text"])
+        copy.set_types(["int4", "text", "date", "text", "text", "text"])
         for i in idx.tolist():
             run = runs[i]
-            copy.write_row((i, run["run_id"], run["as_of_date"], run["config_id"], run["strategy_id"]))
+            copy.write_row((i, run["run_id"], run["as_of_date"], run["config_id"], run["strategy_id"],
+                            run["record_sha256"]))
+    # Only runs whose record is still the one that was encoded: an import that changed a record meanwhile
+    # has dropped its vectors (or will, when it commits after this), and the next embed encodes it again.
+    conn.execute("DELETE FROM staging_meta m WHERE NOT EXISTS (SELECT 1 FROM historical_db.runs r "
+                 "WHERE r.run_id = m.run_id AND r.record_sha256 = m.record_sha256)")
     blocks = [_vector_rows(idx, SPACE_CODES[space], vectors[space][idx]) for space in SPACE_CODES]
     with conn.cursor().copy("COPY staging_vectors (idx, space, vector) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(_SIGNATURE)
@@ -127,12 +132,12 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
 
 def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, version: int, fingerprint: str,
               vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
-    """One run and its four vectors in one statement (sql/store_run_v1.sql): the online path."""
+    """One run and its four vectors in one statement (sql/store_run_v2.sql): the online path."""
     joint = vectors["joint"]
     try:
         with conn.transaction():  # a savepoint when the caller's connection is inside a transaction
             conn.execute(
-                "SELECT historical_db.store_run_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "SELECT historical_db.store_run_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
                  vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
             )
@@ -146,7 +151,8 @@ def quarantine(conn: psycopg.Connection, version: int, entries: Sequence[Mapping
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO historical_db.embedding_quarantine (run_id, encoder_version, field, reason, record_sha256) "
-            "VALUES (%(run_id)s, %(version)s, %(field)s, %(reason)s, %(record_sha256)s) "
+            "SELECT %(run_id)s, %(version)s, %(field)s, %(reason)s, %(record_sha256)s FROM historical_db.runs r "
+            "WHERE r.run_id = %(run_id)s AND r.record_sha256 = %(record_sha256)s "
             "ON CONFLICT (run_id, encoder_version) DO UPDATE SET field = excluded.field, "
             "reason = excluded.reason, record_sha256 = excluded.record_sha256, quarantined_at = now()",
             [dict(entry, version=version) for entry in entries],
