@@ -22,7 +22,7 @@ from metaspace.encoders.features import (
     is_number,
     orthonormal_embedding,
 )
-from metaspace.errors import InvalidRecordError
+from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.names import BRANCH_MODELS
 
 DIM = 384
@@ -39,6 +39,21 @@ class EncodingError(InvalidRecordError):
 
 class SchemaDriftWarning(UserWarning):
     """Keys unseen at fit time were ignored."""
+
+
+class EncoderFormatError(MetaspaceError, ValueError):
+    """A stored encoder state was written by encoders of another format version."""
+
+
+def check_format_version(state: Mapping[str, Any], what: str) -> None:
+    """Refuse a state of another format version: this code would not reproduce its registered vectors."""
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EncoderFormatError(
+            f"{what} state is of format {version!r}, and this metaspace reads format {FORMAT_VERSION} only: "
+            f"it would not reproduce the vectors registered with that state. Fit a new encoder version with "
+            f"`metaspace embed-runs --rebuild`, or read the old one with the metaspace release that wrote it."
+        )
 
 
 def _robust_scale(values: np.ndarray) -> tuple[float, float]:
@@ -423,8 +438,7 @@ class BranchEncoder:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> BranchEncoder:
-        if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"encoder state format {state.get('format_version')!r}; this metaspace reads {FORMAT_VERSION}")
+        check_format_version(state, f"the {state.get('model_id', 'branch encoder')}")
         encoder = cls(state["branch"], state["model_id"], **state["params"])
         encoder.features_ = [dict(spec) for spec in state["features"]]
         encoder.ignored_keys_ = list(state["ignored_keys"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metaspace.encoders.branch import DIM, FORMAT_VERSION, BranchEncoder, EncodingError
+from metaspace.encoders.branch import DIM, FORMAT_VERSION, BranchEncoder, EncodingError, check_format_version
 from metaspace.encoders.features import (
     decode_array,
     encode_array,
@@ -196,11 +196,9 @@ class MetaSpace:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> MetaSpace:
-        if state.get("model_id") != JOINT_MODEL or state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not a {JOINT_MODEL} state of format {FORMAT_VERSION}: "
-                f"{state.get('model_id')!r} format {state.get('format_version')!r}"
-            )
+        if state.get("model_id") != JOINT_MODEL:
+            raise ValueError(f"not a {JOINT_MODEL} state: model_id {state.get('model_id')!r}")
+        check_format_version(state, f"the {JOINT_MODEL}")
         space = cls(**state["params"])
         # Canonical branch order, whatever order the stored JSON has (jsonb reorders keys): the joint map
         # concatenates the branches in this order.
