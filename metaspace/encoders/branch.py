@@ -437,7 +437,8 @@ class BranchEncoder:
             if spec["kind"] == "boolean":
                 values = np.where(missing, spec["mean"], raw) * spec["weight"]
             else:
-                z = (_apply(spec["transform"], raw, spec["shift"]) - spec["center"]) / spec["scale"]
+                with np.errstate(over="ignore"):  # a value near the float64 limit: clipped just below
+                    z = (_apply(spec["transform"], raw, spec["shift"]) - spec["center"]) / spec["scale"]
                 values = np.clip(np.where(missing, 0.0, z), -self.clip, self.clip) * spec["weight"]
             columns.append(values)
             if spec["flag"]:
