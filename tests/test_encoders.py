@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metaspace.encoders import BranchEncoder, EncodingError, MetaSpace, SchemaDriftWarning, typical_distance
+from metaspace.encoders.features import flatten
 
 
 def _run(rng: random.Random, i: int) -> dict:
@@ -51,23 +52,162 @@ def _pairwise(x: np.ndarray) -> np.ndarray:
     return np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
 
 
-leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12),
-    st.floats(allow_nan=True, allow_infinity=True, width=64), st.sampled_from(["a", "b", "zz", ""]),
+# -- generated records (issue 10): the fitted keys and some unseen ones, values of every kind and magnitude --
+
+FITTED_KEYS = {
+    "config": ["family", "meanrev.zscore_entry", "rebalance", "risk.max_leverage", "risk.target_vol", "trend.fast",
+               "trend.slow", "use_stop"],
+    "env": ["realized_vol", "regime_mix.bear", "regime_mix.bull", "regime_mix.sideways", "term_structure",
+            "universe.n_assets"],
+    "outcome": ["hit_rate", "max_drawdown", "sharpe", "turnover"],
+}
+UNSEEN_KEYS = ["brand_new", "risk.brand_new", "universe.n_assets.deeper", "a.b.c"]
+
+numbers = st.one_of(
+    st.integers(-1000, 1000), st.integers(-(10**400), 10**400), st.floats(-10.0, 10.0), st.floats(0.0, 1.0),
+    st.floats(allow_nan=True, allow_infinity=True),  # NaN and ±inf reach the encoder from Python callers
+    st.sampled_from([0, 0.0, -0.0, 5e-324, 1e308, -1e308, 1.7976931348623157e308, 2**1024, -(2**1024)]),
 )
-branch_records = st.dictionaries(st.sampled_from(["x", "y", "z", "w.q", "k"]), leaf, max_size=5)
+strings = st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-Infinity", "1e400", "", "daily", "weekly", "trend", "meanrev"]),
+    st.text(max_size=12), st.builds(lambda c, n: c * n, st.characters(), st.integers(1_000, 50_000)),
+)
+scalars = st.one_of(st.none(), st.booleans(), numbers, strings)
+leaves = st.one_of(
+    scalars,
+    st.lists(numbers, max_size=40),  # lists of numbers of any length, and lists that are not of numbers
+    st.lists(scalars, max_size=6),
+    st.recursive(scalars, lambda inner: st.dictionaries(st.sampled_from(["x", "fast", "bull", "y.z"]), inner,
+                                                         max_size=3), max_leaves=6),
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(records=st.lists(branch_records, min_size=1, max_size=8))
-def test_transform_always_gives_finite_float32_of_shape_n_by_384(space: MetaSpace, records: list[dict]) -> None:
-    runs = [{"run_id": f"H{i}", "config": r, "env": r, "outcome": r} for i, r in enumerate(records)]
+def _nest(flat: dict) -> dict:
+    """Dotted keys back into nested objects (a key whose parent is already a leaf is dropped)."""
+    out: dict = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(leaf, value)
+    return out
+
+
+def _branch_records(branch: str):
+    keys = FITTED_KEYS[branch] + UNSEEN_KEYS
+    return st.one_of(st.none(), st.dictionaries(st.sampled_from(keys), leaves, max_size=len(keys)).map(_nest))
+
+
+foreign_runs = st.lists(
+    st.fixed_dictionaries({b: _branch_records(b) for b in FITTED_KEYS}), min_size=1, max_size=6,
+).map(lambda runs: [{"run_id": f"H{i}", **run} for i, run in enumerate(runs)])
+
+
+def _fits_float64(value) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _expected_errors(space: MetaSpace, run: dict) -> tuple[set[str], set[str]]:
+    """What docs/encoders.md says of a run: the fields that cannot be encoded (a string or an object where a
+    number or true/false is expected, a non-number in a list, an integer beyond float64), and the fields
+    that may or may not be (a number in a true/false field: unclipped, an error only past float32)."""
+    bad, unbounded = set(), set()
+    for branch, encoder in space.branches_.items():
+        flat = flatten(run.get(branch))
+        for spec in encoder.features_:
+            if spec["kind"] == "category":
+                continue
+            value, index = flat.get(spec["key"]), spec.get("index")
+            if index is not None:
+                value = (value[index] if index < len(value) else None) if isinstance(value, list) else (
+                    value if index == 0 else None)
+            field = f"{branch}.{spec.get('name', spec['key'])}"
+            if value is None or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+                continue
+            if not isinstance(value, (int, float)) or not _fits_float64(value):
+                bad.add(field)
+            elif spec["kind"] == "boolean" and not 0 <= value <= 1:
+                unbounded.add(field)
+    return bad, unbounded
+
+
+def _norm_bound(encoder: BranchEncoder) -> float:
+    """The largest norm a branch vector can have when true/false fields hold true/false (or 0..1)."""
+    total = 0.0
+    for spec in encoder.features_:
+        w = spec["weight"] ** 2
+        if spec["kind"] == "category":
+            total += w / 2
+        else:
+            total += (encoder.clip**2 if spec["kind"] == "numeric" else 1.0) * w + (w if spec["flag"] else 0.0)
+    return math.sqrt(total)
+
+
+def test_the_generated_records_use_the_fitted_keys(space: MetaSpace) -> None:
+    assert {b: enc.feature_keys() for b, enc in space.branches_.items()} == FITTED_KEYS
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(runs=foreign_runs)
+def test_transform_encodes_good_records_and_names_the_run_and_field_of_bad_ones(space: MetaSpace, runs) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SchemaDriftWarning)
         encoded = space.encode(runs)
-    for vectors in [encoded.joint, *encoded.branches.values()]:
-        assert vectors.shape == (len(runs), 384) and vectors.dtype == np.float32
-        assert np.isfinite(vectors).all()
+        again = space.encode(runs)
+        reversed_ = space.encode(runs[::-1])
+        single = [space.encode([run]) for run in runs]
+        branch_alone = {b: space.branches_[b].transform_with_errors([run.get(b) for run in runs],
+                                                                   [run["run_id"] for run in runs])
+                        for b in space.branches_}
+    n = len(runs)
+    for name, vectors in encoded.vectors().items():
+        assert vectors.shape == (n, 384) and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+        assert np.array_equal(again.vectors()[name], vectors)
+        assert np.array_equal(reversed_.vectors()[name][::-1], vectors)
+        assert np.array_equal(np.vstack([one.vectors()[name] for one in single]), vectors)
+    assert {i: e.field for i, e in encoded.errors.items()} == {
+        i: one.errors[0].field for i, one in enumerate(single) if one.errors}
+
+    for i, run in enumerate(runs):
+        bad, unbounded = _expected_errors(space, run)
+        error = encoded.errors.get(i)
+        if bad:
+            assert isinstance(error, EncodingError), (run, bad)
+        if error is not None:
+            assert error.record == run["run_id"] and error.field in bad | unbounded, (error, bad, unbounded)
+            assert not any(v[i].any() for v in encoded.vectors().values())
+            continue
+        for b, encoder in space.branches_.items():
+            z = encoded.branches[b][i]
+            assert np.array_equal(branch_alone[b][0][i], z)
+            if not unbounded:
+                assert np.linalg.norm(z.astype(np.float64)) <= _norm_bound(encoder) * (1 + 1e-5)
+        if not unbounded:
+            joint_bound = math.sqrt(sum((space.scales_[b] * _norm_bound(e)) ** 2 for b, e in space.branches_.items()))
+            assert np.linalg.norm(encoded.joint[i].astype(np.float64)) <= joint_bound * (1 + 1e-5)
+
+    good = [i for i in range(n) if i not in encoded.errors]
+    if len(good) >= 2:
+        _assert_joint_distance_decomposes(space, encoded, good)
+
+
+def _assert_joint_distance_decomposes(space: MetaSpace, encoded, rows: list[int]) -> None:
+    """docs/encoders.md, section 4: d_joint² = Σ_b (w_b / t_b)² d_b², exactly up to float32 rounding."""
+    for b, encoder in space.branches_.items():
+        assert space.scales_[b] == space.weights_[b] / encoder.typical_distance_
+    joint = _pairwise(encoded.joint[rows]) ** 2
+    combined = sum(space.scales_[b] ** 2 * _pairwise(encoded.branches[b][rows]) ** 2 for b in encoded.branches)
+    scale = max(float(np.abs(encoded.joint[rows].astype(np.float64)).max()), 1e-3) ** 2
+    assert np.allclose(joint, combined, rtol=1e-4, atol=1e-5 * scale)
 
 
 @settings(max_examples=40, deadline=None)

@@ -22,7 +22,7 @@ from metaspace.encoders.features import (
     is_number,
     orthonormal_embedding,
 )
-from metaspace.errors import InvalidRecordError
+from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.names import BRANCH_MODELS
 
 DIM = 384
@@ -41,18 +41,41 @@ class SchemaDriftWarning(UserWarning):
     """Keys unseen at fit time were ignored."""
 
 
+class EncoderFormatError(MetaspaceError, ValueError):
+    """A stored encoder state was written by encoders of another format version."""
+
+
+def check_format_version(state: Mapping[str, Any], what: str) -> None:
+    """Refuse a state of another format version: this code would not reproduce its registered vectors."""
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EncoderFormatError(
+            f"{what} state is of format {version!r}, and this metaspace reads format {FORMAT_VERSION} only: "
+            f"it would not reproduce the vectors registered with that state. Fit a new encoder version with "
+            f"`metaspace embed-runs --rebuild`, or read the old one with the metaspace release that wrote it."
+        )
+
+
 def _robust_scale(values: np.ndarray) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return 0.0, 1.0
     center = float(np.median(finite))
+    if not math.isfinite(center):  # the two middle values' mean overflowed
+        center = float(np.percentile(finite, 50, method="lower"))
     q25, q75 = np.percentile(finite, [25, 75])
     scale = float(q75 - q25) / 1.349
     if scale <= 1e-12:
         scale = float(np.std(finite))
     if scale <= 1e-12:
         scale = 1.0
+    if not math.isfinite(scale):  # values near the float64 limit: their spread overflows
+        scale = float(np.max(np.abs(finite)))
     return center, scale
+
+
+def _finite(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) else fallback
 
 
 def _choose_transform(values: np.ndarray) -> str:
@@ -136,7 +159,12 @@ class BranchEncoder:
     # -- fit -------------------------------------------------------------------------------------
 
     def fit(self, records: Sequence[Mapping[str, Any] | None]) -> BranchEncoder:
-        flats = [flatten(r) for r in records]
+        """Learn the schema from a history. A value that cannot be encoded (an integer beyond float64, a
+        branch that is not an object) counts as missing here; transform reports it as an EncodingError."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fit([_flatten_or_empty(r) for r in records])
+
+    def _fit(self, flats: list[dict[str, Any]]) -> BranchEncoder:
         n = len(flats)
         overrides = dict(self.overrides or {})
         kinds, lists = self._kinds(flats, overrides)
@@ -163,6 +191,7 @@ class BranchEncoder:
                 specs.append(self._fit_category(flats, key, weight, n))
             elif kind == "boolean":
                 col = self._numeric_column(flats, key, None, strict=False)
+                col[(col < 0) | (col > 1)] = np.nan  # a number given for a flag says nothing about its mean
                 mean = float(np.nanmean(col)) if np.isfinite(col).any() else 0.5
                 specs.append({"key": key, "kind": "boolean", "mean": mean, "weight": weight,
                               "flag": bool(np.isnan(col).any())})
@@ -185,6 +214,8 @@ class BranchEncoder:
                             raise ValueError(f"schema override for {key!r}: unknown transform {transform!r}")
                         finite = np.abs(values[np.isfinite(values)])
                         shift = float(np.median(finite)) if finite.size and np.median(finite) > 0 else 1.0
+                        if not math.isfinite(shift):  # the two middle values' mean overflowed
+                            shift = float(np.percentile(finite, 50, method="lower")) or 1.0
                         center, scale = _robust_scale(_apply(transform, values, shift))
                         spec.update(transform=transform, shift=shift, center=center, scale=scale)
                     specs.append(spec)
@@ -262,7 +293,12 @@ class BranchEncoder:
         k = self.components_.shape[0]
         self.embedding_ = orthonormal_embedding(DIM, k, self.seed)
         coords = self._coordinates(X)
-        self.typical_distance_ = float(math.sqrt(2 * coords.var(axis=0).sum())) if len(coords) > 1 else 0.0
+        typical = float(math.sqrt(2 * coords.var(axis=0).sum())) if len(coords) > 1 else 0.0
+        self.typical_distance_ = _finite(typical, 0.0)
+
+    def _fit_coordinates(self, records: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
+        """Coordinates of the history as fit sees it: unencodable values are missing, not errors."""
+        return self._coordinates(self._features([_flatten_or_empty(r) for r in records], None, errors=None))
 
     # -- transform -------------------------------------------------------------------------------
 
@@ -282,23 +318,72 @@ class BranchEncoder:
         self, records: Sequence[Mapping[str, Any] | None], run_ids: Sequence[str] | None = None
     ) -> tuple[np.ndarray, dict[int, EncodingError]]:
         """Vectors for every record, and the errors of those that could not be encoded (their rows are zero)."""
-        coords, errors = self.coordinates_with_errors(records, run_ids)
-        return (coords @ self.embedding_.T).astype(np.float32), errors
+        X, coords, errors, ids = self._encode_rows(records, run_ids)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite row becomes an EncodingError
+            vectors = (coords @ self.embedding_.T).astype(np.float32)
+        self._refuse_non_finite(vectors, X, ids, errors)
+        if errors:
+            vectors[list(errors)] = 0.0
+        return vectors, errors
 
     def coordinates_with_errors(
         self, records: Sequence[Mapping[str, Any] | None], run_ids: Sequence[str] | None = None
     ) -> tuple[np.ndarray, dict[int, EncodingError]]:
         """Coordinates in the branch's own (at most 384-d) space, before the orthonormal embedding."""
+        X, coords, errors, ids = self._encode_rows(records, run_ids)
+        self._refuse_non_finite(coords, X, ids, errors)
+        if errors:
+            coords[list(errors)] = 0.0
+        return coords, errors
+
+    def _encode_rows(
+        self, records: Sequence[Mapping[str, Any] | None], run_ids: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, EncodingError], list[str]]:
+        """Features X and coordinates of every record (rows of records with an error zeroed), the errors, the ids."""
         self._check_fitted()
-        flats = [flatten(r) for r in records]
-        ids = list(run_ids) if run_ids is not None else [f"#{i}" for i in range(len(flats))]
+        ids = list(run_ids) if run_ids is not None else [f"#{i}" for i in range(len(records))]
         errors: dict[int, EncodingError] = {}
+        try:
+            flats = [flatten(r) for r in records]
+        except TypeError:
+            flats = []
+            for i, record in enumerate(records):
+                try:
+                    flats.append(flatten(record))
+                except TypeError as exc:
+                    flats.append({})
+                    errors[i] = EncodingError(ids[i], self.branch, str(exc))
         X = self._features(flats, ids, errors)
         self._count_drift(flats)
         coords = self._coordinates(X)
         if errors:
             coords[list(errors)] = 0.0
-        return coords, errors
+        return X, coords, errors, ids
+
+    def _refuse_non_finite(self, out: np.ndarray, X: np.ndarray, ids: list[str], errors: dict) -> None:
+        """A record whose output is not finite (a value too large for the float32 vector) is an error naming
+        its largest feature; the pgvector column could not hold its vector."""
+        bad = ~np.isfinite(out).all(axis=1)
+        if not bad.any():
+            return
+        for i in np.flatnonzero(bad):
+            if int(i) not in errors:
+                errors[int(i)] = EncodingError(ids[i], f"{self.branch}.{self.blame(X[i])}",
+                                               "the value is too large to encode: its vector would not be finite")
+
+    def blame(self, features: np.ndarray) -> str:
+        """The field (dotted key) of the largest feature of one row of features."""
+        magnitude = np.where(np.isfinite(features), np.abs(features), np.inf)
+        return self._column_fields()[int(np.argmax(magnitude))]
+
+    def _column_fields(self) -> list[str]:
+        fields: list[str] = []
+        for spec in self.features_:
+            if spec["kind"] == "category":
+                fields += [spec["key"]] * (len(spec["categories"]) + (2 if spec["has_missing"] else 1))
+            else:
+                fields += [spec.get("name", spec["key"])] * (2 if spec["flag"] else 1)
+        return fields
 
     def fit_transform(self, records: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
         return self.fit(records).transform(records)
@@ -320,7 +405,7 @@ class BranchEncoder:
         unknown = Counter(key for flat in flats for key in flat.keys() - known)
         self.last_unknown_keys_ = dict(unknown)
         if unknown:
-            shown = ", ".join(f"{k} ({c})" for k, c in unknown.most_common(5))
+            shown = ", ".join(f"{_shorten(k)} ({c})" for k, c in unknown.most_common(5))
             warnings.warn(
                 f"{self.model_id}: ignored {sum(unknown.values())} value(s) of {len(unknown)} key(s) unseen at fit "
                 f"time: {shown}", SchemaDriftWarning, stacklevel=3,
@@ -352,7 +437,8 @@ class BranchEncoder:
             if spec["kind"] == "boolean":
                 values = np.where(missing, spec["mean"], raw) * spec["weight"]
             else:
-                z = (_apply(spec["transform"], raw, spec["shift"]) - spec["center"]) / spec["scale"]
+                with np.errstate(over="ignore"):  # a value near the float64 limit: clipped just below
+                    z = (_apply(spec["transform"], raw, spec["shift"]) - spec["center"]) / spec["scale"]
                 values = np.clip(np.where(missing, 0.0, z), -self.clip, self.clip) * spec["weight"]
             columns.append(values)
             if spec["flag"]:
@@ -383,20 +469,28 @@ class BranchEncoder:
             values = [flat.get(key) for flat in flats]
         else:
             values = [_list_item(flat.get(key), index) for flat in flats]
+        column = None
         if set(map(type, values)) <= SCALAR_TYPES:
-            column = np.array(values, dtype=np.float64)
-        else:
+            try:
+                column = np.array(values, dtype=np.float64)
+            except OverflowError:  # an integer beyond float64: sorted out one by one below
+                column = None
+        if column is None:
             column = np.full(len(values), np.nan)
             for i, value in enumerate(values):
                 if is_missing(value):
                     continue
+                reason = None
                 if is_number(value) or isinstance(value, bool):
-                    column[i] = float(value)
-                elif strict and errors is not None and i not in errors:
-                    expected = "true/false" if boolean else "a number"
+                    try:
+                        column[i] = float(value)
+                    except OverflowError:
+                        reason = f"{_describe(value)} is beyond the range of a float64 number"
+                else:
+                    reason = f"expected {'true/false' if boolean else 'a number'}, got {_describe(value)}"
+                if reason and strict and errors is not None and i not in errors:
                     field = key if index is None else f"{key}[{index}]"
-                    errors[i] = EncodingError(ids[i], f"{self.branch}.{field}",
-                                              f"expected {expected}, got {_describe(value)}")
+                    errors[i] = EncodingError(ids[i], f"{self.branch}.{field}", reason)
         column[~np.isfinite(column)] = np.nan
         return column
 
@@ -423,8 +517,7 @@ class BranchEncoder:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> BranchEncoder:
-        if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"encoder state format {state.get('format_version')!r}; this metaspace reads {FORMAT_VERSION}")
+        check_format_version(state, f"the {state.get('model_id', 'branch encoder')}")
         encoder = cls(state["branch"], state["model_id"], **state["params"])
         encoder.features_ = [dict(spec) for spec in state["features"]]
         encoder.ignored_keys_ = list(state["ignored_keys"])
@@ -444,9 +537,23 @@ def _category(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if is_number(value):
+    if isinstance(value, Mapping):  # only past flatten's depth limit
+        return "<object>"
+    try:
         return repr(value)
-    return repr(value)
+    except (ValueError, RecursionError):  # an integer past str()'s digit limit, a list nested too deep
+        return f"<{type(value).__name__}>"
+
+
+def _flatten_or_empty(record: Any) -> dict[str, Any]:
+    try:
+        return flatten(record)
+    except TypeError:
+        return {}
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _list_item(value: Any, index: int) -> Any:
@@ -458,6 +565,8 @@ def _list_item(value: Any, index: int) -> Any:
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {value[:40]!r}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        return f"an integer of {int(value.bit_length() * math.log10(2)) + 1} digits"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

@@ -13,20 +13,30 @@ import numpy as np
 
 NUMBER_TYPES = (int, float)
 SCALAR_TYPES = frozenset({int, float, bool, type(None)})
+MAX_DEPTH = 100  # objects nested deeper are kept whole, as one opaque leaf
 
 
-def flatten(branch: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """Nested keys become dotted names; leaves (numbers, booleans, strings, nulls, lists) are kept as they are."""
+def flatten(branch: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nested keys become dotted names; leaves (numbers, booleans, strings, nulls, lists) are kept as they are.
+
+    An object nested more than MAX_DEPTH levels deep stays whole as the value of its dotted name, so that
+    no record can exhaust the interpreter's stack. A branch that is not an object raises TypeError."""
     out: dict[str, Any] = {}
-    if not branch:
+    if branch is None:
         return out
+    if not isinstance(branch, Mapping):
+        raise TypeError(f"expected an object, got {type(branch).__name__}")
+    _flatten_into(out, branch, "", 0)
+    return out
+
+
+def _flatten_into(out: dict[str, Any], branch: Mapping[str, Any], prefix: str, depth: int) -> None:
     for key, value in branch.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
+        if isinstance(value, Mapping) and depth < MAX_DEPTH:
+            _flatten_into(out, value, name + ".", depth + 1)
         else:
             out[name] = value
-    return out
 
 
 def is_number(value: Any) -> bool:

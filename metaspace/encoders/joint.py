@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metaspace.encoders.branch import DIM, FORMAT_VERSION, BranchEncoder, EncodingError
+from metaspace.encoders.branch import DIM, FORMAT_VERSION, BranchEncoder, EncodingError, check_format_version
 from metaspace.encoders.features import (
     decode_array,
     encode_array,
@@ -81,14 +81,14 @@ class MetaSpace:
                 branch, overrides=(self.overrides or {}).get(branch), min_category_count=self.min_category_count,
                 clip=self.clip, seed=self.seed + i,
             )
-            encoder.fit([run.get(branch) for run in runs])
+            records = [run.get(branch) if isinstance(run, Mapping) else None for run in runs]
+            encoder.fit(records)
             self.branches_[branch] = encoder
             typical = encoder.typical_distance_
             self.scales_[branch] = float(weights[branch] / typical) if typical > 1e-12 else float(weights[branch])
-            coords, errors = encoder.coordinates_with_errors([run.get(branch) for run in runs])
+            coords = encoder._fit_coordinates(records)
             blocks.append(coords * self.scales_[branch])
-            ok = np.setdiff1d(np.arange(len(runs)), list(errors))
-            self.imputation_[branch] = coords[ok].mean(axis=0) if len(ok) else np.zeros(coords.shape[1])
+            self.imputation_[branch] = coords.mean(axis=0)
         self.weights_ = weights
         u = np.hstack(blocks)
         if u.shape[1] <= DIM:
@@ -112,27 +112,57 @@ class MetaSpace:
             raise RuntimeError(f"{JOINT_MODEL} is not fitted: call fit(runs) first")
 
     def encode(self, runs: Sequence[Mapping[str, Any]]) -> EncodedRuns:
-        """Joint and branch vectors for each run; runs that fail encoding are listed, their rows zero."""
+        """Joint and branch vectors for each run; runs that fail encoding are listed, their rows zero.
+
+        Never raises for a run's content: a value that cannot be encoded is an EncodingError naming the run
+        and the field, and the other runs are encoded as if it were not in the batch."""
         self._check_fitted()
-        ids = [str(run.get("run_id", f"#{i}")) for i, run in enumerate(runs)]
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite row becomes an EncodingError
+            return self._encode(runs)
+
+    def _encode(self, runs: Sequence[Mapping[str, Any]]) -> EncodedRuns:
         errors: dict[int, EncodingError] = {}
-        branch_vectors, blocks = {}, []
+        try:
+            ids = [str(run.get("run_id", f"#{i}")) for i, run in enumerate(runs)]
+            per_branch = {b: [run.get(b) for run in runs] for b in BRANCHES}
+        except (AttributeError, ValueError):  # a run that is not an object; a run_id str() refuses
+            ids = [_run_id(run, i) for i, run in enumerate(runs)]
+            per_branch = {b: [run.get(b) if isinstance(run, Mapping) else None for run in runs] for b in BRANCHES}
+            errors = {i: EncodingError(ids[i], "(record)", f"expected an object, got {type(run).__name__}")
+                      for i, run in enumerate(runs) if not isinstance(run, Mapping)}
+        branch_vectors, blocks, features = {}, [], {}
         for branch in BRANCHES:
             encoder = self.branches_[branch]
-            coords, branch_errors = encoder.coordinates_with_errors([run.get(branch) for run in runs], ids)
+            X, coords, branch_errors, _ = encoder._encode_rows(per_branch[branch], ids)
+            vectors = (coords @ encoder.embedding_.T).astype(np.float32)
+            encoder._refuse_non_finite(vectors, X, ids, branch_errors)
+            if branch_errors:
+                coords[list(branch_errors)] = 0.0
             for i, error in branch_errors.items():
                 errors.setdefault(i, error)
-            branch_vectors[branch] = coords @ encoder.embedding_.T
+            branch_vectors[branch] = vectors
             blocks.append(coords * self.scales_[branch])
-        joint = self._project(np.hstack(blocks))
+            features[branch] = X
+        joint = self._project(np.hstack(blocks)).astype(np.float32)
+        self._refuse_non_finite_joint(joint, blocks, features, ids, errors)
         if errors:
             rows = list(errors)
             joint[rows] = 0.0
             for vectors in branch_vectors.values():
                 vectors[rows] = 0.0
-        return EncodedRuns(
-            joint.astype(np.float32), {b: v.astype(np.float32) for b, v in branch_vectors.items()}, errors
-        )
+        return EncodedRuns(joint, branch_vectors, errors)
+
+    def _refuse_non_finite_joint(self, joint: np.ndarray, blocks: list[np.ndarray], features: dict[str, np.ndarray],
+                                 ids: list[str], errors: dict[int, EncodingError]) -> None:
+        bad = ~np.isfinite(joint).all(axis=1)
+        for i in np.flatnonzero(bad):
+            if int(i) in errors:
+                continue
+            sizes = [np.max(np.abs(block[i]), initial=0.0) for block in blocks]
+            branch = BRANCHES[int(np.argmax(np.nan_to_num(sizes, nan=np.inf)))]
+            field = self.branches_[branch].blame(features[branch][i])
+            errors[int(i)] = EncodingError(ids[i], f"{branch}.{field}",
+                                           "the value is too large to encode: its joint vector would not be finite")
 
     def transform(self, runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Joint vectors (n, 384) float32; raises EncodingError for the first run that cannot be encoded."""
@@ -211,11 +241,9 @@ class MetaSpace:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> MetaSpace:
-        if state.get("model_id") != JOINT_MODEL or state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not a {JOINT_MODEL} state of format {FORMAT_VERSION}: "
-                f"{state.get('model_id')!r} format {state.get('format_version')!r}"
-            )
+        if state.get("model_id") != JOINT_MODEL:
+            raise ValueError(f"not a {JOINT_MODEL} state: model_id {state.get('model_id')!r}")
+        check_format_version(state, f"the {JOINT_MODEL}")
         space = cls(**state["params"])
         # Canonical branch order, whatever order the stored JSON has (jsonb reorders keys): the joint map
         # concatenates the branches in this order.
@@ -233,6 +261,14 @@ class MetaSpace:
         if state.get("fingerprint") and state["fingerprint"] != space.fingerprint_:
             raise ValueError("encoder state does not match its fingerprint: it was changed after registration")
         return space
+
+
+def _run_id(run: Any, index: int) -> str:
+    run_id = run.get("run_id", f"#{index}") if isinstance(run, Mapping) else f"#{index}"
+    try:
+        return str(run_id)
+    except ValueError:
+        return f"#{index}"
 
 
 def typical_distance(vectors: np.ndarray) -> float:
