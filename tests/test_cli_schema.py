@@ -72,13 +72,16 @@ def test_db_commands_manage_an_embedded_server(tmp_path: Path) -> None:
     assert url == started.output.strip()
     status = json.loads(run("db", "status", "--format", "json", env=env).output)
     assert status["running"] and status["pid"]
+    assert status["pg_stat_statements"] is True and status["pg_prewarm"] is True
     import psycopg
 
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
         assert conn.execute("SHOW shared_buffers").fetchone()[0] != "128MB"
     assert run("db", "stop", env=env).output.strip() == "stopped"
-    assert json.loads(run("db", "status", "--format", "json", env=env).output)["running"] is False
+    stopped = json.loads(run("db", "status", "--format", "json", env=env).output)
+    assert stopped["running"] is False and stopped["pg_stat_statements"] is None
+    assert run("db", "stop", env=env).output.strip() == "not running"
 
 
 def test_wheel_ships_migrations_and_sql_and_migrates_from_another_folder(

