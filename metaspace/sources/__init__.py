@@ -1,0 +1,1 @@
+"""Importers: run records from where teams already keep them (MLflow tracking stores, Optuna studies)."""
