@@ -195,15 +195,26 @@ def optuna_warm_start(
                 result.reported.append({"config_id": config_id, "param": name, "value": value, "reason": reason})
             else:
                 params[name] = value
-        twin = next((t for t in tried if t.params == params), None)
-        if twin is not None:
-            result.reported.append({"config_id": config_id, "param": None, "value": None,
-                                    "reason": f"already in the study as trial {twin.number} ({twin.state.name})"})
+        twin = next((t for t in tried if _agrees(t, params)), None)
+        earlier = next((e for e in result.enqueued if e["params"] == params), None)
+        if not params or twin is not None or earlier is not None:
+            if not params:
+                reason = "no parameter left to enqueue"
+            elif twin is not None:
+                reason = f"already in the study as trial {twin.number} ({twin.state.name})"
+            else:
+                reason = f"the same params as config {earlier['config_id']} once the rest are left out"
+            result.reported.append({"config_id": config_id, "param": None, "value": None, "reason": reason})
             continue
-        user_attrs = {"metaspace.config_id": config_id}
-        study.enqueue_trial(params, user_attrs=user_attrs)
+        study.enqueue_trial(params, user_attrs={"metaspace.config_id": config_id})
         result.enqueued.append({"config_id": config_id, "params": params})
     return result
+
+
+def _agrees(trial, params: dict[str, Any]) -> bool:
+    """The trial ran (or, enqueued, will run) with these values for these params."""
+    known = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return all(name in known and known[name] == value for name, value in params.items())
 
 
 def _study_distributions(study) -> dict[str, Any]:
