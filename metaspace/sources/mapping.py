@@ -17,8 +17,9 @@ A map file (JSON, or YAML where PyYAML is installed) may hold::
 
 A name matches as logged (``lr``) or qualified by its kind (``params.lr``, ``metrics.sharpe``,
 ``tags.env.vol``, ``user_attrs.x``, ``values.sharpe``), so a param and a metric of the same name can be
-told apart. A name given exactly wins over a pattern (``ignore: ["params.*"]`` with ``config: [lr]``
-keeps only ``lr``); a field that names the date or an id goes to no branch. Dotted names nest: ``risk.target_vol`` is ``{"risk": {"target_vol": ...}}``.
+told apart. A name given exactly wins over a pattern, and a branch over ignore (``ignore: ["params.*"]``
+with ``config: [lr, "risk.*"]`` keeps only those params); a field that names the date or an id goes to
+no branch. Dotted names nest: ``risk.target_vol`` is ``{"risk": {"target_vol": ...}}``.
 """
 
 from __future__ import annotations
@@ -64,13 +65,11 @@ class FieldMap:
 
     def explicit(self, kind: str, name: str) -> str | None:
         """The branch (or "ignore") the map sends this field to, if it names it: a name given exactly wins
-        over a pattern; among patterns, ignore wins."""
-        for target in (*BRANCHES, "ignore"):
-            if any(not _is_pattern(p) and _matches(p, kind, name) for p in getattr(self, target)):
-                return target
-        for target in ("ignore", *BRANCHES):
-            if any(_is_pattern(p) and _matches(p, kind, name) for p in getattr(self, target)):
-                return target
+        over a pattern; among equals, a branch wins over ignore."""
+        for exact in (True, False):
+            for target in (*BRANCHES, "ignore"):
+                if any(_is_pattern(p) != exact and _matches(p, kind, name) for p in getattr(self, target)):
+                    return target
         return None
 
     def is_special(self, kind: str, name: str) -> bool:
