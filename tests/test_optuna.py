@@ -192,8 +192,8 @@ def test_optuna_warm_start_enqueues_fitting_params_and_reports_the_rest(db_url: 
     _imported(db_url, storage)
     study = optuna.create_study(study_name="narrow", storage=f"sqlite:///{tmp_path}/narrow.db", direction="maximize")
     narrow = {"lookback_days": IntDistribution(10, 40), "risk.target_vol": FloatDistribution(0.05, 0.3)}
-    expected = metaspace.suggest(ENV, k=4, database_url=db_url)
-    done = metaspace.optuna_warm_start(study, ENV, k=4, distributions=narrow, database_url=db_url)
+    expected = metaspace.suggest(ENV, k=4, objective="sharpe", database_url=db_url)
+    done = metaspace.optuna_warm_start(study, ENV, k=4, objective="sharpe", distributions=narrow, database_url=db_url)
 
     reported = {(r["config_id"], r["param"]): r["reason"] for r in done.reported}
     enqueued = [e["config_id"] for e in done.enqueued]
@@ -205,7 +205,7 @@ def test_optuna_warm_start_enqueues_fitting_params_and_reports_the_rest(db_url: 
         else:
             assert (s["config_id"], "lookback_days") not in reported
     assert any(param == "lookback_days" for _, param in reported), "a suggested value lies outside the study"
-    twice = metaspace.optuna_warm_start(study, ENV, k=4, distributions=narrow, database_url=db_url)
+    twice = metaspace.optuna_warm_start(study, ENV, k=4, objective="sharpe", distributions=narrow, database_url=db_url)
     assert twice.enqueued == [] and len(study.trials) == len(enqueued), "waiting trials are not enqueued again"
     study.optimize(lambda t: t.suggest_int("lookback_days", 10, 40) * t.suggest_float("risk.target_vol", 0.05, 0.3),
                    n_trials=len(enqueued))
@@ -213,7 +213,7 @@ def test_optuna_warm_start_enqueues_fitting_params_and_reports_the_rest(db_url: 
         assert {k: trial.params[k] for k in entry["params"]} == entry["params"]
         assert trial.user_attrs["metaspace.config_id"] == entry["config_id"]
 
-    again = metaspace.optuna_warm_start(study, ENV, k=4, distributions=narrow, database_url=db_url)
+    again = metaspace.optuna_warm_start(study, ENV, k=4, objective="sharpe", distributions=narrow, database_url=db_url)
     assert again.enqueued == [], again
     assert all(r["reason"].startswith("already in the study as trial") for r in again.reported if r["param"] is None)
 

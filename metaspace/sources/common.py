@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from metaspace.pipeline import ImportSummary
+from metaspace.store.connection import redact
 
 Progress = Callable[[int], None]
 
@@ -34,6 +35,11 @@ def local_file(uri: str, scheme: str) -> str | None:
     if path in ("", ":memory:") or path.startswith("file::memory:"):
         return None
     return path
+
+
+def shown(uri: str) -> str:
+    """The URI safe to print: a password hidden; any other URI (a path, sqlite:////abs/path) as given."""
+    return redact(uri) if "://" in uri and ("@" in uri or "password=" in uri.lower()) else uri
 
 
 def first_line(exc: BaseException) -> str:

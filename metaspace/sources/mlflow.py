@@ -24,7 +24,7 @@ from typing import Any
 from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.pipeline import import_records
 from metaspace.records import parse_date
-from metaspace.sources.common import Progress, SourceImportSummary, first_line, local_file
+from metaspace.sources.common import Progress, SourceImportSummary, first_line, local_file, shown
 from metaspace.sources.mapping import (
     FieldMap,
     as_of_from,
@@ -35,7 +35,7 @@ from metaspace.sources.mapping import (
     parse_text,
 )
 from metaspace.store import runs as run_store
-from metaspace.store.connection import connection, redact
+from metaspace.store.connection import connection
 
 SOURCE = "mlflow"
 PAGE = 1000
@@ -53,7 +53,7 @@ def import_mlflow(
     fmap = load_map(map)
     since_date = parse_date(since, "--since")
     client = _client(tracking_uri)
-    where = _shown(tracking_uri)
+    where = shown(tracking_uri)
     experiments = _guarded(where, _experiments, client, list(experiment))
     notes: list[str] = []
     with connection(database_url) as conn:
@@ -85,10 +85,6 @@ def _quiet_downloads() -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def _shown(uri: str) -> str:
-    return redact(uri) if "://" in uri else uri
-
-
 def _client(tracking_uri: str | None):
     if not tracking_uri:
         raise MetaspaceError("give --tracking-uri (or set MLFLOW_TRACKING_URI)")
@@ -96,7 +92,7 @@ def _client(tracking_uri: str | None):
         from mlflow import MlflowClient
     except ImportError:
         raise MetaspaceError("importing from MLflow needs the mlflow extra: pip install 'metaspace[mlflow]'") from None
-    where = _shown(tracking_uri)
+    where = shown(tracking_uri)
     path = local_file(tracking_uri, "sqlite")
     if path is not None and not Path(path).is_file():
         raise MetaspaceError(f"no MLflow tracking store at {where}: {path} does not exist")

@@ -20,9 +20,8 @@ from typing import Any
 from metaspace.encoders.features import flatten
 from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.pipeline import import_records
-from metaspace.sources.common import Progress, SourceImportSummary, first_line, local_file
+from metaspace.sources.common import Progress, SourceImportSummary, first_line, local_file, shown
 from metaspace.sources.mapping import FieldMap, as_of_from, assemble, config_hash, finite, load_map
-from metaspace.store.connection import redact
 
 SOURCE = "optuna"
 
@@ -38,7 +37,7 @@ def _optuna():
 def load_study(storage: str, study: str):
     """The Optuna study ``study`` in ``storage``, or a MetaspaceError that says what is wrong."""
     optuna = _optuna()
-    where = redact(storage) if "://" in storage else storage
+    where = shown(storage)
     path = local_file(storage, "sqlite")
     if path is not None and not Path(path).is_file():
         raise MetaspaceError(f"no Optuna storage at {where}: {path} does not exist")
@@ -164,7 +163,7 @@ class WarmStart:
 
 
 def optuna_warm_start(
-    study, env: Mapping[str, Any], *, as_of: Any = None, k: int = 5, objective: str = "sharpe",
+    study, env: Mapping[str, Any], *, as_of: Any = None, k: int = 5, objective: str | None = None,
     higher_is_better: bool = True, distributions: Mapping[str, Any] | None = None, database_url: str | None = None,
     **suggest_options: Any,
 ) -> WarmStart:
