@@ -146,7 +146,7 @@ def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
 
 def _check(source: str, line: int, record: Any) -> tuple[str, int, Run] | Rejected:
     if isinstance(record, InvalidRecordError):
-        return Rejected(source, line, None, record.field, record.reason)
+        return Rejected(source, line, None if record.record == "?" else record.record, record.field, record.reason)
     try:
         return source, line, validate(record)
     except InvalidRecordError as exc:

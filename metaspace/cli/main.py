@@ -10,6 +10,7 @@ from metaspace.cli.landscape import cluster_command, map_command, sample_runs_co
 from metaspace.cli.pipeline import embed_runs_command, import_runs_command
 from metaspace.cli.schema import db, migrate_command
 from metaspace.cli.search import search_command, suggest_command
+from metaspace.cli.sources import import_mlflow_command, import_optuna_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +29,8 @@ def cli() -> None:
 cli.add_command(db)
 cli.add_command(migrate_command)
 cli.add_command(import_runs_command)
+cli.add_command(import_mlflow_command)
+cli.add_command(import_optuna_command)
 cli.add_command(embed_runs_command)
 cli.add_command(search_command)
 cli.add_command(suggest_command)

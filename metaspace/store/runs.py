@@ -78,6 +78,16 @@ def _upsert(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
     return UpsertCounts(inserted, len(updated), len(latest) - len(rows))
 
 
+def import_cursor(conn: psycopg.Connection, source: str, scope: dict[str, Any], field: str) -> int | None:
+    """Where the last import from a source stopped: the largest ``extra -> source -> field`` (a number, such
+    as MLflow's end time in ms) among the stored runs whose ``extra -> source`` contains ``scope``."""
+    row = conn.execute(
+        "SELECT max((extra -> %s ->> %s)::numeric) FROM historical_db.runs WHERE extra -> %s @> %s",
+        (source, field, source, Jsonb(scope)),
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
 def forget_vectors(conn: psycopg.Connection, run_ids: list[str]) -> None:
     """Drop the vectors and quarantine entries of changed runs, so that embed-runs encodes them again."""
     conn.execute(
