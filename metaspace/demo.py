@@ -14,7 +14,7 @@ import numpy as np
 
 from metaspace import landscape, pipeline, sample
 from metaspace.errors import MetaspaceError
-from metaspace.search import search, suggest
+from metaspace.queries import search, suggest
 from metaspace.store import migrate
 from metaspace.store.connection import connection, redact
 from metaspace.store.runs import count_runs
@@ -108,7 +108,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     truth = _truth_by_regime(records)
     example = _target(records, "trending", "trend")
     result.example_run = example["run_id"]
-    similar = search(run_id=example["run_id"], k=5, database_url=url)
+    similar = search(run=example["run_id"], k=5, database_url=url)
     result.steps.append(Step(
         f"4. Runs like {example['run_id']} ({example['config_id']} on {example['strategy_id']}, "
         f"Sharpe {example['outcome']['sharpe']:.2f}), in the joint space",
@@ -129,7 +129,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
             ("config_id", "strategy", "score", "runs", "objective_mean", "deflated_confidence")))
 
     picture = str(out / "metaspace-demo-map.png")
-    landscape.map_space(picture, space="joint", color="config.strategy", database_url=url)
+    landscape.map_space(out=picture, space="joint", color="config.strategy", database_url=url)
     result.picture = picture
     result.seconds = time.perf_counter() - started
     return result

@@ -209,7 +209,7 @@ class EmbedSummary:
 
 def embed_runs(
     *, database_url: str | None = None, refit: bool = False, rebuild: bool = False, since: str | dt.date | None = None,
-    strategies: Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
+    strategy: str | Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
     schema: Mapping[str, Any] | None = None, fit_until: str | dt.date | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EmbedSummary:
@@ -222,7 +222,7 @@ def embed_runs(
     """
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
-    selection = run_store.Selection(parse_date(since, "--since"), tuple(strategies))
+    selection = run_store.Selection(parse_date(since, "--since"), (strategy,) if isinstance(strategy, str) else tuple(strategy))
     fit_until = parse_date(fit_until, "--fit-until")
     url = resolve_url(database_url)
     with connection(url, autocommit=True) as conn:

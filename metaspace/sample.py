@@ -196,8 +196,9 @@ def _dominant(regimes: np.ndarray) -> list[str]:
     return [REGIMES[i] for i in counts.argmax(axis=1)]
 
 
-def sample_runs(n: int = 20_000, *, seed: int = 7) -> list[dict[str, Any]]:
-    """``n`` run records of the sample history (seeded: the same n and seed give the same records)."""
+def sample_runs(n: int = 20_000, *, seed: int = 7, out: str | Path | None = None) -> list[dict[str, Any]]:
+    """``n`` run records of the sample history (seeded: the same n and seed give the same records); with
+    ``out``, also written there as JSONL (gzipped if it ends in .gz), as ``metaspace sample-runs`` does."""
     rng = np.random.default_rng(seed)
     grid = configs()
     dates = np.busday_offset(np.datetime64(START), np.arange(DAYS), roll="forward").astype(object)
@@ -265,6 +266,8 @@ def sample_runs(n: int = 20_000, *, seed: int = 7) -> list[dict[str, Any]]:
             "test_start": dates[t[i]].isoformat(),
             "sim": {"trailing_regime": hidden_back[i], "forward_regime": hidden_ahead[i]},
         })
+    if out is not None:
+        write_runs(records, out)
     return records
 
 

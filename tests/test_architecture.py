@@ -43,7 +43,7 @@ def test_the_encoders_never_import_the_store() -> None:
 
 
 def test_the_store_imports_nothing_above_it() -> None:
-    above = ("metaspace.pipeline", "metaspace.search", "metaspace.landscape", "metaspace.cli", "metaspace.encoders",
+    above = ("metaspace.pipeline", "metaspace.queries", "metaspace.landscape", "metaspace.cli", "metaspace.encoders",
              "metaspace.fitted", "metaspace.demo", "metaspace.sources")
     store = _modules(PACKAGE / "store")
     assert [(layer, _importers_of(layer, store)) for layer in above if _importers_of(layer, store)] == []

@@ -32,7 +32,7 @@ def test_migrate_status_reports_pending_revisions_as_json(empty_db: str) -> None
     result = run("migrate", "--database-url", empty_db, "--status", "--format", "json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["current"] is None and info["pending"] == migrate.revisions()
+    assert info["current"] is None and info["pending"] == list(migrate.revisions())
 
 
 def test_migrate_to_and_downgrade(empty_db: str) -> None:

@@ -115,21 +115,21 @@ def test_map_writes_a_png(sample_db: str, tmp_path: Path, color: str) -> None:
 def test_map_writes_interactive_html_with_the_html_extra(sample_db: str, sample_history, tmp_path: Path) -> None:
     pytest.importorskip("plotly")
     out = tmp_path / "map.html"
-    landscape.map_space(str(out), color="config.strategy", database_url=sample_db)
+    landscape.map_space(out=str(out), color="config.strategy", database_url=sample_db)
     text = out.read_text()
     assert "scattergl" in text.lower() and sample_history[0]["run_id"] in text
 
 
 def test_map_as_of_draws_only_runs_known_then(sample_db: str, sample_history, tmp_path: Path) -> None:
-    result = landscape.map_space(str(tmp_path / "early.png"), space="env", as_of="2005-12-31", database_url=sample_db)
+    result = landscape.map_space(out=str(tmp_path / "early.png"), space="env", as_of="2005-12-31", database_url=sample_db)
     assert result.points == sum(1 for r in sample_history if r["as_of_date"] <= "2005-12-31")
 
 
 def test_map_refuses_bad_options(sample_db: str, tmp_path: Path) -> None:
     with pytest.raises(MetaspaceError, match=r"\.png or \.html"):
-        landscape.map_space(str(tmp_path / "x.jpg"), database_url=sample_db)
+        landscape.map_space(out=str(tmp_path / "x.jpg"), database_url=sample_db)
     with pytest.raises(MetaspaceError, match="--color"):
-        landscape.map_space(str(tmp_path / "x.png"), color="sharpe", database_url=sample_db)
+        landscape.map_space(out=str(tmp_path / "x.png"), color="sharpe", database_url=sample_db)
 
 
 # -- demo and README ----------------------------------------------------------------------------------

@@ -127,9 +127,9 @@ def test_import_mlflow_imports_the_finished_runs_which_then_embed_and_are_search
     summary = metaspace.embed_runs(database_url=db_url)
     assert summary.embedded == 500 and not summary.quarantined
     first = runs["momentum"][0]
-    hits = metaspace.search(run_id=first, k=5, database_url=db_url)
+    hits = metaspace.search(run=first, k=5, database_url=db_url)
     assert len(hits) == 5 and all(hit["run_id"] in runs["momentum"] + runs["carry"] for hit in hits)
-    alike = metaspace.search(run_id=first, k=5, space="config", database_url=db_url)
+    alike = metaspace.search(run=first, k=5, space="config", database_url=db_url)
     assert all(hit["distance"] < 1e-6 for hit in alike), "runs of the same config are nearest in config space"
 
 

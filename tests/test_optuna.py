@@ -106,7 +106,7 @@ def test_import_optuna_imports_completed_trials_which_then_embed_and_are_searcha
     assert f"skipped run 'optuna:{STUDY}:208' (FAIL): failed" in result.stderr
 
     assert metaspace.embed_runs(database_url=db_url).embedded == 199
-    hits = metaspace.search(run_id=f"optuna:{STUDY}:0", k=5, database_url=db_url)
+    hits = metaspace.search(run=f"optuna:{STUDY}:0", k=5, database_url=db_url)
     assert len(hits) == 5 and all(hit["run_id"].startswith(f"optuna:{STUDY}:") for hit in hits)
 
     again = run_cli("--database-url", db_url, "import-optuna", "--storage", storage, "--study", STUDY)

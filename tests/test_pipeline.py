@@ -108,7 +108,7 @@ def test_embedding_is_incremental_after_new_imports(db_url: str, tmp_path: Path)
 def test_narrowing_by_since_strategy_and_limit(db_url: str, runs_file: str) -> None:
     pipeline.import_runs([runs_file], database_url=db_url)
     assert pipeline.embed_runs(database_url=db_url, limit=7).embedded == 7
-    narrowed = pipeline.embed_runs(database_url=db_url, strategies=["STRAT_trend"], since="2020-01-01")
+    narrowed = pipeline.embed_runs(database_url=db_url, strategy=["STRAT_trend"], since="2020-01-01")
     with psycopg.connect(db_url) as conn:
         expected = conn.execute(
             "SELECT count(*) FROM historical_db.runs r WHERE strategy_id = 'STRAT_trend' AND as_of_date >= '2020-01-01' "

@@ -69,7 +69,7 @@ def _answers(url: str, as_of: str) -> dict:
         "search_env": metaspace.search(env=env, k=15, as_of=as_of, database_url=url),
         "search_joint_imputed": metaspace.search(record={"config": probe["config"]}, k=15, as_of=as_of,
                                                  database_url=url),
-        "neighbours": metaspace.search(run_id=probe["run_id"], k=15, as_of=as_of, space="config", database_url=url),
+        "neighbours": metaspace.search(run=probe["run_id"], k=15, as_of=as_of, space="config", database_url=url),
         "suggest": metaspace.suggest(env, k=5, as_of=as_of, objective="sharpe", database_url=url),
     }
 

@@ -49,7 +49,7 @@ def test_a_writer_login_imports_and_embeds_end_to_end(writer_url: str, sample_hi
     assert summary.embedded == 600 and summary.quarantined == []
     changed = dict(sample_history[0], outcome={"sharpe": 9.0})
     metaspace.embed_run(changed, database_url=writer_url)
-    assert metaspace.search(run_id=changed["run_id"], k=3, database_url=writer_url)
+    assert metaspace.search(run=changed["run_id"], k=3, database_url=writer_url)
     assert pipeline.embed_runs(database_url=writer_url, rebuild=True).switched_from == 1
     clustered = CliRunner().invoke(cli, ["--database-url", writer_url, "cluster", "--k", "3"])
     assert clustered.exit_code == 0, clustered.output
@@ -73,7 +73,7 @@ def test_a_reader_login_searches_suggests_maps_and_reads_clusters(reader_url: st
                                                                    tmp_path: Path) -> None:
     metaspace.cluster(k=3, database_url=sample_db)
     run_id = sample_history[5]["run_id"]
-    assert len(metaspace.search(run_id=run_id, k=5, database_url=reader_url)) == 5
+    assert len(metaspace.search(run=run_id, k=5, database_url=reader_url)) == 5
     assert metaspace.suggest(sample_history[5]["env"], k=3, database_url=reader_url)
     out = tmp_path / "map.png"
     result = CliRunner().invoke(cli, ["--database-url", reader_url, "map", "--color", "cluster", "--out", str(out)])

@@ -334,13 +334,13 @@ def test_search_functions_survive_a_downgrade_upgrade_cycle(db_url: str, tmp_pat
     path = write_runs(sample_runs(300, seed=3), tmp_path / "runs.jsonl")
     pipeline.import_runs([str(path)], database_url=db_url)
     pipeline.embed_runs(database_url=db_url)
-    before = metaspace.search(run_id="SIM_3_0000001", k=5, database_url=db_url)
+    before = metaspace.search(run="SIM_3_0000001", k=5, database_url=db_url)
     migrate.downgrade(db_url, "0004_search_indexes")
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT to_regproc('historical_db.search_runs_v1')").fetchone()[0] is None
         assert conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == 300
     migrate.upgrade(db_url)
-    assert metaspace.search(run_id="SIM_3_0000001", k=5, database_url=db_url) == before
+    assert metaspace.search(run="SIM_3_0000001", k=5, database_url=db_url) == before
 
 
 # -- Python API and command line ----------------------------------------------------------------------
@@ -348,13 +348,13 @@ def test_search_functions_survive_a_downgrade_upgrade_cycle(db_url: str, tmp_pat
 
 def test_python_search_by_run_vector_record_and_env(sample_db: str, sample_history) -> None:
     run = sample_history[7]
-    by_run = metaspace.search(run_id=run["run_id"], k=5, exact=True, database_url=sample_db)
+    by_run = metaspace.search(run=run["run_id"], k=5, exact=True, database_url=sample_db)
     assert len(by_run) == 5 and run["run_id"] not in {r["run_id"] for r in by_run}
     assert set(by_run[0]) >= {"run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope"}
     by_record = metaspace.search(record=run, k=6, exact=True, database_url=sample_db)
     assert by_record[0]["run_id"] == run["run_id"] and by_record[0]["distance"] < 1e-4
     # A record carries its own as_of_date, and is asked as of it.
-    as_of_run = metaspace.search(run_id=run["run_id"], k=5, exact=True, as_of=run["as_of_date"], database_url=sample_db)
+    as_of_run = metaspace.search(run=run["run_id"], k=5, exact=True, as_of=run["as_of_date"], database_url=sample_db)
     assert [r["run_id"] for r in by_record[1:]] == [r["run_id"] for r in as_of_run]
     by_env = metaspace.search(env=run["env"], k=3, as_of=run["as_of_date"], database_url=sample_db)
     assert by_env[0]["run_id"] == run["run_id"] or by_env[0]["distance"] < 1e-4
@@ -362,7 +362,7 @@ def test_python_search_by_run_vector_record_and_env(sample_db: str, sample_histo
         partial = metaspace.search(record={"config": run["config"], "env": run["env"]}, k=3, database_url=sample_db)
     assert len(partial) == 3
     with pytest.raises(MetaspaceError, match="exactly one of"):
-        metaspace.search(run_id="a", env={}, database_url=sample_db)
+        metaspace.search(run="a", env={}, database_url=sample_db)
 
 
 def test_python_suggest_and_optuna_params(sample_db: str, sample_history) -> None:
@@ -386,7 +386,7 @@ def test_cli_search_formats(sample_db: str, sample_history) -> None:
                    "-k", "4", "--format", "json", "--space", "env")
     lines = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(len(line["rows"]) == 4 and line["space"] == "env" for line in lines)
-    assert lines[0]["rows"] == metaspace.search(run_id=run_id, k=4, space="env", database_url=sample_db)
+    assert lines[0]["rows"] == metaspace.search(run=run_id, k=4, space="env", database_url=sample_db)
     assert lines[0]["input"] == f"run {run_id}" and lines[0]["as_of"] is None
     as_csv = _cli("--database-url", sample_db, "search", "--run", run_id, "-k", "3", "--format", "csv")
     rows = as_csv.stdout.strip().splitlines()

@@ -32,7 +32,7 @@ def map_command(space, color, as_of, method, clustering, out) -> None:
         metaspace map --space env --color outcome.sharpe --as-of 2020-12-31 --out env.png
         metaspace map --color cluster --out clusters.html
     """
-    result = landscape.map_space(out, space=space, color=color, as_of=as_of, method=method, clustering=clustering,
+    result = landscape.map_space(out=out, space=space, color=color, as_of=as_of, method=method, clustering=clustering,
                                  database_url=database_url())
     click.echo(f"wrote {result.path}: {result.points:,} runs of the {result.space} space "
                f"(encoder version {result.version}), coloured by {result.color}")
@@ -91,5 +91,5 @@ def sample_runs_command(n: int, seed: int, out: str) -> None:
         metaspace sample-runs --n 20000 --out runs.jsonl.gz
         metaspace import-runs runs.jsonl.gz && metaspace embed-runs
     """
-    path = sample.write_runs(sample.sample_runs(n, seed=seed), out)
-    click.echo(f"wrote {n:,} runs to {path}")
+    sample.sample_runs(n, seed=seed, out=out)
+    click.echo(f"wrote {n:,} runs to {out}")

@@ -59,9 +59,9 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
               "the old vectors stay queryable until the switch.")
 @click.option("--refit", is_flag=True, help="Same as --rebuild: refitting always makes a new version.")
 @click.option("--since", metavar="DATE", help="Only runs with as_of_date on or after DATE.")
-@click.option("--strategy", "strategies", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
+@click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N runs.")
-@click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--schema", "schema", type=click.Path(exists=True, dir_okay=False),
               help="JSON overrides for a new fit: {branch: {key: {ignore|transform|kind|weight}}}.")
 @click.option("--fit-until", metavar="DATE",
               help="Fit a new encoder version only on runs known by DATE (as_of_date on or before it), so that "
@@ -70,8 +70,8 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
 @click.option("--batch-size", default=5000, show_default=True, help="Runs per transaction.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors
-def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies: tuple[str, ...], limit: int | None,
-                       schema_file: str | None, fit_until: str | None, dry_run: bool, batch_size: int,
+def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategy: tuple[str, ...], limit: int | None,
+                       schema: str | None, fit_until: str | None, dry_run: bool, batch_size: int,
                        fmt: str) -> None:
     """Embed the stored runs that lack a vector (fitting the encoders first when none is registered).
 
@@ -86,11 +86,11 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategies
         metaspace embed-runs --rebuild --format json
         metaspace embed-runs --fit-until 2019-12-31
     """
-    schema = json.loads(Path(schema_file).read_text()) if schema_file else None
+    overrides = json.loads(Path(schema).read_text()) if schema else None
     with progress_bar() as bar:
         summary = embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
-                                 strategies=strategies, limit=limit, dry_run=dry_run, batch_size=batch_size,
-                                 schema=schema, fit_until=fit_until, progress=with_total(bar))
+                                 strategy=strategy, limit=limit, dry_run=dry_run, batch_size=batch_size,
+                                 schema=overrides, fit_until=fit_until, progress=with_total(bar))
     for note in summary.notes:
         click.echo(note, err=True)
     for entry in summary.quarantined[:10]:

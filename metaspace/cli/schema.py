@@ -7,6 +7,7 @@ import warnings
 import click
 
 from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, format_option
+from metaspace.database import migrate
 from metaspace.store import migrate as migrations
 from metaspace.store.connection import redact, resolve_url
 
@@ -94,10 +95,10 @@ def db_url() -> None:
 
 @click.command("migrate")
 @database_url_option
-@click.option("--to", "target", default="head", show_default=True, help="Upgrade to this revision.")
-@click.option("--downgrade", "downgrade_to", metavar="REV", help="Downgrade to REV (a revision id or 'base').")
-@click.option("--status", "show_status", is_flag=True, help="Show current and head revisions, pending ones, pgvector.")
-@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL of the upgrade for a DBA instead of running it.")
+@click.option("--to", default="head", show_default=True, help="Upgrade to this revision.")
+@click.option("--downgrade", metavar="REV", help="Downgrade to REV (a revision id or 'base').")
+@click.option("--status", is_flag=True, help="Show current and head revisions, pending ones, pgvector.")
+@click.option("--sql", is_flag=True, help="Print the SQL of the upgrade for a DBA instead of running it.")
 @click.option(
     "--concurrently", is_flag=True,
     help="Build indexes with CREATE INDEX CONCURRENTLY (live databases: writers are not blocked).",
@@ -106,8 +107,7 @@ def db_url() -> None:
 @format_option
 @domain_errors
 def migrate_command(
-    target: str, downgrade_to: str | None, show_status: bool, as_sql: bool, concurrently: bool,
-    allow_data_loss: bool, fmt: str,
+    to: str, downgrade: str | None, status: bool, sql: bool, concurrently: bool, allow_data_loss: bool, fmt: str,
 ) -> None:
     """Bring the database schema to this version of metaspace (Alembic, run from code).
 
@@ -118,19 +118,16 @@ def migrate_command(
         metaspace migrate --sql > metaspace.sql
         metaspace migrate --downgrade 0003_runs_and_encoder_registry
     """
-    if as_sql:
-        click.echo(migrations.sql(target))
+    if sql:
+        click.echo(migrate(sql=True, to=to))
         return
     url = resolve_url(database_url())
-    if show_status:
-        _print_status(migrations.status(url), url, fmt)
+    if status:
+        _print_status(migrate(status=True, database_url=url), url, fmt)
         return
-    if downgrade_to:
-        messages = migrations.downgrade(url, downgrade_to, allow_data_loss=allow_data_loss)
-        done = f"downgraded to {downgrade_to}"
-    else:
-        messages = migrations.upgrade(url, target, concurrently=concurrently)
-        done = f"schema at {migrations.status(url).current}"
+    messages = migrate(to=to, downgrade=downgrade, concurrently=concurrently, allow_data_loss=allow_data_loss,
+                       database_url=url)
+    done = f"downgraded to {downgrade}" if downgrade else f"schema at {migrate(status=True, database_url=url).current}"
     for line in messages:
         click.echo(line, err=True)
     if fmt == "json":

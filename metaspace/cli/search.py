@@ -12,7 +12,7 @@ import click
 from metaspace.cli.common import database_url, database_url_option, domain_errors, echo_json, echo_table
 from metaspace.errors import MetaspaceError
 from metaspace.names import SPACES
-from metaspace.search import (
+from metaspace.queries import (
     MATCH_COLUMNS,
     Answer,
     optuna_params,
@@ -62,41 +62,42 @@ def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
     return count
 
 
-def _inputs(run_ids: tuple[str, ...], files: dict[str, str | None]) -> tuple[str, list[tuple[str, Any]]]:
-    chosen = [kind for kind, path in files.items() if path] + (["run"] if run_ids else [])
+def _inputs(run: tuple[str, ...], files: dict[str, str | None]) -> tuple[str, list[tuple[str, Any]]]:
+    chosen = [kind for kind, path in files.items() if path] + (["run"] if run else [])
     if len(chosen) != 1:
         raise MetaspaceError("give exactly one of --run, --env, --config, --outcome, --record")
     kind = chosen[0]
     if kind == "run":
-        return kind, [(f"run {run_id}", run_id) for run_id in run_ids]
+        return kind, [(f"run {run_id}", run_id) for run_id in run]
     return kind, read_inputs(files[kind])
 
 
 @click.command("search")
 @database_url_option
-@click.option("--run", "run_ids", multiple=True, metavar="ID", help="Runs like this stored run (repeatable).")
-@click.option("--env", "env_file", metavar="FILE", help="Runs in environments like these (JSON or JSONL; - for stdin).")
-@click.option("--config", "config_file", metavar="FILE", help="Runs with configs like these.")
-@click.option("--outcome", "outcome_file", metavar="FILE", help="Runs that behaved like these outcomes.")
-@click.option("--record", "record_file", metavar="FILE", help="Runs like these (partial) run records.")
+@click.option("--run", "run", multiple=True, metavar="ID", help="Runs like this stored run (repeatable).")
+@click.option("--env", "env", metavar="FILE", help="Runs in environments like these (JSON or JSONL; - for stdin).")
+@click.option("--config", "config", metavar="FILE", help="Runs with configs like these.")
+@click.option("--outcome", "outcome", metavar="FILE", help="Runs that behaved like these outcomes.")
+@click.option("--record", "record", metavar="FILE", help="Runs like these (partial) run records.")
 @click.option("--space", type=click.Choice(SPACES), help="Where to compare: joint, config, env or outcome "
               "(default: joint for --run/--record, else the kind of the input).")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many runs.")
-@click.option("--as-of", metavar="DATE", help="Only runs dated on or before DATE (a line's own as_of_date wins).")
-@click.option("--strategy", "strategies", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
-@click.option("--config-id", "configs", multiple=True, metavar="ID", help="Only runs of this config (repeatable).")
+@click.option("--as-of", metavar="DATE",
+              help="Only runs dated on or before DATE (a cap: a line's own as_of_date may be earlier, never later).")
+@click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
+@click.option("--config-id", "config_id", multiple=True, metavar="ID", help="Only runs of this config (repeatable).")
 @click.option("--scope", metavar="JSON", help="Only runs whose entity_scope contains this JSON object.")
 @click.option("--exact", is_flag=True, help="Exact search (no index): the reference answer, slower.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
-              help="json: one JSON array per input, one per line (JSONL), in input order.")
+              help="json: one JSON object per input (input, space, as_of, rows, notes), one per line, in order.")
 @domain_errors
-def search_command(run_ids, env_file, config_file, outcome_file, record_file, space, k, as_of, strategies, configs,
-                   scope, exact, fmt) -> None:
+def search_command(run, env, config, outcome, record, space, k, as_of, strategy, config_id, scope, exact,
+                   fmt) -> None:
     """Find the stored runs nearest to a run, an env, a config, an outcome or a record.
 
     A FILE holds one JSON object or many (JSONL): each gets its own answer, in order, so a thousand
     questions cost one start-up. A line that is a run record with its own as_of_date is asked as of that
-    date (replaying a walk-forward). For the joint space, a record missing a branch has it imputed with
+    date (replaying a walk-forward), capped by --as-of. For the joint space, a record missing a branch has it imputed with
     the mean of the stored runs, and says so on stderr.
 
     \b
@@ -105,12 +106,11 @@ def search_command(run_ids, env_file, config_file, outcome_file, record_file, sp
         metaspace search --env today_env.json --as-of 2024-03-29 --strategy US_EQ_CORE
         metaspace search --record decisions.jsonl --format json > answers.jsonl
     """
-    kind, inputs = _inputs(run_ids, {"env": env_file, "config": config_file, "outcome": outcome_file,
-                                     "record": record_file})
+    kind, inputs = _inputs(run, {"env": env, "config": config, "outcome": outcome, "record": record})
     scope_obj = _scope(scope)
     queries = queries_from(kind, inputs, space=space, as_of=as_of)
-    answers = search_many(queries, k=k, strategies=strategies, configs=configs, scope=scope_obj, exact=exact,
-                              database_url=database_url())
+    answers = search_many(queries, k=k, strategy=strategy, config_id=config_id, scope=scope_obj, exact=exact,
+                          database_url=database_url())
     _emit(answers, fmt, MATCH_TABLE)
 
 
@@ -128,22 +128,23 @@ def _scope(text: str | None) -> dict[str, Any] | None:
 
 @click.command("suggest")
 @database_url_option
-@click.option("--env", "env_file", required=True, metavar="FILE",
+@click.option("--env", "env", required=True, metavar="FILE",
               help="Target environments (JSON or JSONL; a line may be a record with its own as_of_date).")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many configs.")
 @click.option("--objective", metavar="KEY",
               help="The outcome key to rank by (default: the one numeric outcome key named sharpe, at any depth).")
 @click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
-@click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a line's own date wins).")
+@click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a cap: a line's own date may "
+              "be earlier, never later).")
 @click.option("--neighbours", default=200, show_default=True, type=click.IntRange(1, 10000),
               help="Nearest runs in env space taken as evidence.")
 @click.option("--min-runs", default=3, show_default=True, type=click.IntRange(1), help="Evidence a config needs.")
-@click.option("--strategy", "strategies", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
+@click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
 @click.option("--exact", is_flag=True, help="Take the evidence by exact search.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "optuna"]), default="table", show_default=True,
               help="optuna: per input, a JSON array of parameter dicts for study.enqueue_trial.")
 @domain_errors
-def suggest_command(env_file, k, objective, higher_is_better, as_of, neighbours, min_runs, strategies, exact,
+def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_runs, strategy, exact,
                     fmt) -> None:
     """Suggest configs that worked in environments like the target, as of a date.
 
@@ -157,9 +158,9 @@ def suggest_command(env_file, k, objective, higher_is_better, as_of, neighbours,
         metaspace suggest --env envs.jsonl --objective outcome.max_drawdown --lower-is-better --format json
         metaspace suggest --env today.json --format optuna   # then: study.enqueue_trial(params)
     """
-    inputs = read_inputs(env_file)
+    inputs = read_inputs(env)
     queries = queries_from("env", inputs, space="env", as_of=as_of)
     answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
-                               neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
-                               database_url=database_url())
+                           neighbours=neighbours, min_runs=min_runs, strategy=strategy, exact=exact,
+                           database_url=database_url())
     _emit(answers, fmt, SUGGEST_TABLE)

@@ -8,7 +8,7 @@ from metaspace.cli.common import database_url, database_url_option, domain_error
 from metaspace.sources import SourceImportSummary, import_mlflow, import_optuna
 
 map_option = click.option(
-    "--map", "map_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+    "--map", "map", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
     help="JSON or YAML: which names go to config / env / outcome, which to ignore, which hold the as-of date "
          "and the ids (see the README).",
 )
@@ -53,7 +53,7 @@ def _report(summary: SourceImportSummary, rejects: str | None, fmt: str) -> None
 @strict_option
 @format_option
 @domain_errors
-def import_mlflow_command(tracking_uri, experiment, since, map_file, rejects, strict, fmt) -> None:
+def import_mlflow_command(tracking_uri, experiment, since, map, rejects, strict, fmt) -> None:
     """Import the finished runs of an MLflow tracking store, through MLflow's client API.
 
     params → config (numbers and booleans parsed back; dotted names nest), metrics → outcome (latest
@@ -69,7 +69,7 @@ def import_mlflow_command(tracking_uri, experiment, since, map_file, rejects, st
         metaspace import-mlflow --tracking-uri ./mlruns --since 2024-01-01 --format json
     """
     with progress_bar() as bar:
-        summary = import_mlflow(tracking_uri, experiment=experiment, since=since, map=map_file,
+        summary = import_mlflow(tracking_uri, experiment=experiment, since=since, map=map,
                                 database_url=database_url(), rejects=rejects, strict=strict, progress=bar.update)
     _report(summary, rejects, fmt)
 
@@ -83,7 +83,7 @@ def import_mlflow_command(tracking_uri, experiment, since, map_file, rejects, st
 @strict_option
 @format_option
 @domain_errors
-def import_optuna_command(storage, study, map_file, rejects, strict, fmt) -> None:
+def import_optuna_command(storage, study, map, rejects, strict, fmt) -> None:
     """Import the completed trials of an Optuna study as runs, through Optuna's storage API.
 
     params → config; the objective values → outcome (named by the study's metric_names, else value or
@@ -97,6 +97,6 @@ def import_optuna_command(storage, study, map_file, rejects, strict, fmt) -> Non
         metaspace import-optuna --storage sqlite:///optuna.db --study s1 --map map.json --format json
     """
     with progress_bar("trials") as bar:
-        summary = import_optuna(storage, study=study, map=map_file, database_url=database_url(), rejects=rejects,
+        summary = import_optuna(storage, study=study, map=map, database_url=database_url(), rejects=rejects,
                                 strict=strict, progress=bar.update)
     _report(summary, rejects, fmt)

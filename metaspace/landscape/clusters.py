@@ -11,7 +11,7 @@ import numpy as np
 
 from metaspace.errors import MetaspaceError
 from metaspace.keys import optional_objective
-from metaspace.search import active_version, check_space
+from metaspace.queries import active_version, check_space
 from metaspace.store import clusters as cluster_store
 from metaspace.store.clusters import Points
 from metaspace.store.connection import connection

@@ -10,8 +10,8 @@ import numpy as np
 
 from metaspace.errors import MetaspaceError
 from metaspace.keys import optional_objective, resolve
+from metaspace.queries import active_version, check_space
 from metaspace.records import parse_date
-from metaspace.search import active_version, check_space
 from metaspace.store import clusters as cluster_store
 from metaspace.store.connection import connection
 
@@ -40,7 +40,7 @@ class MapResult:
     version: int
 
 
-def map_space(out: str, *, space: str = "joint", color: str = "strategy", as_of: Any = None,
+def map_space(*, out: str, space: str = "joint", color: str = "strategy", as_of: Any = None,
               method: str = "pca", clustering: int | None = None, database_url: str | None = None) -> MapResult:
     """Draw the stored runs of a space in 2-D, coloured by an outcome key, the strategy, or a clustering."""
     check_space(space)

@@ -175,7 +175,7 @@ def optuna_warm_start(
     and not enqueued again. Each enqueued trial carries ``metaspace.config_id`` as a user attribute, so
     that import-optuna files its result under the same config.
     """
-    from metaspace.search import suggest
+    from metaspace.queries import suggest
 
     result = WarmStart()
     known = dict(distributions) if distributions is not None else _study_distributions(study)

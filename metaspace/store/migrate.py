@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 
 from metaspace.errors import MetaspaceError, SchemaBehindError
 
@@ -24,7 +23,9 @@ def _script_location() -> str:
     return str(env_py.parent)
 
 
-def _config(url: str | None, **attributes: object) -> Config:
+def _config(url: str | None, **attributes: object):
+    from alembic.config import Config
+
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", _script_location())
     cfg.attributes["url"] = url
@@ -32,17 +33,27 @@ def _config(url: str | None, **attributes: object) -> Config:
     return cfg
 
 
-def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config(None))
+_DECLARED = re.compile(r'^(revision|down_revision)\s*=\s*(?:"([^"]*)"|None)', re.MULTILINE)
+
+
+@functools.cache
+def revisions() -> tuple[str, ...]:
+    """All revision ids, oldest first: read from the revision files' declarations, without loading Alembic
+    (every command checks the schema before it starts; that check should cost a millisecond, not Alembic's
+    start-up). tests/test_migrations.py checks this chain against Alembic's own."""
+    parent: dict[str | None, str] = {}
+    for path in Path(_script_location(), "versions").glob("[0-9]*.py"):
+        declared = dict((name, value or None) for name, value in _DECLARED.findall(path.read_text(encoding="utf-8")))
+        parent[declared.get("down_revision")] = declared["revision"]
+    chain, at = [], None
+    while at in parent:
+        at = parent[at]
+        chain.append(at)
+    return tuple(chain)
 
 
 def head() -> str:
-    return _script().get_current_head()
-
-
-def revisions() -> list[str]:
-    """All revision ids, oldest first."""
-    return [rev.revision for rev in reversed(list(_script().walk_revisions()))]
+    return revisions()[-1]
 
 
 def current(conn: psycopg.Connection) -> str | None:
@@ -79,6 +90,8 @@ def _run(action, url: str, *args, **attributes) -> list[str]:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    from alembic.util import CommandError
+
     try:
         action(_config(url, **attributes), *args)
     except CommandError as exc:
@@ -104,16 +117,22 @@ def _root_message(exc: BaseException) -> str:
 
 def upgrade(url: str, to: str = "head", *, concurrently: bool = False) -> list[str]:
     """Upgrade the schema to ``to`` (head by default)."""
+    from alembic import command
+
     return _run(command.upgrade, url, to, concurrently=concurrently)
 
 
 def downgrade(url: str, to: str, *, allow_data_loss: bool = False) -> list[str]:
     """Downgrade the schema to ``to`` (a revision id or ``base``)."""
+    from alembic import command
+
     return _run(command.downgrade, url, to, allow_data_loss=allow_data_loss)
 
 
 def sql(to: str = "head", start: str | None = None) -> str:
     """The SQL an upgrade would run, for a DBA to review and apply (offline mode)."""
+    from alembic import command
+
     cfg = _config(None)
     out = io.StringIO()
     cfg.stdout = out
@@ -145,7 +164,7 @@ def status(url: str) -> Status:
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'historical_db' AND NOT i.indisvalid"
         ).fetchall()
-    chain = revisions()
+    chain = list(revisions())
     pending = chain if at is None else chain[chain.index(at) + 1 :] if at in chain else []
     return Status(
         current=at,

@@ -1,4 +1,6 @@
-"""Search and suggest from Python: thin callers of the SQL functions installed by the migrations.
+"""Questions asked of the stored runs: search (runs like this one) and suggest (configs that worked in
+environments like this one), as of a date. Thin callers of the SQL functions; named queries because
+``metaspace.search`` is the function.
 
 Inputs (a stored run, an env, a config, a whole or partial run record) are encoded here with the active
 encoder version; the nearest-neighbour work, the as-of filter and the ranking happen in PostgreSQL.
@@ -212,8 +214,8 @@ def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
     return pd.DataFrame(rows)
 
 
-def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[str] = (),
-                configs: Sequence[str] = (), scope: Mapping[str, Any] | None = None, exact: bool = False,
+def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequence[str] = (),
+                config_id: str | Sequence[str] = (), scope: Mapping[str, Any] | None = None, exact: bool = False,
                 database_url: str | None = None) -> Iterator[Answer]:
     """The k nearest runs to each query, in input order (every input is encoded before the first answer).
 
@@ -225,7 +227,7 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[s
         encoder = _Encoder(conn) if any(q.kind == "record" for q in queries) else None
         prepared = [(q, *(encoder.vector(q) if q.kind == "record" else (None, []))) for q in queries]
         for query, vector, notes in prepared:
-            filters = search_store.Filters(query.as_of, tuple(strategies), tuple(configs), scope)
+            filters = search_store.Filters(query.as_of, _names(strategy), _names(config_id), scope)
             if query.kind == "run":
                 rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
             else:
@@ -240,36 +242,60 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategies: Sequence[s
             yield Answer(query, rows, [*notes, note] if note else notes)
 
 
-def search(*, run_id: str | None = None, record: Mapping[str, Any] | None = None,
-           env: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-           vector: Sequence[float] | np.ndarray | None = None, space: str | None = None, k: int = 10,
-           as_of: Any = None, strategies: Sequence[str] = (), configs: Sequence[str] = (),
+def _many(value: Any, kind: str) -> tuple[bool, list[Any]]:
+    """(whether a batch was given, its items): a list of runs ids or objects is a batch, one answer each."""
+    batch = isinstance(value, (list, tuple))
+    return batch, list(value) if batch else [value]
+
+
+def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A repeatable option's values: one name or several."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _answered(answers: Iterable[Answer], batch: bool, as_frame: bool):
+    answers = list(answers)
+    for answer in answers:
+        for note in answer.notes:
+            warnings.warn(note, stacklevel=3)
+    shaped = [_rows_or_frame(answer.rows, as_frame) for answer in answers]
+    return shaped if batch else shaped[0]
+
+
+def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: Any = None, config: Any = None,
+           outcome: Any = None, vector: Sequence[float] | np.ndarray | None = None, space: str | None = None,
+           k: int = 10, as_of: Any = None, strategy: str | Sequence[str] = (), config_id: str | Sequence[str] = (),
            scope: Mapping[str, Any] | None = None, exact: bool = False, database_url: str | None = None,
            as_frame: bool = False):
-    """The k nearest stored runs to one of: a stored run (itself excluded), a record, an env, a config, or a
-    raw 384-d vector. Returns a list of dicts (run_id, config_id, strategy_id, as_of_date, distance,
-    entity_scope), or a pandas DataFrame with ``as_frame``."""
-    given = {"run": run_id, "record": record, "env": env, "config": config, "vector": vector}
+    """The k nearest stored runs to one of: a stored run (itself excluded), a record, an env, a config, an
+    outcome, or a raw 384-d vector; the same options as ``metaspace search``.
+
+    Returns a list of dicts (run_id, config_id, strategy_id, as_of_date, distance, entity_scope), or a pandas
+    DataFrame with ``as_frame``. Given a list (of run ids, or of objects), returns one answer per item, in
+    order: a batch costs one connection and one encoder load. ``as_of`` caps every answer, as in the CLI."""
+    given = {"run": run, "record": record, "env": env, "config": config, "outcome": outcome, "vector": vector}
     chosen = [name for name, value in given.items() if value is not None]
     if len(chosen) != 1:
-        raise MetaspaceError("give exactly one of run_id, record, env, config, vector")
+        raise MetaspaceError("give exactly one of run, record, env, config, outcome, vector")
     kind = chosen[0]
     if kind == "vector":
         target = check_space(space or "joint")
         with connection(database_url, autocommit=True) as conn:
-            filters = search_store.Filters(parse_date(as_of, "as_of"), tuple(strategies), tuple(configs), scope)
+            filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
             rows = search_store.search(conn, np.asarray(vector, dtype=np.float32), k, target, filters, exact)
         return _rows_or_frame(rows, as_frame)
-    query = queries_from(kind, [(kind, given[kind])], space=space, as_of=as_of)
-    [answer] = search_many(query, k=k, strategies=strategies, configs=configs, scope=scope, exact=exact,
-                           database_url=database_url)
-    for note in answer.notes:
-        warnings.warn(note, stacklevel=2)
-    return _rows_or_frame(answer.rows, as_frame)
+    batch, items = _many(given[kind], kind)
+    queries = queries_from(kind, [(f"{kind}[{i}]" if batch else kind, item) for i, item in enumerate(items)],
+                           space=space, as_of=as_of)
+    answers = search_many(queries, k=k, strategy=strategy, config_id=config_id, scope=scope, exact=exact,
+                          database_url=database_url)
+    return _answered(answers, batch, as_frame)
 
 
 def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
-                 neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (), exact: bool = False,
+                 neighbours: int = 200, min_runs: int = 3, strategy: str | Sequence[str] = (), exact: bool = False,
                  database_url: str | None = None) -> Iterator[Answer]:
     """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
     ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``."""
@@ -281,23 +307,24 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             notes = [key.note, *notes] if key.note and index == 0 else notes
             rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=".".join(key.path),
                                         higher_is_better=higher_is_better, neighbours=neighbours,
-                                        min_runs=min_runs, strategies=tuple(strategies), exact=exact)
+                                        min_runs=min_runs, strategies=_names(strategy), exact=exact)
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
             yield Answer(query, rows, [*notes, note] if note else notes)
 
 
-def suggest(env: Mapping[str, Any], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
-            as_of: Any = None, neighbours: int = 200, min_runs: int = 3, strategies: Sequence[str] = (),
+def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
+            as_of: Any = None, neighbours: int = 200, min_runs: int = 3, strategy: str | Sequence[str] = (),
             exact: bool = False, database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
-    deflated confidence (see README "suggest_configs_v1"). ``env`` may also be a record with its own as_of_date."""
-    query = queries_from("env", [("env", env)], space="env", as_of=as_of)
-    [answer] = suggest_many(query, k=k, objective=objective, higher_is_better=higher_is_better,
-                            neighbours=neighbours, min_runs=min_runs, strategies=strategies, exact=exact,
-                            database_url=database_url)
-    for note in answer.notes:
-        warnings.warn(note, stacklevel=2)
-    return _rows_or_frame(answer.rows, as_frame)
+    deflated confidence (README, "suggest_configs_v1"); the same options as ``metaspace suggest``. ``env``
+    may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
+    batch, items = _many(env, "env")
+    queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],
+                           space="env", as_of=as_of)
+    answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
+                           neighbours=neighbours, min_runs=min_runs, strategy=strategy, exact=exact,
+                           database_url=database_url)
+    return _answered(answers, batch, as_frame)
 
 
 def optuna_params(suggestion: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""One vocabulary: every option of every command is a keyword of the same name, with the same default, of
+the Python function that does the command's work (sqlite-utils' rule)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import click
+import pytest
+
+import metaspace
+from metaspace.cli import cli
+
+# command -> the Python function behind it. Options that are the CLI's alone: how output is shown
+# (--format), and the database (every function takes database_url).
+FUNCTIONS = {
+    "migrate": "migrate", "import-runs": "import_runs", "import-mlflow": "import_mlflow",
+    "import-optuna": "import_optuna", "embed-runs": "embed_runs", "search": "search", "suggest": "suggest",
+    "map": "map_space", "cluster": "cluster", "sample-runs": "sample_runs", "demo": "metaspace.demo:run_demo",
+    "evaluate": "evaluate",
+}
+CLI_ONLY = {"fmt", "database_url", "help"}
+NOT_PYTHON = {"db"}  # managing the embedded server: metaspace.store.embedded.start/stop/status
+
+
+def _function(name: str):
+    if ":" in name:
+        module, attribute = name.split(":")
+        return getattr(__import__(module, fromlist=[attribute]), attribute)
+    return getattr(metaspace, name)
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    return [(name, command) for name, command in cli.commands.items() if name not in NOT_PYTHON]
+
+
+def test_every_command_has_a_python_function() -> None:
+    assert {name for name, _ in _commands()} <= set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _commands()])
+def test_every_option_is_a_python_keyword_with_the_same_default(name: str) -> None:
+    command = cli.commands[name]
+    signature = inspect.signature(_function(FUNCTIONS[name]))
+    for param in command.params:
+        if param.name in CLI_ONLY:
+            continue
+        assert param.name in signature.parameters, f"{name} {param.opts}: no keyword {param.name!r}"
+        default = signature.parameters[param.name].default
+        cli_default = param.get_default(click.Context(command), call=True)
+        if type(cli_default).__name__ == "Sentinel":  # click 8.3: no default given
+            cli_default = None
+        if default is inspect.Parameter.empty or cli_default is None or param.required:
+            continue
+        if param.multiple:
+            assert tuple(default or ()) == tuple(cli_default or ()), f"{name} {param.opts}"
+        elif param.name not in ("out", "out_dir"):
+            assert default == cli_default, f"{name} {param.opts}: {default!r} in Python, {cli_default!r} in the CLI"
+
+
+def test_the_vocabulary_check_notices_a_drift() -> None:
+    @click.command()
+    @click.option("--strategy", "strategies", multiple=True)
+    def drifted(strategies):  # pragma: no cover
+        pass
+
+    def function(*, strategy=()):  # pragma: no cover
+        pass
+
+    names = {p.name for p in drifted.params} - set(inspect.signature(function).parameters)
+    assert names == {"strategies"}
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    heavy = ("alembic", "sqlalchemy", "sklearn", "matplotlib", "plotly", "mlflow", "optuna", "pandas")
+    code = f"import sys, metaspace.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_the_schema_check_reads_the_revision_chain_alembic_reads() -> None:
+    from alembic.script import ScriptDirectory
+
+    from metaspace.store import migrate
+
+    script = ScriptDirectory.from_config(migrate._config(None))
+    assert migrate.revisions() == tuple(r.revision for r in reversed(list(script.walk_revisions())))
+    assert migrate.head() == script.get_current_head()
