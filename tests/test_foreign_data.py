@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import metaspace
 from metaspace import pipeline
@@ -230,3 +234,55 @@ def test_embed_run_follows_a_version_switch_inside_the_callers_transaction(db_ur
             "SELECT entity_scope->>'run_id', encoder_version FROM historical_db.joint_embeddings "
             "WHERE entity_scope->>'run_id' IN ('good-00900', 'good-00901')").fetchall())
     assert versions == {"good-00901": 2} or versions == {"good-00900": 2, "good-00901": 2}
+
+
+def _fuzz():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fuzz
+
+    return fuzz
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), n_garbage=st.integers(1, 150), n_good=st.integers(3, 60))
+def test_garbage_mixed_with_good_records_every_good_one_lands_and_every_bad_one_says_why(
+        server_url: str, template_url: str, tmp_path_factory, seed: int, n_garbage: int, n_good: int) -> None:
+    from conftest import TEMPLATE, _create_database, _drop_database
+
+    lines, _, good = _fuzz().mixed_lines(n_garbage, n_good, seed)
+    path = _write_jsonl(tmp_path_factory.mktemp("fuzz") / "runs.jsonl", lines)
+    name = f"fz_{uuid.uuid4().hex[:10]}"
+    url = _create_database(server_url, name, template=TEMPLATE)
+    try:
+        imported = CliRunner().invoke(cli, ["--database-url", url, "import-runs", path, "--format", "json"])
+        embedded = CliRunner().invoke(cli, ["--database-url", url, "embed-runs", "--format", "json"])
+        for result in (imported, embedded):
+            assert result.exit_code == 0, result.output
+            assert "Traceback" not in result.output
+        summary = json.loads(imported.stdout)
+        assert summary["read"] == len(lines)
+        with connect(url) as conn:
+            stored = {row[0] for row in conn.execute("SELECT run_id FROM historical_db.runs")}
+            vectors = {row[0] for row in conn.execute(
+                "SELECT entity_scope->>'run_id' FROM historical_db.joint_embeddings")}
+            quarantined = dict(conn.execute("SELECT run_id, reason FROM historical_db.embedding_quarantine"))
+    finally:
+        _drop_database(server_url, name)
+    assert set(good) <= stored and set(good) <= vectors  # every good record lands and is embedded
+    assert summary["inserted"] + summary["rejected"] == len(lines)  # every line is accounted for ...
+    assert stored == vectors | set(quarantined)  # ... and every stored one is embedded or quarantined
+    assert all(reason for reason in quarantined.values())
+
+
+def test_an_encoder_fitted_on_huge_numbers_loads_back_from_the_registry(db_url: str) -> None:
+    """jsonb gives a float such as 1.152921504606847e+18 back as an integer: the fingerprint must not care."""
+    records = [dict(r, config={**r["config"], "capacity": float(2**60 + i * 2**50), "tiny": 1e-300 * (i + 1)})
+               for i, r in enumerate(_good(40))]
+    pipeline.import_records((("h", i, r) for i, r in enumerate(records)), database_url=db_url)
+    assert pipeline.embed_runs(database_url=db_url).embedded == 40
+    from metaspace.fitted import forget_space
+
+    with connect(db_url) as conn:
+        forget_space(conn, 1)
+    assert metaspace.search(run="good-00003", k=3, database_url=db_url)[0]["run_id"] != "good-00003"
+    pipeline.embed_run(dict(records[0], run_id="online"), database_url=db_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import decimal
 import hashlib
 import json
 import math
@@ -61,7 +62,19 @@ def decode_array(spec: Mapping[str, Any]) -> np.ndarray:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(_as_stored(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _as_stored(value: Any) -> Any:
+    """Numbers as PostgreSQL's jsonb gives them back: a whole float of 1e16 or more (which Python writes with an
+    exponent) comes back as an integer, so the fingerprint of a stored state is the one it had when fitted."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e16:
+        return int(decimal.Decimal(repr(value)))  # the digits written, as jsonb keeps them
+    if isinstance(value, dict):
+        return {key: _as_stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_stored(item) for item in value]
+    return value
 
 
 def fingerprint(state: Mapping[str, Any]) -> str:
