@@ -1,0 +1,326 @@
+"""Replay history to measure suggestions: would metaspace's pick have beaten a random pick, and the desk's
+best-so-far config, at each decision actually taken?
+
+A decision point is a set of runs that share one environment at one date (the same env object and
+as_of_date): the configs actually tried there. At each point metaspace is asked, as of the decision date
+(the as_of_date minus the horizon: when the outcome window began), to rank only the configs tried there, so
+that every pick has a realised outcome; the horizon purges every run whose outcome window overlaps the
+decision. Evaluated as of D (``until``), nothing dated after D is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metaspace import keys
+from metaspace.errors import MetaspaceError
+from metaspace.records import parse_date
+from metaspace.store import evaluation as evaluation_store
+from metaspace.store.connection import connection
+
+NO_EDGE = "no config has a reliable edge here"
+BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+Z95 = 1.959963984540054
+
+
+@dataclass
+class Decision:
+    """One replayed decision. Objectives are realised values, in the objective's own units."""
+
+    decision_date: str
+    as_of_date: str
+    configs: int
+    chosen_config: str | None
+    chosen: float | None
+    confidence: float | None
+    random: float
+    oracle: float
+    oracle_config: str
+    baseline_config: str | None
+    baseline: float
+    regret: float | None
+
+
+@dataclass
+class EvaluationResult:
+    """The replay's decisions and their aggregates; ``as_dict()`` is what ``--format json`` prints."""
+
+    objective: str
+    higher_is_better: bool
+    horizon: int
+    since: str | None
+    until: str | None
+    ranking: str
+    decision_points: int
+    evaluated: int
+    picked: int
+    summary: dict[str, Any]
+    calibration: list[dict[str, Any]]
+    verdict: str
+    reliable_edge: bool
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    decisions: list[Decision] = field(default_factory=list)
+
+    def as_dict(self, *, decisions: bool = True) -> dict[str, Any]:
+        out = asdict(self)
+        if not decisions:
+            out.pop("decisions")
+        return out
+
+
+def evaluate(*, objective: str | None = None, since: Any = None, until: Any = None, horizon: int | None = None,
+             sample: int | None = None, higher_is_better: bool = True, neighbours: int = 1000, min_runs: int = 3,
+             seed: int = 0, plot: str | None = None, ranking: str = "v2", database_url: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
+    """Replay the decisions in the store and score metaspace's top suggestion at each.
+
+    ``since``: decisions taken on or after this date; ``until``: decisions whose outcome was known by this
+    date (evaluate as of it: nothing dated later is read). ``horizon``: days from a decision to its outcome
+    (by default inferred from the runs' ``test_start`` field). ``sample``: replay only N decision points,
+    drawn with ``seed``. ``plot``: write the reliability plot (PNG) there. ``ranking`` picks the SQL ranking
+    replayed (``v2``, ``v1``, or a function with suggest_configs_v2's signature, for benchmarks).
+    ``progress(step, total)`` is called as decisions are replayed.
+    """
+    started = time.perf_counter()
+    since_date, until_date = parse_date(since, "since"), parse_date(until, "until")
+    if sample is not None and sample < 1:
+        raise MetaspaceError(f"sample must be 1 or more, got {sample}")
+    if horizon is not None and horizon < 0:
+        raise MetaspaceError(f"horizon must be 0 or more days, got {horizon}")
+    notes: list[str] = []
+    with connection(database_url, autocommit=True) as conn:
+        key = keys.resolve(conn, objective, branch="outcome", option="objective")
+        if key.note:
+            notes.append(key.note)
+        path = list(key.path)
+        if horizon is None:
+            longest = evaluation_store.test_window_horizon(conn, until_date)
+            if longest is None:
+                raise MetaspaceError("give --horizon DAYS (days from a decision to its outcome's as_of_date): the "
+                                     "runs carry no test_start date to infer it from")
+            horizon = longest + 1
+            notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
+                         f"minus test_start, {longest} days) plus the decision day")
+        else:
+            notes.append(f"horizon {horizon} days, as given")
+        points = evaluation_store.decision_points(conn, path, until_date)
+        lag = dt.timedelta(days=horizon)
+        points = [p for p in points if since_date is None or p.as_of_date - lag >= since_date]
+        total_points = len(points)
+        if sample is not None and sample < len(points):
+            keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
+            points = [points[i] for i in keep]
+            notes.append(f"replayed {sample:,} of {total_points:,} decision points, drawn with seed {seed}")
+        history = _History(*evaluation_store.objective_history(conn, path, until_date),
+                           direction=1.0 if higher_is_better else -1.0)
+        decisions = []
+        for step, point in enumerate(points, start=1):
+            decision_date = point.as_of_date - lag
+            ranked = evaluation_store.ranked_eligible(
+                conn, point, as_of=decision_date, objective=".".join(path), higher_is_better=higher_is_better,
+                neighbours=neighbours, min_runs=min_runs, ranking=ranking)
+            decisions.append(_decide(point, decision_date, ranked[0] if ranked else None,
+                                     history.best_so_far(decision_date, point.configs), higher_is_better))
+            if progress:
+                progress(1, len(points))
+    result = _aggregate(decisions, key.name, higher_is_better, horizon, since_date, until_date, ranking,
+                        total_points, notes)
+    if plot:
+        reliability_plot(result, plot)
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+class _History:
+    """The objective by config as known at each date, for the best-so-far baseline."""
+
+    def __init__(self, dates: np.ndarray, configs: list[str], sums: np.ndarray, counts: np.ndarray, *,
+                 direction: float):
+        self.dates, self.direction = dates, direction
+        self.configs = configs
+        self.sums, self.counts = sums, counts
+        self._position = 0
+        self._sum: dict[str, float] = {}
+        self._count: dict[str, float] = {}
+        self._last: np.datetime64 | None = None
+
+    def best_so_far(self, day: dt.date, eligible: tuple[str, ...]) -> str | None:
+        """Among ``eligible``, the config with the best mean objective over every run known by ``day``."""
+        moment = np.datetime64(day, "D")
+        if self._last is not None and moment < self._last:
+            raise ValueError("best_so_far must be asked in date order")
+        self._last = moment
+        end = int(np.searchsorted(self.dates, moment, side="right"))
+        for i in range(self._position, end):
+            name = self.configs[i]
+            self._sum[name] = self._sum.get(name, 0.0) + self.sums[i]
+            self._count[name] = self._count.get(name, 0.0) + self.counts[i]
+        self._position = max(self._position, end)
+        known = [(self.direction * self._sum[c] / self._count[c], c) for c in eligible if self._count.get(c)]
+        if not known:
+            return None
+        best = max(value for value, _ in known)
+        return min(c for value, c in known if value == best)
+
+
+def _decide(point, decision_date: dt.date, top: dict[str, Any] | None, baseline_config: str | None,
+            higher_is_better: bool) -> Decision:
+    values = dict(zip(point.configs, point.values))
+    sign = 1.0 if higher_is_better else -1.0
+    random = float(np.mean(point.values))
+    oracle_config = max(point.configs, key=lambda c: (sign * values[c], c))
+    oracle = values[oracle_config]
+    chosen = values[top["config_id"]] if top else None
+    spread = sign * (oracle - random)
+    regret = sign * (oracle - chosen) / spread if chosen is not None and spread > 1e-12 else None
+    return Decision(
+        decision_date=decision_date.isoformat(), as_of_date=point.as_of_date.isoformat(), configs=len(values),
+        chosen_config=top["config_id"] if top else None, chosen=chosen,
+        confidence=None if top is None or top.get("deflated_confidence") is None
+        else float(top["deflated_confidence"]),
+        random=random, oracle=oracle, oracle_config=oracle_config, baseline_config=baseline_config,
+        baseline=values[baseline_config] if baseline_config else random, regret=regret)
+
+
+def _blocks(decisions: list[Decision], horizon: int) -> np.ndarray:
+    """A block number per decision: decisions less than a horizon apart share outcome days, so confidence
+    intervals treat blocks of one horizon (not decisions) as the independent units."""
+    days = np.array([np.datetime64(d.decision_date, "D").astype(np.int64) for d in decisions])
+    return (days - days.min()) // max(horizon, 1) if len(days) else days
+
+
+def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
+    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size."""
+    if len(values) == 0:
+        return {"mean": None, "low": None, "high": None}
+    mean = float(values.mean())
+    labels, index = np.unique(blocks, return_inverse=True)
+    if len(labels) < 2:
+        return {"mean": mean, "low": None, "high": None}
+    sizes = np.bincount(index).astype(float)
+    block_means = np.bincount(index, weights=values) / sizes
+    # Variance of the overall mean from the spread of block means around it (a cluster-robust estimate).
+    var = float(((sizes * (block_means - mean)) ** 2).sum() / sizes.sum() ** 2 * len(labels) / (len(labels) - 1))
+    half = Z95 * math.sqrt(var)
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def _wilson(hits: int, n: int) -> tuple[float | None, float | None]:
+    if n == 0:
+        return None, None
+    p = hits / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return centre - half, centre + half
+
+
+def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool, horizon: int,
+               since: dt.date | None, until: dt.date | None, ranking: str, total_points: int,
+               notes: list[str]) -> EvaluationResult:
+    sign = 1.0 if higher_is_better else -1.0
+    picked = [d for d in decisions if d.chosen is not None]
+    if len(picked) < len(decisions):
+        notes.append(f"{len(decisions) - len(picked):,} decisions had no eligible config with enough evidence as of "
+                     "their date (metaspace abstained); the figures are over the others")
+    blocks = _blocks(picked, horizon)
+    column = {name: np.array([getattr(d, name) for d in picked], dtype=float)
+              for name in ("chosen", "random", "oracle", "baseline")}
+    summary: dict[str, Any] = {name: _mean_ci(values, blocks) for name, values in column.items()}
+    summary["chosen_minus_random"] = _mean_ci(sign * (column["chosen"] - column["random"]), blocks)
+    summary["chosen_minus_baseline"] = _mean_ci(sign * (column["chosen"] - column["baseline"]), blocks)
+    summary["baseline_minus_random"] = _mean_ci(sign * (column["baseline"] - column["random"]), blocks)
+    defined = [(d, b) for d, b in zip(picked, blocks) if d.regret is not None]
+    summary["regret"] = _mean_ci(np.array([d.regret for d, _ in defined]), np.array([b for _, b in defined]))
+    summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
+    summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
+    summary["independent_blocks"] = int(len(np.unique(blocks)))
+    calibration = _calibration(picked, sign)
+    edge = summary["chosen_minus_random"]
+    reliable = edge["low"] is not None and edge["low"] > 0
+    verdict = _verdict(reliable, summary, calibration, len(picked), objective)
+    return EvaluationResult(
+        objective=objective, higher_is_better=higher_is_better, horizon=horizon,
+        since=since.isoformat() if since else None, until=until.isoformat() if until else None, ranking=ranking,
+        decision_points=total_points, evaluated=len(decisions), picked=len(picked), summary=summary,
+        calibration=calibration, verdict=verdict, reliable_edge=reliable, notes=notes, decisions=decisions)
+
+
+def _share(flags: np.ndarray) -> float | None:
+    return float(flags.mean()) if len(flags) else None
+
+
+def _calibration(picked: list[Decision], sign: float) -> list[dict[str, Any]]:
+    """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much."""
+    rows = []
+    for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
+        inside = [d for d in picked if d.confidence is not None
+                  and (low <= d.confidence < high or (high == 1.0 and d.confidence == 1.0))]
+        edges = np.array([sign * (d.chosen - d.random) for d in inside])
+        hits = int((edges > 0).sum())
+        hit_low, hit_high = _wilson(hits, len(inside))
+        rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
+                     "mean_confidence": float(np.mean([d.confidence for d in inside])) if inside else None,
+                     "beats_random": hits / len(inside) if inside else None, "beats_random_low": hit_low,
+                     "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None})
+    return rows
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:+.{digits}f}"
+
+
+def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str, Any]], picked: int,
+             objective: str) -> str:
+    edge, versus = summary["chosen_minus_random"], summary["chosen_minus_baseline"]
+    interval = f"95% CI {_fmt(edge['low'])}..{_fmt(edge['high'])}"
+    if not picked:
+        return f"{NO_EDGE}: no decision had a config with enough evidence to rank"
+    if not reliable:
+        return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
+                f"{_fmt(edge['mean'])} ({interval})")
+    top = next((row for row in reversed(calibration) if row["decisions"] >= 10), None)
+    confident = (f"; picks at confidence >= {top['low']:.1f} beat it {top['beats_random']:.0%} of the time "
+                 f"({top['decisions']:,} decisions)" if top else "")
+    return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "
+            f"({interval}) over {picked:,} decisions, and the best-so-far config by {_fmt(versus['mean'])}{confident}")
+
+
+def reliability_plot(result: EvaluationResult, out: str) -> str:
+    """The reliability diagram: per confidence bin, how often the pick beat a random pick, against the
+    confidence claimed (the diagonal is perfect calibration)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.calibration if r["decisions"]]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.axhline(0.5, color="0.8", linewidth=1)
+    if rows:
+        x = [r["mean_confidence"] for r in rows]
+        y = [r["beats_random"] for r in rows]
+        err = [[r["beats_random"] - r["beats_random_low"] for r in rows],
+               [r["beats_random_high"] - r["beats_random"] for r in rows]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="picks (95% interval)")
+        for r in rows:
+            ax.annotate(f"{r['decisions']}", (r["mean_confidence"], r["beats_random"]), textcoords="offset points",
+                        xytext=(6, -10), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("deflated_confidence of the pick")
+    ax.set_ylabel("share of picks that beat a random pick")
+    ax.set_title(f"{result.objective}: {result.picked:,} decisions, ranking {result.ranking}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

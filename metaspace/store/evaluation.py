@@ -1,0 +1,132 @@
+"""What ``metaspace evaluate`` reads: decision points (runs that share one env at one date), the history of
+the objective by config and date, and one restricted suggestion per decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from metaspace.store.search import SUGGESTION_COLUMNS, _call
+
+# The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
+# with suggest_configs_v2's signature, named schema.function.
+RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v2")}
+_QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+
+# Runs that report the objective as a number and have an env vector of the active encoder version, known by
+# $until (as_of_date on or before it). An environment is one env object at one as_of_date.
+_KNOWN = """
+    SELECT r.run_id, coalesce(r.config_id, r.run_id) AS config_id, r.as_of_date, md5(r.env::text) AS env_key,
+           (r.outcome #>> %(path)s)::double precision AS value
+    FROM historical_db.runs r
+    JOIN historical_db.branch_embeddings b
+      ON b.run_id = r.run_id AND b.branch = 'env' AND b.encoder_version = historical_db.active_encoder_version_v1()
+    WHERE jsonb_typeof(r.outcome #> %(path)s) = 'number'
+      AND (%(until)s::date IS NULL OR r.as_of_date <= %(until)s::date)
+"""
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    """Runs sharing one env at one as_of_date: the configs tried there and what each realised (a config run
+    twice there counts once, with its mean)."""
+
+    as_of_date: dt.date
+    env_key: str
+    env_run_id: str
+    configs: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+def decision_points(conn: psycopg.Connection, path: list[str], until: dt.date | None) -> list[DecisionPoint]:
+    """Every decision point known by ``until`` where two or more configs were tried, oldest first."""
+    rows = conn.execute(
+        f"""
+        WITH known AS ({_KNOWN}), per_config AS (
+            SELECT k.as_of_date, k.env_key, k.config_id, avg(k.value) AS value, min(k.run_id) AS run_id
+            FROM known k GROUP BY k.as_of_date, k.env_key, k.config_id
+        )
+        SELECT p.as_of_date, p.env_key, min(p.run_id), array_agg(p.config_id ORDER BY p.config_id),
+               array_agg(p.value ORDER BY p.config_id)
+        FROM per_config p
+        GROUP BY p.as_of_date, p.env_key
+        HAVING count(*) >= 2
+        ORDER BY p.as_of_date, p.env_key
+        """,  # noqa: S608 (constant text; the arguments are parameters)
+        {"path": path, "until": until},
+    ).fetchall()
+    return [DecisionPoint(d, key, run, tuple(configs), tuple(float(v) for v in values))
+            for d, key, run, configs, values in rows]
+
+
+def objective_history(conn: psycopg.Connection, path: list[str],
+                      until: dt.date | None) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """The objective's sum and count by (as_of_date, config), oldest first: (dates, configs, sums, counts)."""
+    rows = conn.execute(
+        f"""
+        WITH known AS ({_KNOWN})
+        SELECT k.as_of_date, k.config_id, sum(k.value), count(*)
+        FROM known k GROUP BY k.as_of_date, k.config_id ORDER BY k.as_of_date, k.config_id
+        """,  # noqa: S608 (constant text; the arguments are parameters)
+        {"path": path, "until": until},
+    ).fetchall()
+    dates = np.array([r[0] for r in rows], dtype="datetime64[D]")
+    return dates, [r[1] for r in rows], np.array([r[2] for r in rows], float), np.array([r[3] for r in rows], float)
+
+
+def test_window_horizon(conn: psycopg.Connection, until: dt.date | None) -> int | None:
+    """Days from the start of a run's outcome window (its ``test_start`` extra field) to its as_of_date, at
+    most over the runs known by ``until``; None when no run carries a test_start date."""
+    row = conn.execute(
+        """
+        SELECT max(r.as_of_date - (r.extra ->> 'test_start')::date)
+        FROM historical_db.runs r
+        WHERE jsonb_typeof(r.extra -> 'test_start') = 'string'
+          AND pg_input_is_valid(r.extra ->> 'test_start', 'date')
+          AND (%(until)s::date IS NULL OR r.as_of_date <= %(until)s::date)
+        """,
+        {"until": until},
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def _ranking_function(ranking: str) -> sql.Composable:
+    if ranking in RANKINGS:
+        return sql.Identifier(*RANKINGS[ranking])
+    if not _QUALIFIED.match(ranking):
+        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2 or schema.function")
+    return sql.Identifier(*ranking.split("."))
+
+
+def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt.date, objective: str,
+                    higher_is_better: bool, neighbours: int, min_runs: int, ranking: str = "v2",
+                    exact: bool = False) -> list[dict[str, Any]]:
+    """The suggestions for the point's env as of ``as_of``, among the configs tried there, best first.
+
+    v2 and its variants restrict the candidates in SQL (``eligible_configs``); v1 has no such argument, so it
+    ranks every config and the eligible ones are kept in its order."""
+    env = sql.SQL(
+        "(SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env' "
+        "AND b.encoder_version = historical_db.active_encoder_version_v1())")
+    params = {"run": point.env_run_id, "as_of": as_of, "objective": objective, "higher": higher_is_better,
+              "neighbours": neighbours, "min_runs": min_runs, "exact": exact}
+    if ranking == "v1":
+        statement = sql.SQL(
+            "SELECT * FROM {fn}({env}, 1000, %(as_of)s, %(objective)s, %(higher)s, %(neighbours)s, %(min_runs)s, "
+            "NULL, %(exact)s)").format(fn=_ranking_function(ranking), env=env)
+        rows = [dict(zip(SUGGESTION_COLUMNS, row)) for row in _call(conn, statement, params)]
+        eligible = set(point.configs)
+        return [row for row in rows if row["config_id"] in eligible]
+    statement = sql.SQL(
+        "SELECT * FROM {fn}({env}, k => %(k)s, as_of => %(as_of)s, objective => %(objective)s, "
+        "higher_is_better => %(higher)s, neighbours => %(neighbours)s, min_runs => %(min_runs)s, "
+        "exact => %(exact)s, eligible_configs => %(eligible)s)").format(fn=_ranking_function(ranking), env=env)
+    cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs)})
+    columns = [d.name for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
