@@ -122,7 +122,7 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         history = _History(*evaluation_store.objective_history(conn, path, until_date),
                            direction=1.0 if higher_is_better else -1.0)
         decisions = []
-        for step, point in enumerate(points, start=1):
+        for point in points:
             decision_date = point.as_of_date - lag
             ranked = evaluation_store.ranked_eligible(
                 conn, point, as_of=decision_date, objective=".".join(path), higher_is_better=higher_is_better,

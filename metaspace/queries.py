@@ -295,7 +295,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
 
 
 def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
-                 neighbours: int = 200, min_runs: int = 3, strategy: str | Sequence[str] = (), exact: bool = False,
+                 neighbours: int = 1000, min_runs: int = 3, strategy: str | Sequence[str] = (), exact: bool = False,
                  database_url: str | None = None) -> Iterator[Answer]:
     """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
     ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``."""
@@ -307,16 +307,17 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             notes = [key.note, *notes] if key.note and index == 0 else notes
             rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=".".join(key.path),
                                         higher_is_better=higher_is_better, neighbours=neighbours,
-                                        min_runs=min_runs, strategies=_names(strategy), exact=exact)
+                                        min_runs=min_runs, strategies=_names(strategy), exact=exact,
+                                        encoder_version=encoder.version)
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
             yield Answer(query, rows, [*notes, note] if note else notes)
 
 
 def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
-            as_of: Any = None, neighbours: int = 200, min_runs: int = 3, strategy: str | Sequence[str] = (),
+            as_of: Any = None, neighbours: int = 1000, min_runs: int = 3, strategy: str | Sequence[str] = (),
             exact: bool = False, database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
-    deflated confidence (README, "suggest_configs_v1"); the same options as ``metaspace suggest``. ``env``
+    deflated confidence (README, "suggest_configs_v2"); the same options as ``metaspace suggest``. ``env``
     may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
     batch, items = _many(env, "env")
     queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],

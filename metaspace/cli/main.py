@@ -6,6 +6,7 @@ import click
 
 from metaspace.cli.common import database_url_option
 from metaspace.cli.demo import demo_command
+from metaspace.cli.evaluate import evaluate_command
 from metaspace.cli.landscape import cluster_command, map_command, sample_runs_command
 from metaspace.cli.pipeline import embed_runs_command, import_runs_command
 from metaspace.cli.schema import db, migrate_command
@@ -34,6 +35,7 @@ cli.add_command(import_optuna_command)
 cli.add_command(embed_runs_command)
 cli.add_command(search_command)
 cli.add_command(suggest_command)
+cli.add_command(evaluate_command)
 cli.add_command(map_command)
 cli.add_command(cluster_command)
 cli.add_command(sample_runs_command)

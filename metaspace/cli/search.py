@@ -136,9 +136,10 @@ def _scope(text: str | None) -> dict[str, Any] | None:
 @click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
 @click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a cap: a line's own date may "
               "be earlier, never later).")
-@click.option("--neighbours", default=200, show_default=True, type=click.IntRange(1, 10000),
+@click.option("--neighbours", default=1000, show_default=True, type=click.IntRange(1, 10000),
               help="Nearest runs in env space taken as evidence.")
-@click.option("--min-runs", default=3, show_default=True, type=click.IntRange(1), help="Evidence a config needs.")
+@click.option("--min-runs", default=3, show_default=True, type=click.IntRange(1),
+              help="Evidence a config needs: neighbouring environments where it ran.")
 @click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
 @click.option("--exact", is_flag=True, help="Take the evidence by exact search.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "optuna"]), default="table", show_default=True,

@@ -1,4 +1,4 @@
-"""Calls of the SQL search functions (sql/search_v1.sql): the only Python that names them."""
+"""Calls of the SQL search functions (sql/search_v1.sql, sql/suggest_v2.sql): the only Python that names them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from metaspace.errors import MetaspaceError, VersionChanged
 
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
-                      "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates")
+                      "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates", "environments",
+                      "relative_objective")
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,15 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
 
 def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date | None, objective: str,
             higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
-            exact: bool) -> list[dict[str, Any]]:
+            exact: bool, encoder_version: int | None = None) -> list[dict[str, Any]]:
+    """suggest_configs_v2; ``encoder_version`` (the version ``env`` was encoded with) fails fast if it is
+    no longer the active one."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.suggest_configs_v1(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
-        "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s)",
+        "SELECT * FROM historical_db.suggest_configs_v2(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
+        "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s)",
         {"env": np.asarray(env, dtype=np.float32), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
-         "strategies": list(strategies) or None, "exact": exact},
+         "strategies": list(strategies) or None, "exact": exact, "version": encoder_version},
     )
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
