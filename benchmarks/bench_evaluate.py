@@ -109,6 +109,8 @@ def main(argv: list[str]) -> None:
         url, fresh = _database(corpus, args.keep)
         if fresh:
             _load(url, corpus)
+        if not fresh:
+            suggest_variants.reinstall_v2(url)
         suggest_variants.install(url)
         for ranking in rankings:
             name = ranking if ranking in ("v1", "v2") else f"bench.{ranking}"

@@ -13,15 +13,26 @@ import psycopg
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "suggest_v2.sql"
 
-VARIANTS: dict[str, list[tuple[str, str]]] = {}
+# name: replacements of sql/suggest_v2.sql, or the file (under benchmarks/variants/) of an earlier draft.
+VARIANTS: dict[str, list[tuple[str, str]] | str] = {
+    # The first v2 draft: relative to the environment, evidence in environments, predictive confidence; local
+    # edges shrunk toward zero (no prior from the whole history), environments counted without months.
+    "local_only": "local_only.sql",
+    # v2 with environments counted as independent even within one month.
+    "envs_not_months": [(
+        "least(sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0), count(DISTINCT date_trunc('month', r.as_of_date)))",
+        "sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0)")],
+}
 
 
 def _variant_sql(name: str) -> str:
-    text = SQL.read_text(encoding="utf-8")
+    change = VARIANTS[name]
+    source = Path(__file__).parent / "variants" / change if isinstance(change, str) else SQL
+    text = source.read_text(encoding="utf-8")
     text = text.replace("CREATE TYPE historical_db.config_suggestion_v2", "CREATE TYPE bench.config_suggestion_v2")
     text = text.replace("CREATE FUNCTION historical_db.suggest_configs_v2", f"CREATE FUNCTION bench.{name}")
     text = text.replace("SETOF historical_db.config_suggestion_v2", "SETOF bench.config_suggestion_v2")
-    for old, new in VARIANTS[name]:
+    for old, new in ([] if isinstance(change, str) else change):
         if old not in text:
             raise ValueError(f"variant {name}: {old!r} is not in sql/suggest_v2.sql any more")
         text = text.replace(old, new)
@@ -43,3 +54,14 @@ def install(url: str) -> None:
             with conn.transaction():
                 conn.execute((SQL.parent / "pin_search_path_v1.sql").read_text(encoding="utf-8"))
                 conn.execute(variant[variant.index("CREATE FUNCTION"):])
+
+
+def reinstall_v2(url: str) -> None:
+    """Replace historical_db.suggest_configs_v2 with today's sql/suggest_v2.sql (a kept database was migrated
+    with an earlier draft; never done to a user's database: migrations own it)."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("DROP FUNCTION IF EXISTS historical_db.suggest_configs_v2(vector, integer, date, text, boolean, "
+                     "integer, integer, text[], boolean, text[], integer)")
+        conn.execute("DROP TYPE IF EXISTS historical_db.config_suggestion_v2")
+        conn.execute((SQL.parent / "pin_search_path_v1.sql").read_text(encoding="utf-8"))
+        conn.execute(SQL.read_text(encoding="utf-8"))

@@ -14,12 +14,14 @@ import numpy as np
 
 from metaspace import landscape, pipeline, sample
 from metaspace.errors import MetaspaceError
+from metaspace.evaluate import evaluate
 from metaspace.queries import search, suggest
 from metaspace.store import migrate
 from metaspace.store.connection import connection, redact
 from metaspace.store.runs import count_runs
 
 DEMO_DATABASE = "metaspace_demo"
+DEMO_DECISIONS = 300  # decision points replayed by the demo's evaluate (a few seconds)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class DemoResult:
     picture: str
     seconds: float
     example_run: str = ""
+    verdict: str = ""
     steps: list[Step] = field(default_factory=list)
 
 
@@ -127,6 +130,10 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
             f"(In the simulation, {family} configs earned the best mean Sharpe in {regime} windows: {mean:.2f}.)",
             [{**s, "strategy": (s.get("config") or {}).get("strategy")} for s in suggestions],
             ("config_id", "strategy", "score", "runs", "objective_mean", "deflated_confidence")))
+
+    replay = evaluate(sample=DEMO_DECISIONS, database_url=url)
+    result.verdict = (f"7. Would the suggestions have earned it? Replaying {replay.evaluated:,} past decisions "
+                      f"(of {replay.decision_points:,}): {replay.verdict}")
 
     picture = str(out / "metaspace-demo-map.png")
     landscape.map_space(out=picture, space="joint", color="config.strategy", database_url=url)

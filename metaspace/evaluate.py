@@ -289,8 +289,9 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
     top = next((row for row in reversed(calibration) if row["decisions"] >= 10), None)
     confident = (f"; picks at confidence >= {top['low']:.1f} beat it {top['beats_random']:.0%} of the time "
                  f"({top['decisions']:,} decisions)" if top else "")
+    baseline = ("and the best-so-far config by" if versus["mean"] >= 0 else "but trailed the best-so-far config by")
     return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "
-            f"({interval}) over {picked:,} decisions, and the best-so-far config by {_fmt(versus['mean'])}{confident}")
+            f"({interval}) over {picked:,} decisions, {baseline} {abs(versus['mean']):.3f}{confident}")
 
 
 def reliability_plot(result: EvaluationResult, out: str) -> str:

@@ -46,10 +46,13 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
     hidden = " (password hidden: use your own)" if url != result.database_url else ""
     run = result.example_run
     click.echo()
-    click.echo(f"7. The landscape of the joint space, coloured by strategy family: {result.picture}")
+    click.echo(result.verdict)
+    click.echo()
+    click.echo(f"8. The landscape of the joint space, coloured by strategy family: {result.picture}")
     click.echo()
     click.echo(f"Done in {result.seconds:.0f} s. Keep exploring this database{hidden}:")
     click.echo(f"   export METASPACE_DATABASE_URL='{url}'")
     click.echo(f"   metaspace search --run {run} --space env")
+    click.echo("   metaspace evaluate --since 2014-01-01 --plot reliability.png")
     click.echo("   metaspace cluster --auto && metaspace map --color cluster --out clusters.png")
     click.echo(f"   psql \"$METASPACE_DATABASE_URL\" -c \"SELECT * FROM historical_db.neighbours_v1('{run}', 5)\"")  # noqa: S608 (printed advice)
