@@ -7,7 +7,7 @@ For each corpus a fresh database on the embedded server (or METASPACE_DATABASE_U
 runs imported and embedded the normal way; if ``metaspace.embed_runs`` takes ``fit_until``, the encoder is
 fitted only on runs known before the held-out period, otherwise on every run (and the table says so). Then
 ``evaluate`` replays the held-out decisions (decision date on or after HELD_OUT_FROM) for each ranking.
-The variants (benchmarks/suggest_variants.py) are v2's SQL with one change undone, installed in a
+The variants (benchmarks/suggest_variants.py) are drafts of v2's SQL measured beside it, installed in a
 ``bench`` schema of the benchmark database only. ``--keep`` leaves the databases (named
 bench_eval_CORPUS) and reuses them on the next run.
 """

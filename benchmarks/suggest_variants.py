@@ -1,8 +1,9 @@
-"""Variants of suggest_configs_v2 for bench_evaluate.py: v2's released SQL with one change undone, each
-installed as bench.NAME in the benchmark database only (never by a migration).
+"""Variants of suggest_configs_v2 for bench_evaluate.py, each installed as bench.NAME in the benchmark
+database only (never by a migration).
 
-Each variant is a list of (old, new) text replacements of sql/suggest_v2.sql; a replacement that no longer
-matches is an error, so a variant never silently measures v2 itself.
+A variant is either a list of (old, new) text replacements of sql/suggest_v2.sql (a replacement that no
+longer matches is an error, so a variant never silently measures v2 itself) or a whole draft kept under
+benchmarks/variants/.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ SQL = Path(__file__).resolve().parent.parent / "sql" / "suggest_v2.sql"
 
 # name: replacements of sql/suggest_v2.sql, or the file (under benchmarks/variants/) of an earlier draft.
 VARIANTS: dict[str, list[tuple[str, str]] | str] = {
-    # The first v2 draft: relative to the environment, evidence in environments, predictive confidence; local
-    # edges shrunk toward zero (no prior from the whole history), environments counted without months.
-    "local_only": "local_only.sql",
-    # v2 with environments counted as independent even within one month.
-    "envs_not_months": [(
-        "least(sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0), count(DISTINCT date_trunc('month', r.as_of_date)))",
-        "sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0)")],
+    # v2 with local edges shrunk toward the config's edge over the whole history known at the date (the
+    # evidence behind the best-so-far config) instead of toward zero. Measured, not adopted (docs/suggestions.md).
+    "history_prior": "history_prior.sql",
+    # ... and evidence counted in distinct months rather than environments. Measured, not adopted.
+    "history_prior_months": "history_prior_months.sql",
 }
 
 

@@ -26,7 +26,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v2.sql": "9642dee726786931ab6789003ad7bc85a2b0897a4e024fccbb216a2517ff4dc2",
+    "suggest_v2.sql": "a952701a597aec12f8ac02aeb00ae48dce98d86134d52f7408706fb81b6328ed",
 }
 
 

@@ -8,11 +8,6 @@
 -- * Each config is judged relative to the others run in the same environment (its objective minus that
 --   environment's mean), which removes the shock they share, before averaging across environments.
 --   An environment where only one config ran says nothing about configs relative to each other.
--- * The local edge is shrunk toward the config's edge over the whole history known at the date (the
---   evidence behind a desk's best-so-far config), not toward zero: where the neighbourhood says little, the
---   suggestion is what has worked everywhere; where it says much, it is what worked in environments like this.
--- * Neighbouring environments of one month share most of their market: evidence is counted in distinct
---   months, not environments, so a cluster of adjacent windows is not many independent confirmations.
 -- * deflated_confidence is the predictive probability that the config's next realised objective beats the
 --   mean of the configs compared (a random pick among them): its shrunk edge against the noise of one
 --   environment's draw, so runs in one window are never counted as independent evidence.
@@ -43,13 +38,10 @@ CREATE TYPE historical_db.config_suggestion_v2 AS (
 --   environments. In each environment where two or more configs ran, a config's relative objective is its
 --   objective minus the environment's mean. Per config, over environments:
 --   relative_objective: the relative objectives averaged with similarity weights (Gaussian kernel of the
---   env distance, bandwidth the median neighbour distance); n = its effective number of environments,
---   at most the number of distinct months they fall in.
---   prior: the config's relative objective over every environment known at the date (all of history).
---   score (the ranking): prior + (relative_objective - prior) * n / (n + s2 / tau2) (empirical Bayes, s2 the
---   spread of one config's relative objective between environments, tau2 the spread of the local
---   departures from the prior between configs), less the mean of that over the candidates: the expected
---   objective above a random pick among them.
+--   env distance, bandwidth the median neighbour distance); n = effective number of environments.
+--   score (the ranking): the edge over the mean of the candidates, shrunk by its evidence (empirical Bayes,
+--   e * n / (n + s2 / tau2), s2 the spread of one config's relative objective between environments, tau2
+--   the spread of true edges between configs): expected objective above a random pick among them.
 --   edge_z: the edge in standard errors, sqrt(s2 / n), signed so that positive is better.
 --   deflated_confidence: Phi(score / sqrt(s2 + posterior variance)), the probability that the config's
 --   objective in one new environment beats the candidates' mean there. 0.5 is a coin flip.
@@ -113,7 +105,7 @@ BEGIN
         SELECT s.as_of_date, s.env_key, s.config_id, avg(s.value) AS value, min(s.distance) AS distance
         FROM scored s GROUP BY s.as_of_date, s.env_key, s.config_id
     ), relative AS (
-        SELECT c.config_id, c.as_of_date, c.value - avg(c.value) OVER e AS rel, count(*) OVER e AS tried,
+        SELECT c.config_id, c.value - avg(c.value) OVER e AS rel, count(*) OVER e AS tried,
                exp(-0.5 * (c.distance / b.h) ^ 2) AS w
         FROM cells c CROSS JOIN bandwidth b
         WINDOW e AS (PARTITION BY c.as_of_date, c.env_key)
@@ -121,29 +113,10 @@ BEGIN
         SELECT r.config_id,
                count(*)::integer AS environments,
                sum(r.w * r.rel) / nullif(sum(r.w), 0) AS relative_objective,
-               least(sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0), count(DISTINCT date_trunc('month', r.as_of_date)))
-                   AS effective_envs
+               sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0) AS effective_envs
         FROM relative r
         WHERE r.tried >= 2
         GROUP BY r.config_id
-    ), history AS (
-        -- Every environment known at the date where two or more configs ran: each config's mean relative
-        -- objective there (the prior).
-        SELECT h.config_id, avg(h.rel) AS prior
-        FROM (
-            SELECT x.config_id, x.value - avg(x.value) OVER e AS rel, count(*) OVER e AS tried
-            FROM (
-                SELECT r.as_of_date, md5(r.env::text) AS env_key, coalesce(r.config_id, r.run_id) AS config_id,
-                       avg((r.outcome #>> path)::double precision) AS value
-                FROM historical_db.runs r
-                WHERE (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
-                  AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
-                GROUP BY 1, 2, 3
-            ) x
-            WINDOW e AS (PARTITION BY x.as_of_date, x.env_key)
-        ) h
-        WHERE h.tried >= 2
-        GROUP BY h.config_id
     ), groups AS (
         SELECT s.config_id,
                count(*)::integer AS runs,
@@ -158,32 +131,29 @@ BEGIN
         FROM scored s CROSS JOIN bandwidth b
         GROUP BY s.config_id
     ), candidate AS (
-        SELECT g.*, e.environments, e.effective_envs, direction * e.relative_objective AS rel,
-               direction * coalesce(h.prior, e.relative_objective) AS prior
-        FROM groups g JOIN evidence e ON e.config_id = g.config_id LEFT JOIN history h ON h.config_id = g.config_id
+        SELECT g.*, e.environments, e.effective_envs, direction * e.relative_objective AS rel
+        FROM groups g JOIN evidence e ON e.config_id = g.config_id
         WHERE e.environments >= min_runs AND (eligible_configs IS NULL OR g.config_id = ANY (eligible_configs))
     ), spread AS (
         -- s2: one config's relative objective from environment to environment, pooled over configs;
-        -- tau2: the spread of the local departures from the prior between configs, less its noise part.
+        -- tau2: the spread of the configs' true edges (between-config variance less its noise part).
         SELECT (SELECT sum((direction * r.rel - c.rel) ^ 2) / nullif(count(*) - count(DISTINCT r.config_id), 0)
                 FROM relative r JOIN candidate c ON c.config_id = r.config_id WHERE r.tried >= 2) AS within,
-               (SELECT var_samp(c.rel - c.prior) FROM candidate c) AS between,
+               (SELECT var_samp(c.rel) FROM candidate c) AS between,
                (SELECT avg(c.effective_envs) FROM candidate c) AS typical_envs,
+               (SELECT avg(c.rel) FROM candidate c) AS centre,
                (SELECT count(*) FROM candidate c)::integer AS candidates
     ), prior AS (
-        SELECT s.candidates, greatest(coalesce(s.within, 0), 1e-12) AS within,
+        SELECT s.centre, s.candidates, greatest(coalesce(s.within, 0), 1e-12) AS within,
                greatest(coalesce(s.between, 0) - coalesce(s.within, 0) / s.typical_envs,
                         1e-3 * greatest(coalesce(s.within, 0), 1e-12)) AS tau2
         FROM spread s
-    ), posterior AS (
-        SELECT c.*, p.candidates, p.within, p.tau2,
-               c.prior + (c.rel - c.prior) * c.effective_envs / (c.effective_envs + p.within / p.tau2) AS expected,
-               1 / (c.effective_envs / p.within + 1 / p.tau2) AS posterior_var
-        FROM candidate c CROSS JOIN prior p
     ), compared AS (
-        SELECT c.*, c.expected - avg(c.expected) OVER () AS edge,
-               (c.rel - avg(c.rel) OVER ()) / sqrt(c.within / c.effective_envs) AS z
-        FROM posterior c
+        SELECT c.*, p.candidates, p.within, p.tau2,
+               (c.rel - p.centre) * c.effective_envs / (c.effective_envs + p.within / p.tau2) AS edge,
+               1 / (c.effective_envs / p.within + 1 / p.tau2) AS posterior_var,
+               (c.rel - p.centre) / sqrt(p.within / c.effective_envs) AS z
+        FROM candidate c CROSS JOIN prior p
     )
     SELECT c.config_id, c.config, direction * c.edge, c.weighted_objective, c.runs, c.mean_distance,
            c.objective_mean, c.objective_std, c.best_run_id, c.best_objective, c.z,

@@ -1,0 +1,196 @@
+-- (No percent signs in this file: it is also printed by `metaspace migrate --sql`.)
+-- metaspace's suggestions, version 2. Installed by revision 0010 beside suggest_configs_v1 (which stays for
+-- old clients). Measured with `metaspace evaluate`: docs/suggestions.md says what each change bought.
+--
+-- What changed from v1, and why:
+-- * Evidence is counted in distinct neighbouring environments (one env object at one as_of_date), not runs:
+--   one window with 48 configs is one environment, and its 48 outcomes share one market.
+-- * Each config is judged relative to the others run in the same environment (its objective minus that
+--   environment's mean), which removes the shock they share, before averaging across environments.
+--   An environment where only one config ran says nothing about configs relative to each other.
+-- * The local edge is shrunk toward the config's edge over the whole history known at the date (the
+--   evidence behind a desk's best-so-far config), not toward zero: where the neighbourhood says little, the
+--   suggestion is what has worked everywhere; where it says much, it is what worked in environments like this.
+-- * Neighbouring environments of one month share most of their market: evidence is counted in distinct
+--   months, not environments, so a cluster of adjacent windows is not many independent confirmations.
+-- * deflated_confidence is the predictive probability that the config's next realised objective beats the
+--   mean of the configs compared (a random pick among them): its shrunk edge against the noise of one
+--   environment's draw, so runs in one window are never counted as independent evidence.
+-- * eligible_configs restricts the candidates (the replay of `metaspace evaluate` ranks only the configs
+--   actually tried at a decision); encoder_version fails fast when the caller's version is not active.
+
+CREATE TYPE historical_db.config_suggestion_v2 AS (
+    config_id           text,
+    config              jsonb,
+    score               double precision,
+    weighted_objective  double precision,
+    runs                integer,
+    mean_distance       double precision,
+    objective_mean      double precision,
+    objective_std       double precision,
+    best_run_id         text,
+    best_objective      double precision,
+    edge_z              double precision,
+    deflated_confidence double precision,
+    candidates          integer,
+    environments        integer,
+    relative_objective  double precision
+);
+
+-- Configs suggested for a target environment, as of a date (never a run dated after it).
+--
+--   The `neighbours` nearest runs in env space (active encoder version, as of the date) are grouped into
+--   environments. In each environment where two or more configs ran, a config's relative objective is its
+--   objective minus the environment's mean. Per config, over environments:
+--   relative_objective: the relative objectives averaged with similarity weights (Gaussian kernel of the
+--   env distance, bandwidth the median neighbour distance); n = its effective number of environments,
+--   at most the number of distinct months they fall in.
+--   prior: the config's relative objective over every environment known at the date (all of history).
+--   score (the ranking): prior + (relative_objective - prior) * n / (n + s2 / tau2) (empirical Bayes, s2 the
+--   spread of one config's relative objective between environments, tau2 the spread of the local
+--   departures from the prior between configs), less the mean of that over the candidates: the expected
+--   objective above a random pick among them.
+--   edge_z: the edge in standard errors, sqrt(s2 / n), signed so that positive is better.
+--   deflated_confidence: Phi(score / sqrt(s2 + posterior variance)), the probability that the config's
+--   objective in one new environment beats the candidates' mean there. 0.5 is a coin flip.
+--   Candidates: configs with min_runs or more environments of evidence (and in eligible_configs, if given).
+CREATE FUNCTION historical_db.suggest_configs_v2(
+    env vector, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
+    higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 1000, min_runs integer DEFAULT 3,
+    strategy_ids text[] DEFAULT NULL, exact boolean DEFAULT false, eligible_configs text[] DEFAULT NULL,
+    encoder_version integer DEFAULT NULL
+) RETURNS SETOF historical_db.config_suggestion_v2
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    path text[];
+    direction double precision := CASE WHEN higher_is_better THEN 1 ELSE -1 END;
+    active integer := historical_db.active_encoder_version_v1();
+BEGIN
+    IF encoder_version IS NOT NULL AND encoder_version <> active THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'encoder version ' || encoder_version || ' was asked for, but version ' || active
+                      || ' is active',
+            HINT = 'Encode the env with the active version (or activate version ' || encoder_version || ').';
+    END IF;
+    IF env IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'the env vector is NULL';
+    END IF;
+    PERFORM historical_db.check_search_args_v1(env, k, 'env');
+    PERFORM historical_db.check_search_args_v1(NULL, neighbours, 'env', 10000);
+    IF min_runs IS NULL OR min_runs < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'min_runs must be 1 or more, got ' || coalesce(min_runs::text, 'NULL');
+    END IF;
+    IF higher_is_better IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'higher_is_better is NULL';
+    END IF;
+    IF eligible_configs IS NOT NULL AND cardinality(eligible_configs) IS DISTINCT FROM array_length(eligible_configs, 1)
+       OR cardinality(eligible_configs) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'eligible_configs must be a non-empty one-dimensional array of config ids (or NULL for all)';
+    END IF;
+    path := string_to_array(regexp_replace(coalesce(objective, ''), '^outcome[.]', ''), '.');
+    IF coalesce(cardinality(path), 0) = 0 OR '' = ANY (path) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'objective ' || coalesce(quote_literal(objective), 'NULL')
+                      || ' is not an outcome key (for example sharpe, or outcome.risk.sortino)';
+    END IF;
+    RETURN QUERY
+    WITH near AS (
+        SELECT m.run_id, m.config_id, m.distance
+        FROM historical_db.nearest_runs_v1(env, neighbours, 'env', active, as_of, strategy_ids, NULL, NULL, exact) m
+    ), scored AS (
+        SELECT n.run_id, coalesce(n.config_id, n.run_id) AS config_id, n.distance, r.config, r.as_of_date,
+               md5(r.env::text) AS env_key, (r.outcome #>> path)::double precision AS value
+        FROM near n JOIN historical_db.runs r ON r.run_id = n.run_id
+        WHERE jsonb_typeof(r.outcome #> path) = 'number'
+    ), bandwidth AS (
+        SELECT greatest(percentile_cont(0.5) WITHIN GROUP (ORDER BY s.distance), 1e-9) AS h FROM scored s
+    ), cells AS (
+        -- One piece of evidence per config and environment, however often it ran there.
+        SELECT s.as_of_date, s.env_key, s.config_id, avg(s.value) AS value, min(s.distance) AS distance
+        FROM scored s GROUP BY s.as_of_date, s.env_key, s.config_id
+    ), relative AS (
+        SELECT c.config_id, c.as_of_date, c.value - avg(c.value) OVER e AS rel, count(*) OVER e AS tried,
+               exp(-0.5 * (c.distance / b.h) ^ 2) AS w
+        FROM cells c CROSS JOIN bandwidth b
+        WINDOW e AS (PARTITION BY c.as_of_date, c.env_key)
+    ), evidence AS (
+        SELECT r.config_id,
+               count(*)::integer AS environments,
+               sum(r.w * r.rel) / nullif(sum(r.w), 0) AS relative_objective,
+               least(sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0), count(DISTINCT date_trunc('month', r.as_of_date)))
+                   AS effective_envs
+        FROM relative r
+        WHERE r.tried >= 2
+        GROUP BY r.config_id
+    ), history AS (
+        -- Every environment known at the date where two or more configs ran: each config's mean relative
+        -- objective there (the prior).
+        SELECT h.config_id, avg(h.rel) AS prior
+        FROM (
+            SELECT x.config_id, x.value - avg(x.value) OVER e AS rel, count(*) OVER e AS tried
+            FROM (
+                SELECT r.as_of_date, md5(r.env::text) AS env_key, coalesce(r.config_id, r.run_id) AS config_id,
+                       avg((r.outcome #>> path)::double precision) AS value
+                FROM historical_db.runs r
+                WHERE (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
+                  AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+                GROUP BY 1, 2, 3
+            ) x
+            WINDOW e AS (PARTITION BY x.as_of_date, x.env_key)
+        ) h
+        WHERE h.tried >= 2
+        GROUP BY h.config_id
+    ), groups AS (
+        SELECT s.config_id,
+               count(*)::integer AS runs,
+               avg(s.distance) AS mean_distance,
+               avg(s.value) AS objective_mean,
+               stddev_samp(s.value) AS objective_std,
+               sum(exp(-0.5 * (s.distance / b.h) ^ 2) * s.value) / nullif(sum(exp(-0.5 * (s.distance / b.h) ^ 2)), 0)
+                   AS weighted_objective,
+               (array_agg(s.run_id ORDER BY direction * s.value DESC, s.run_id))[1] AS best_run_id,
+               (array_agg(s.value ORDER BY direction * s.value DESC, s.run_id))[1] AS best_objective,
+               (array_agg(s.config ORDER BY direction * s.value DESC, s.run_id))[1] AS config
+        FROM scored s CROSS JOIN bandwidth b
+        GROUP BY s.config_id
+    ), candidate AS (
+        SELECT g.*, e.environments, e.effective_envs, direction * e.relative_objective AS rel,
+               direction * coalesce(h.prior, e.relative_objective) AS prior
+        FROM groups g JOIN evidence e ON e.config_id = g.config_id LEFT JOIN history h ON h.config_id = g.config_id
+        WHERE e.environments >= min_runs AND (eligible_configs IS NULL OR g.config_id = ANY (eligible_configs))
+    ), spread AS (
+        -- s2: one config's relative objective from environment to environment, pooled over configs;
+        -- tau2: the spread of the local departures from the prior between configs, less its noise part.
+        SELECT (SELECT sum((direction * r.rel - c.rel) ^ 2) / nullif(count(*) - count(DISTINCT r.config_id), 0)
+                FROM relative r JOIN candidate c ON c.config_id = r.config_id WHERE r.tried >= 2) AS within,
+               (SELECT var_samp(c.rel - c.prior) FROM candidate c) AS between,
+               (SELECT avg(c.effective_envs) FROM candidate c) AS typical_envs,
+               (SELECT count(*) FROM candidate c)::integer AS candidates
+    ), prior AS (
+        SELECT s.candidates, greatest(coalesce(s.within, 0), 1e-12) AS within,
+               greatest(coalesce(s.between, 0) - coalesce(s.within, 0) / s.typical_envs,
+                        1e-3 * greatest(coalesce(s.within, 0), 1e-12)) AS tau2
+        FROM spread s
+    ), posterior AS (
+        SELECT c.*, p.candidates, p.within, p.tau2,
+               c.prior + (c.rel - c.prior) * c.effective_envs / (c.effective_envs + p.within / p.tau2) AS expected,
+               1 / (c.effective_envs / p.within + 1 / p.tau2) AS posterior_var
+        FROM candidate c CROSS JOIN prior p
+    ), compared AS (
+        SELECT c.*, c.expected - avg(c.expected) OVER () AS edge,
+               (c.rel - avg(c.rel) OVER ()) / sqrt(c.within / c.effective_envs) AS z
+        FROM posterior c
+    )
+    SELECT c.config_id, c.config, direction * c.edge, c.weighted_objective, c.runs, c.mean_distance,
+           c.objective_mean, c.objective_std, c.best_run_id, c.best_objective, c.z,
+           historical_db.normal_cdf_v1(c.edge / sqrt(c.within + c.posterior_var)),
+           c.candidates, c.environments, direction * c.rel
+    FROM compared c
+    ORDER BY c.edge DESC, c.config_id
+    LIMIT k;
+END
+$fn$;
