@@ -7,7 +7,7 @@
 --   one window with 48 configs is one environment, and its 48 outcomes share one market.
 -- * Each config is judged relative to the others run in the same environment (its objective minus that
 --   environment's mean), which removes the shock they share, before averaging across environments.
---   An environment where only one config ran says nothing about configs relative to each other.
+--   A config that ran alone in its environment is compared with the neighbourhood's mean instead.
 -- * deflated_confidence is the predictive probability that the config's next realised objective beats the
 --   mean of the configs compared (a random pick among them): its shrunk edge against the noise of one
 --   environment's draw, so runs in one window are never counted as independent evidence.
@@ -36,7 +36,8 @@ CREATE TYPE historical_db.config_suggestion_v2 AS (
 --
 --   The `neighbours` nearest runs in env space (active encoder version, as of the date) are grouped into
 --   environments. In each environment where two or more configs ran, a config's relative objective is its
---   objective minus the environment's mean. Per config, over environments:
+--   objective minus the environment's mean; where it ran alone, minus the mean of the neighbourhood (a
+--   history of one run per environment still gets suggestions). Per config, over environments:
 --   relative_objective: the relative objectives averaged with similarity weights (Gaussian kernel of the
 --   env distance, bandwidth the median neighbour distance); n = effective number of environments.
 --   score (the ranking): the edge over the mean of the candidates, shrunk by its evidence (empirical Bayes,
@@ -45,7 +46,7 @@ CREATE TYPE historical_db.config_suggestion_v2 AS (
 --   edge_z: the edge in standard errors, sqrt(s2 / n), signed so that positive is better.
 --   deflated_confidence: Phi(score / sqrt(s2 + posterior variance)), the probability that the config's
 --   objective in one new environment beats the candidates' mean there. 0.5 is a coin flip.
---   Candidates: configs with min_runs or more environments of evidence (and in eligible_configs, if given).
+--   Candidates: configs with min_runs or more neighbouring environments (and in eligible_configs, if given).
 CREATE FUNCTION historical_db.suggest_configs_v2(
     env vector, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
     higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 1000, min_runs integer DEFAULT 3,
@@ -105,7 +106,9 @@ BEGIN
         SELECT s.as_of_date, s.env_key, s.config_id, avg(s.value) AS value, min(s.distance) AS distance
         FROM scored s GROUP BY s.as_of_date, s.env_key, s.config_id
     ), relative AS (
-        SELECT c.config_id, c.value - avg(c.value) OVER e AS rel, count(*) OVER e AS tried,
+        -- Where a config ran alone in its environment, it can only be compared with the neighbourhood's mean.
+        SELECT c.config_id,
+               c.value - CASE WHEN count(*) OVER e >= 2 THEN avg(c.value) OVER e ELSE avg(c.value) OVER () END AS rel,
                exp(-0.5 * (c.distance / b.h) ^ 2) AS w
         FROM cells c CROSS JOIN bandwidth b
         WINDOW e AS (PARTITION BY c.as_of_date, c.env_key)
@@ -115,7 +118,6 @@ BEGIN
                sum(r.w * r.rel) / nullif(sum(r.w), 0) AS relative_objective,
                sum(r.w) ^ 2 / nullif(sum(r.w ^ 2), 0) AS effective_envs
         FROM relative r
-        WHERE r.tried >= 2
         GROUP BY r.config_id
     ), groups AS (
         SELECT s.config_id,
@@ -138,7 +140,7 @@ BEGIN
         -- s2: one config's relative objective from environment to environment, pooled over configs;
         -- tau2: the spread of the configs' true edges (between-config variance less its noise part).
         SELECT (SELECT sum((direction * r.rel - c.rel) ^ 2) / nullif(count(*) - count(DISTINCT r.config_id), 0)
-                FROM relative r JOIN candidate c ON c.config_id = r.config_id WHERE r.tried >= 2) AS within,
+                FROM relative r JOIN candidate c ON c.config_id = r.config_id) AS within,
                (SELECT var_samp(c.rel) FROM candidate c) AS between,
                (SELECT avg(c.effective_envs) FROM candidate c) AS typical_envs,
                (SELECT avg(c.rel) FROM candidate c) AS centre,

@@ -26,7 +26,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v2.sql": "a952701a597aec12f8ac02aeb00ae48dce98d86134d52f7408706fb81b6328ed",
+    "suggest_v2.sql": "3b413b890ff58d4605933a8dfed7b9cb68913a21f336c153cb77aa0e85bd2dc7",
 }
 
 
