@@ -14,7 +14,7 @@ _API = {
     "map_space": "metaspace.landscape",
     "embed_run": "metaspace.pipeline",
     "embed_runs": "metaspace.pipeline",
-    "evaluate": "metaspace.evaluate",
+    "evaluate": "metaspace.evaluation",
     "import_runs": "metaspace.pipeline",
     "import_records": "metaspace.pipeline",
     "sample_runs": "metaspace.sample",

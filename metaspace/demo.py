@@ -14,7 +14,7 @@ import numpy as np
 
 from metaspace import landscape, pipeline, sample
 from metaspace.errors import MetaspaceError
-from metaspace.evaluate import evaluate
+from metaspace.evaluation import evaluate
 from metaspace.queries import search, suggest
 from metaspace.store import migrate
 from metaspace.store.connection import connection, redact

@@ -19,7 +19,7 @@ import metaspace
 from metaspace import pipeline
 from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
-from metaspace.evaluate import NO_EDGE, _decide
+from metaspace.evaluation import NO_EDGE, _decide
 from metaspace.sample import write_runs
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import DecisionPoint

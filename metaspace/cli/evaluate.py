@@ -15,7 +15,7 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
-from metaspace.evaluate import evaluate
+from metaspace.evaluation import evaluate
 
 SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of the configs tried)"),
                 ("baseline", "best-so-far config"), ("oracle", "oracle (best config tried)"),
