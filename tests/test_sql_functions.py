@@ -1,0 +1,412 @@
+"""Every argument of the SQL functions has an effect, checked against a brute-force answer computed here
+from the stored vectors (numpy) and the stored records: search_runs_v2, neighbours_v2 and
+suggest_configs_v1, on the module's sample history (3,000 runs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from metaspace.store.connection import connect
+
+SPACES = ("joint", "config", "env", "outcome")
+SEARCHES = ("search_runs_v2", "neighbours_v2")
+PROBE = 17  # the sample run the searches start from
+
+
+@dataclass
+class Stored:
+    """The stored vectors of one space (active version), with what the filters look at."""
+
+    run_ids: np.ndarray
+    vectors: np.ndarray
+    strategies: np.ndarray
+    configs: np.ndarray
+    dates: np.ndarray
+    scopes: list[dict[str, Any]]
+
+    def index(self, run_id: str) -> int:
+        return int(np.flatnonzero(self.run_ids == run_id)[0])
+
+
+@pytest.fixture(scope="module")
+def sconn(sample_db: str):
+    with connect(sample_db, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def stored(sconn) -> dict[str, Stored]:
+    out = {}
+    for space in SPACES:
+        rows = sconn.execute(
+            "SELECT run_id, vector, strategy_id, config_id, as_of_date, entity_scope FROM historical_db.run_vectors_v1 "
+            "WHERE space = %s AND encoder_version = historical_db.active_encoder_version_v1() ORDER BY run_id",
+            (space,)).fetchall()
+        out[space] = Stored(np.array([r[0] for r in rows]), np.stack([r[1].to_numpy() for r in rows]),
+                            np.array([r[2] for r in rows]), np.array([r[3] for r in rows]),
+                            np.array([r[4] for r in rows]), [r[5] for r in rows])
+    return out
+
+
+@pytest.fixture(scope="module")
+def probe(sample_history) -> dict:
+    return sample_history[PROBE]
+
+
+def _brute(data: Stored, query: np.ndarray, k: int, *, as_of: dt.date | None = None,
+           strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+           scope: dict[str, Any] | None = None, exclude: str | None = None) -> list[tuple[str, float]]:
+    """The exact answer: every stored run that passes the filters, nearest first (ties by run_id)."""
+    keep = np.ones(len(data.run_ids), dtype=bool)
+    if as_of is not None:
+        keep &= data.dates <= as_of
+    if strategy_ids is not None:
+        keep &= np.isin(data.strategies, strategy_ids)
+    if config_ids is not None:
+        keep &= np.isin(data.configs, config_ids)
+    if scope is not None:
+        keep &= np.array([all(s.get(key) == value for key, value in scope.items()) for s in data.scopes])
+    if exclude is not None:
+        keep &= data.run_ids != exclude
+    distances = np.linalg.norm(data.vectors.astype(np.float64) - query.astype(np.float64), axis=1)
+    chosen = np.flatnonzero(keep)
+    order = chosen[np.lexsort((data.run_ids[chosen], distances[chosen]))][:k]
+    return [(str(data.run_ids[i]), float(distances[i])) for i in order]
+
+
+def _call(conn: psycopg.Connection, function: str, first: Any, **arguments: Any) -> list[dict[str, Any]]:
+    """Call a search function with PostgreSQL's named arguments, only those given."""
+    named = "".join(f", {name} => %({name})s" for name in arguments)
+    params = {name: Jsonb(value) if name == "scope" else value for name, value in arguments.items()}
+    cursor = conn.execute(f"SELECT * FROM historical_db.{function}(%(first)s{named})", {"first": first} | params)
+    columns = [d.name for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def _first(function: str, data: Stored, run_id: str) -> Any:
+    """What the function is asked about: the run's stored vector (search) or its id (neighbours)."""
+    return data.vectors[data.index(run_id)] if function == "search_runs_v2" else run_id
+
+
+def _expected(function: str, data: Stored, run_id: str, k: int, **filters: Any) -> list[tuple[str, float]]:
+    exclude = run_id if function == "neighbours_v2" else None
+    return _brute(data, data.vectors[data.index(run_id)], k, exclude=exclude, **filters)
+
+
+def _assert_same_answer(rows: list[dict[str, Any]], expected: list[tuple[str, float]]) -> None:
+    """Same length, same distances in order; runs equal wherever the distance does not tie."""
+    assert len(rows) == len(expected)
+    assert [r["distance"] for r in rows] == pytest.approx([d for _, d in expected], abs=1e-5)
+    truth = dict(expected)
+    for row, (run_id, distance) in zip(rows, expected):
+        if row["run_id"] != run_id:  # only a tie (to float precision) may swap two runs
+            assert truth.get(row["run_id"], np.inf) == pytest.approx(distance, abs=1e-5), row
+
+
+def _hnsw_scans(conn: psycopg.Connection, space: str) -> int:
+    index = "joint_embeddings_vector_hnsw" if space == "joint" else f"branch_embeddings_{space}_hnsw"
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)).fetchone()[0]
+
+
+# -- search_runs_v2 and neighbours_v2 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+@pytest.mark.parametrize("k", [1, 7, 1000])
+def test_search_k_returns_exactly_the_k_nearest_runs(sconn, stored, probe, function, k) -> None:
+    data = stored["joint"]
+    exact = _call(sconn, function, _first(function, data, probe["run_id"]), k=k, exact=True)
+    _assert_same_answer(exact, _expected(function, data, probe["run_id"], k))
+    walked = _call(sconn, function, _first(function, data, probe["run_id"]), k=k)
+    assert len(walked) == k and [r["distance"] for r in walked] == sorted(r["distance"] for r in walked)
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+@pytest.mark.parametrize("space", SPACES)
+def test_search_space_compares_runs_in_that_space_only(sconn, stored, probe, function, space) -> None:
+    data = stored[space]
+    rows = _call(sconn, function, _first(function, data, probe["run_id"]), k=15, space=space, exact=True)
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 15))
+    other = "env" if space != "env" else "outcome"
+    elsewhere = _expected(function, stored[other], probe["run_id"], 15)
+    assert {r["run_id"] for r in rows} != {run_id for run_id, _ in elsewhere}
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+def test_search_as_of_keeps_only_runs_dated_on_or_before_it(sconn, stored, probe, function) -> None:
+    data = stored["env"]
+    as_of = dt.date(2004, 6, 30)
+    first = _first(function, data, probe["run_id"])
+    rows = _call(sconn, function, first, k=20, space="env", as_of=as_of, exact=True)
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 20, as_of=as_of))
+    walked = _call(sconn, function, first, k=20, space="env", as_of=as_of)
+    assert len(walked) == 20 and all(r["as_of_date"] <= as_of for r in walked)
+    unfiltered = _call(sconn, function, first, k=20, space="env")
+    assert any(r["as_of_date"] > as_of for r in unfiltered)
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+def test_search_strategy_ids_keep_only_those_strategies_runs(sconn, stored, probe, function) -> None:
+    data = stored["joint"]
+    chosen = ["FX_G10_VOL_TARGET", "US_EQ_MEAN_REVERSION"]
+    first = _first(function, data, probe["run_id"])
+    rows = _call(sconn, function, first, k=30, strategy_ids=chosen, exact=True)
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 30, strategy_ids=chosen))
+    walked = _call(sconn, function, first, k=30, strategy_ids=chosen)
+    assert len(walked) == 30 and {r["strategy_id"] for r in walked} <= set(chosen)
+    assert {r["strategy_id"] for r in _call(sconn, function, first, k=30)} - set(chosen)
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+def test_search_config_ids_keep_only_those_configs_runs(sconn, stored, probe, function) -> None:
+    data = stored["joint"]
+    chosen = ["MEANREV_L5_Z5", "TREND_L250_W_TV15"]
+    first = _first(function, data, probe["run_id"])
+    rows = _call(sconn, function, first, k=150, config_ids=chosen, exact=True)
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 150, config_ids=chosen))
+    assert {r["config_id"] for r in rows} == set(chosen)
+    walked = _call(sconn, function, first, k=25, config_ids=chosen)
+    assert len(walked) == 25 and {r["config_id"] for r in walked} <= set(chosen)
+    assert {r["config_id"] for r in _call(sconn, function, first, k=25)} - set(chosen)
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+def test_search_scope_keeps_runs_whose_entity_scope_contains_it(sconn, stored, probe, function) -> None:
+    data = stored["joint"]
+    first = _first(function, data, probe["run_id"])
+    scope = {"strategy_id": "CMDTY_VOL_TARGET", "source": "meta-config-env"}
+    rows = _call(sconn, function, first, k=12, scope=scope, exact=True)
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 12, scope=scope))
+    assert all(r["entity_scope"].items() >= scope.items() for r in rows)
+    assert rows == _call(sconn, function, first, k=12, strategy_ids=["CMDTY_VOL_TARGET"], exact=True)
+    assert _call(sconn, function, first, k=12, scope={"source": "elsewhere"}) == []
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+@pytest.mark.parametrize("space", ["joint", "outcome"])
+def test_search_exact_is_the_brute_force_answer_and_never_walks_the_graph(sconn, stored, probe, function,
+                                                                          space) -> None:
+    data = stored[space]
+    first = _first(function, data, probe["run_id"])
+    before = _hnsw_scans(sconn, space)
+    rows = _call(sconn, function, first, k=50, space=space, exact=True)
+    assert _hnsw_scans(sconn, space) == before
+    _assert_same_answer(rows, _expected(function, data, probe["run_id"], 50))
+    _call(sconn, function, first, k=50, space=space, exact=False)
+    assert _hnsw_scans(sconn, space) == before + 1
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+def test_search_encoder_version_must_be_the_active_one(sconn, stored, probe, function) -> None:
+    data = stored["joint"]
+    first = _first(function, data, probe["run_id"])
+    active = sconn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+    assert _call(sconn, function, first, k=5, encoder_version=active) == _call(sconn, function, first, k=5)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
+        _call(sconn, function, first, k=5, encoder_version=active + 1)
+    assert raised.value.sqlstate == "55000"
+    assert raised.value.diag.message_primary == (f"the query was encoded with encoder version {active + 1}, "
+                                                 f"but version {active} is active now")
+
+
+@pytest.mark.parametrize("function", SEARCHES)
+@pytest.mark.parametrize("arguments, message", [
+    ({"k": 0}, "k must be between 1 and 1000, got 0"),
+    ({"k": 1001}, "k must be between 1 and 1000, got 1001"),
+    ({"space": "style"}, "unknown space 'style'"),
+])
+def test_search_v2_checks_its_arguments(sconn, stored, probe, function, arguments, message) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        _call(sconn, function, _first(function, stored["joint"], probe["run_id"]), **arguments)
+
+
+# -- suggest_configs_v1 ----------------------------------------------------------------------------
+
+
+def _value(record: dict, path: list[str]) -> float | None:
+    value: Any = record["outcome"]
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _expected_max_normal(n: int) -> float:
+    if n <= 1:
+        return 0.0
+    q = statistics.NormalDist().inv_cdf
+    gamma = 0.5772156649015329
+    return (1 - gamma) * q(1 - 1 / n) + gamma * q(1 - 1 / (n * np.e))
+
+
+def _reference_suggest(data: Stored, records: dict[str, dict], env: np.ndarray, *, k: int = 5,
+                       as_of: dt.date | None = None, objective: str = "sharpe", higher_is_better: bool = True,
+                       neighbours: int = 200, min_runs: int = 3,
+                       strategy_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """suggest_configs_v1 as the README states it, in numpy: kernel-weighted objective per config, shrunk
+    toward the neighbourhood's mean (empirical Bayes), edge in standard errors, deflated by E[max of N]."""
+    direction = 1.0 if higher_is_better else -1.0
+    path = objective.removeprefix("outcome.").split(".")
+    near = _brute(data, env, neighbours, as_of=as_of, strategy_ids=strategy_ids)
+    scored = [(run_id, d, records[run_id].get("config_id") or run_id, _value(records[run_id], path))
+              for run_id, d in near]
+    scored = [s for s in scored if s[3] is not None]
+    h = max(float(np.median([d for _, d, _, _ in scored])), 1e-9)
+    groups: dict[str, list[tuple[str, float, float, float]]] = defaultdict(list)
+    for run_id, d, config_id, value in scored:
+        groups[config_id].append((run_id, d, value, float(np.exp(-0.5 * (d / h) ** 2))))
+    stats = {}
+    for config_id, members in groups.items():
+        values = np.array([m[2] for m in members])
+        weights = np.array([m[3] for m in members])
+        best = min(members, key=lambda m: (-direction * m[2], m[0]))
+        stats[config_id] = {
+            "config_id": config_id, "runs": len(members), "mean_distance": float(np.mean([m[1] for m in members])),
+            "objective_mean": float(values.mean()),
+            "objective_std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "weighted_objective": float((weights * values).sum() / weights.sum()),
+            "effective_runs": float(weights.sum() ** 2 / (weights**2).sum()),
+            "best_run_id": best[0], "best_objective": best[2],
+        }
+    all_values = np.array([s[3] for s in scored])
+    all_weights = np.array([m[3] for members in groups.values() for m in members])
+    all_w_values = np.array([m[2] for members in groups.values() for m in members])
+    mean = float((all_weights * all_w_values).sum() / all_weights.sum())
+    n, g = len(scored), len(groups)
+    within = (sum((m[2] - stats[c]["objective_mean"]) ** 2 for c, ms in groups.items() for m in ms) / (n - g)
+              if n > g else None)
+    between = float(np.var([s["weighted_objective"] for s in stats.values()], ddof=1)) if g > 1 else None
+    typical = float(np.mean([s["effective_runs"] for s in stats.values()]))
+    total = float(np.var(all_values, ddof=1)) if n > 1 else None
+    within = within if within is not None else total
+    floor = 1e-3 * total if total is not None else None
+    spread = [x for x in ((between - within / typical) if between is not None else None, floor) if x is not None]
+    prior_runs = within / max(spread) if spread and within is not None else 0.0
+    kept = [s for s in stats.values() if s["runs"] >= min_runs]
+    for s in kept:
+        s["score"] = mean + (s["weighted_objective"] - mean) * s["effective_runs"] / (s["effective_runs"] + prior_runs)
+        se = np.sqrt(within / s["effective_runs"])
+        s["edge_z"] = direction * (s["weighted_objective"] - mean) / se if se else None
+        s["deflated_confidence"] = (statistics.NormalDist().cdf(s["edge_z"] - _expected_max_normal(len(kept)))
+                                    if s["edge_z"] is not None else None)
+        s["candidates"] = len(kept)
+    return sorted(kept, key=lambda s: (-direction * s["score"], s["config_id"]))[:k]
+
+
+def _suggest(conn: psycopg.Connection, env: np.ndarray, **arguments: Any) -> list[dict[str, Any]]:
+    named = "".join(f", {name} => %({name})s" for name in arguments)
+    cursor = conn.execute(f"SELECT * FROM historical_db.suggest_configs_v1(%(env)s{named})", {"env": env} | arguments)
+    columns = [d.name for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def _env(stored: dict[str, Stored], run_id: str) -> np.ndarray:
+    return stored["env"].vectors[stored["env"].index(run_id)]
+
+
+@pytest.fixture(scope="module")
+def records(sample_history) -> dict[str, dict]:
+    return {r["run_id"]: r for r in sample_history}
+
+
+COMPARED = ("config_id", "runs", "best_run_id", "candidates")
+APPROX = ("score", "weighted_objective", "mean_distance", "objective_mean", "objective_std", "best_objective",
+          "edge_z", "deflated_confidence")
+
+
+@pytest.mark.parametrize("arguments", [
+    {},
+    {"k": 12, "min_runs": 1},
+    {"neighbours": 40, "min_runs": 2},
+    {"as_of": dt.date(2006, 3, 31)},
+    {"objective": "outcome.robustness.worst_third_sharpe"},
+    {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
+    {"strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"], "min_runs": 2},
+], ids=["defaults", "k-min_runs", "neighbours", "as_of", "nested-objective", "lower-is-better", "strategy_ids"])
+def test_suggest_exact_equals_the_documented_computation(sconn, stored, records, probe, arguments) -> None:
+    env = _env(stored, probe["run_id"])
+    rows = _suggest(sconn, env, exact=True, **arguments)
+    expected = _reference_suggest(stored["env"], records, env, **arguments)
+    assert rows, arguments
+    assert [tuple(r[c] for c in COMPARED) for r in rows] == [tuple(e[c] for c in COMPARED) for e in expected]
+    for row, want in zip(rows, expected):
+        for column in APPROX:
+            assert row[column] == pytest.approx(want[column], rel=1e-4, abs=1e-6), (column, row["config_id"])
+
+
+def test_suggest_k_caps_the_number_of_configs_best_first(sconn, stored, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    many = _suggest(sconn, env, k=1000, min_runs=1, exact=True)
+    assert len(many) == many[0]["candidates"] > 10
+    assert _suggest(sconn, env, k=4, min_runs=1, exact=True) == many[:4]
+
+
+@pytest.mark.parametrize("neighbours", [10, 200, 1500])
+def test_suggest_neighbours_is_how_many_runs_are_taken_as_evidence(sconn, stored, probe, neighbours) -> None:
+    rows = _suggest(sconn, _env(stored, probe["run_id"]), k=1000, min_runs=1, neighbours=neighbours)
+    assert sum(r["runs"] for r in rows) == neighbours
+
+
+def test_suggest_min_runs_drops_configs_with_less_evidence(sconn, stored, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    every = _suggest(sconn, env, k=1000, min_runs=1, neighbours=100, exact=True)
+    kept = _suggest(sconn, env, k=1000, min_runs=6, neighbours=100, exact=True)
+    assert any(r["runs"] < 6 for r in every)
+    assert [r["config_id"] for r in kept] == [r["config_id"] for r in every if r["runs"] >= 6]
+    assert all(r["candidates"] == len(kept) for r in kept)
+
+
+def test_suggest_as_of_uses_only_runs_dated_on_or_before_it(sconn, stored, records, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    as_of = dt.date(2003, 12, 31)
+    rows = _suggest(sconn, env, k=1000, min_runs=1, as_of=as_of)
+    assert rows and all(dt.date.fromisoformat(records[r["best_run_id"]]["as_of_date"]) <= as_of for r in rows)
+    assert sum(r["runs"] for r in rows) == 200
+    assert rows != _suggest(sconn, env, k=1000, min_runs=1)
+
+
+def test_suggest_objective_ranks_by_a_nested_outcome_key(sconn, stored, records, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    rows = _suggest(sconn, env, k=10, objective="outcome.robustness.worst_third_sharpe", exact=True)
+    for row in rows:
+        assert row["best_objective"] == records[row["best_run_id"]]["outcome"]["robustness"]["worst_third_sharpe"]
+    assert [r["config_id"] for r in rows] != [r["config_id"] for r in _suggest(sconn, env, k=10, exact=True)]
+
+
+def test_suggest_lower_is_better_ranks_ascending_and_picks_the_lowest_run(sconn, stored, records, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    rows = _suggest(sconn, env, k=10, objective="max_drawdown", higher_is_better=False, exact=True)
+    higher = _suggest(sconn, env, k=10, objective="max_drawdown", exact=True)
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    assert [r["score"] for r in higher] == sorted((r["score"] for r in higher), reverse=True)
+    for row in rows:
+        assert row["best_objective"] <= row["objective_mean"] + 1e-12
+        assert records[row["best_run_id"]]["outcome"]["max_drawdown"] == row["best_objective"]
+    assert rows[0]["config_id"] != higher[0]["config_id"]
+
+
+def test_suggest_strategy_ids_take_evidence_only_from_those_strategies(sconn, stored, records, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    rows = _suggest(sconn, env, k=1000, min_runs=1, strategy_ids=["EU_EQ_MEAN_REVERSION"])
+    assert rows and all(r["config_id"].startswith("MEANREV_") for r in rows)
+    assert all(records[r["best_run_id"]]["strategy_id"] == "EU_EQ_MEAN_REVERSION" for r in rows)
+    assert sum(r["runs"] for r in rows) == 200
+
+
+def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    before = _hnsw_scans(sconn, "env")
+    _suggest(sconn, env, exact=True)
+    assert _hnsw_scans(sconn, "env") == before
+    _suggest(sconn, env)
+    assert _hnsw_scans(sconn, "env") == before + 1
