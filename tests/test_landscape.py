@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import click
@@ -57,7 +59,10 @@ def test_cli_sample_runs_writes_an_importable_file(db_url: str, tmp_path: Path) 
     result = _cli("sample-runs", "--n", "200", "--seed", "3", "--out", str(out))
     assert result.exit_code == 0, result.output
     imported = _cli("--database-url", db_url, "import-runs", str(out), "--format", "json")
-    assert '"inserted": 200' in imported.output
+    assert imported.exit_code == 0, imported.output
+    with psycopg.connect(db_url) as conn:
+        stored = dict(conn.execute("SELECT run_id, outcome FROM historical_db.runs").fetchall())
+    assert stored == {r["run_id"]: r["outcome"] for r in sample_runs(200, seed=3)}
 
 
 # -- clusters ---------------------------------------------------------------------------------------
@@ -79,20 +84,29 @@ def test_cluster_stores_labels_with_version_and_parameters(sample_db: str, sampl
     assert [c.size for c in again.clusters] == [c.size for c in result.clusters]
 
 
-def test_outcome_clusters_separate_good_and_bad_behaviour(sample_db: str) -> None:
+def test_outcome_clusters_separate_good_and_bad_behaviour(sample_db: str, sample_history) -> None:
     result = landscape.cluster(space="outcome", k=3, database_url=sample_db)
     means = sorted(c.objective_mean for c in result.clusters)
     assert means[-1] - means[0] > 1.5  # behaviour clusters differ in Sharpe, not only in hyperparameters
+    with psycopg.connect(sample_db) as conn:
+        labels = dict(conn.execute("SELECT run_id, label FROM historical_db.run_clusters WHERE clustering_id = %s",
+                                   (result.clustering_id,)).fetchall())
+    strategy = {r["run_id"]: r["strategy_id"] for r in sample_history}
+    config = {r["run_id"]: r["config_id"] for r in sample_history}
     for summary in result.clusters:
-        assert summary.representative_configs and summary.dominant_strategies
-        assert abs(sum(s["share"] for s in summary.dominant_strategies) - 1) < 1.01
+        members = [run_id for run_id, label in labels.items() if label == summary.label]
+        counts = Counter(strategy[run_id] for run_id in members)
+        # the three most common strategies of the cluster, each with its share of the cluster's runs
+        assert [s["share"] for s in summary.dominant_strategies] == [
+            round(n / len(members), 3) for _, n in counts.most_common(3)]
+        assert {s["strategy_id"] for s in summary.dominant_strategies} <= set(counts)
+        assert sum(s["share"] for s in summary.dominant_strategies) <= 1 + 1e-9
+        assert summary.representative_configs and set(summary.representative_configs) <= {config[m] for m in members}
 
 
 def test_cluster_auto_picks_k_by_silhouette(sample_db: str) -> None:
     result = _cli("--database-url", sample_db, "cluster", "--space", "config", "--auto", "--format", "json")
     assert result.exit_code == 0, result.output
-    import json
-
     body = json.loads(result.stdout)
     scores = {int(k): v for k, v in body["quality"]["silhouette_by_k"].items()}
     assert body["k"] == max(scores, key=scores.get) and 2 <= body["k"] <= 12
@@ -136,11 +150,19 @@ def test_map_refuses_bad_options(sample_db: str, tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_tour_on_an_empty_database(db_url: str, tmp_path: Path) -> None:
-    result = _cli("--database-url", db_url, "demo", "--n", "1500", "--out-dir", str(tmp_path))
+    result = _cli("--database-url", db_url, "demo", "--n", "1500", "--seed", "5", "--out-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     for part in ("Runs like", "Configs for a stressed environment", "Configs for a calm environment", "landscape"):
         assert part in result.output
     assert (tmp_path / "metaspace-demo-map.png").read_bytes()[:8] == PNG_MAGIC
+    # --n and --seed: the history written to --out-dir, imported and embedded, is sample_runs(n, seed)
+    history = sample_runs(1500, seed=5)
+    written = gzip.decompress((tmp_path / "metaspace-demo-runs.jsonl.gz").read_bytes()).decode().splitlines()
+    assert [json.loads(line) for line in written] == history
+    with psycopg.connect(db_url) as conn:
+        runs = {r[0] for r in conn.execute("SELECT run_id FROM historical_db.runs").fetchall()}
+        embedded = conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0]
+    assert runs == {r["run_id"] for r in history} and embedded == 1500
     again = _cli("--database-url", db_url, "demo", "--n", "200", "--out-dir", str(tmp_path))
     assert again.exit_code == 1 and "empty database" in again.output
 

@@ -290,12 +290,17 @@ def test_cli_import_and_embed_paths(db_url: str, runs_file: str, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.splitlines()[-1])["inserted"] == 400
     dry = run_cli("embed-runs", "--database-url", db_url, "--dry-run")
-    assert dry.exit_code == 0 and "would fit" in dry.output
+    assert dry.exit_code == 0, dry.output
+    with psycopg.connect(db_url) as conn:  # a dry run fits nothing and writes nothing
+        assert conn.execute("SELECT count(*) FROM historical_db.encoder_versions").fetchone()[0] == 0
+    assert _counts(db_url)["joint"] == 0
     done = run_cli("embed-runs", "--database-url", db_url, "--format", "json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.output.splitlines()[-1])["embedded"] == 400
+    counts = _counts(db_url)
     table = run_cli("embed-runs", "--database-url", db_url)
-    assert "embedded 0 run(s) with encoder version 1" in table.output
+    assert table.exit_code == 0, table.output  # the readable summary still prints
+    assert _counts(db_url) == counts and counts["joint"] == 400
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"run_id": "Z"}\n')
     strict = run_cli("import-runs", "--database-url", db_url, str(bad), "--strict")
