@@ -175,18 +175,19 @@ def test_suggest_neighbours_is_how_many_runs_are_taken_as_evidence(sample_db, en
     assert sum(r["runs"] for r in rows) == int(neighbours)
 
 
-def test_suggest_min_runs_drops_configs_with_less_evidence(sample_db, env_file) -> None:
-    every, _ = _suggest(sample_db, env_file, "--min-runs", "1", "-k", "1000", "--exact")
-    kept, _ = _suggest(sample_db, env_file, "--min-runs", "8", "-k", "1000", "--exact")
-    assert any(r["runs"] < 8 for r in every) and all(r["runs"] >= 8 for r in kept)
-    assert {r["config_id"] for r in kept} == {r["config_id"] for r in every if r["runs"] >= 8}
+def test_suggest_min_runs_drops_configs_seen_in_fewer_environments(sample_db, env_file) -> None:
+    every, _ = _suggest(sample_db, env_file, "--neighbours", "150", "--min-runs", "1", "-k", "1000", "--exact")
+    kept, _ = _suggest(sample_db, env_file, "--neighbours", "150", "--min-runs", "5", "-k", "1000", "--exact")
+    assert any(r["environments"] < 5 for r in every) and kept and all(r["environments"] >= 5 for r in kept)
+    assert {r["config_id"] for r in kept} == {r["config_id"] for r in every if r["environments"] >= 5}
 
 
 def test_suggest_as_of_uses_only_runs_known_by_then(sample_db, env_file, records) -> None:
     rows, answer = _suggest(sample_db, env_file, "--as-of", "2002-12-31", "--min-runs", "1", "-k", "1000")
     assert answer["as_of"] == "2002-12-31"
     assert rows and all(records[r["best_run_id"]]["as_of_date"] <= "2002-12-31" for r in rows)
-    assert sum(r["runs"] for r in rows) == 200
+    known = sum(1 for r in records.values() if r["as_of_date"] <= "2002-12-31")
+    assert sum(r["runs"] for r in rows) == min(known, 1000)
     later, _ = _suggest(sample_db, env_file, "--min-runs", "1", "-k", "1000")
     assert any(records[r["best_run_id"]]["as_of_date"] > "2002-12-31" for r in later)
 
@@ -195,14 +196,14 @@ def test_suggest_strategy_takes_evidence_only_from_that_strategy(sample_db, env_
     rows, _ = _suggest(sample_db, env_file, "--strategy", "US_EQ_VOL_TARGET", "--min-runs", "1", "-k", "1000")
     assert rows and all(r["config_id"].startswith("VOLTGT_") for r in rows)
     assert {records[r["best_run_id"]]["strategy_id"] for r in rows} == {"US_EQ_VOL_TARGET"}
-    assert sum(r["runs"] for r in rows) == 128  # every run of that strategy: fewer than --neighbours
+    assert sum(r["runs"] for r in rows) == 128  # every run of that strategy: fewer than --neighbours (1000)
 
 
 def test_suggest_exact_is_the_exact_sql_answer_and_never_walks_the_graph(sample_db, sconn, env_file, probe) -> None:
     run_ids, vectors = _vectors(sconn, "env")
     before = _settled_scans(sconn, "env")
     rows, _ = _suggest(sample_db, env_file, "--exact", "-k", "8")
-    exact = sconn.execute("SELECT config_id, score FROM historical_db.suggest_configs_v1(%s, 8, exact => true)",
+    exact = sconn.execute("SELECT config_id, score FROM historical_db.suggest_configs_v2(%s, 8, exact => true)",
                           (vectors[run_ids.index(probe["run_id"])],)).fetchall()
     assert [(r["config_id"], pytest.approx(r["score"], abs=1e-9)) for r in rows] == [tuple(e) for e in exact]
     _suggest(sample_db, env_file, "-k", "8")

@@ -1,6 +1,6 @@
 """Every argument of the SQL functions has an effect, checked against a brute-force answer computed here
-from the stored vectors (numpy) and the stored records: search_runs_v2, neighbours_v2 and
-suggest_configs_v1, on the module's sample history (3,000 runs)."""
+from the stored vectors (numpy) and the stored records: search_runs_v2, neighbours_v2, suggest_configs_v1
+and suggest_configs_v2, on the module's sample history (3,000 runs)."""
 
 from __future__ import annotations
 
@@ -303,9 +303,14 @@ def _reference_suggest(data: Stored, records: dict[str, dict], env: np.ndarray, 
     return sorted(kept, key=lambda s: (-direction * s["score"], s["config_id"]))[:k]
 
 
-def _suggest(conn: psycopg.Connection, env: np.ndarray, **arguments: Any) -> list[dict[str, Any]]:
+SUGGESTS = ("suggest_configs_v1", "suggest_configs_v2")
+EVIDENCE = {"suggest_configs_v1": "runs", "suggest_configs_v2": "environments"}  # what min_runs counts
+
+
+def _suggest(conn: psycopg.Connection, env: np.ndarray, function: str = "suggest_configs_v1",
+             **arguments: Any) -> list[dict[str, Any]]:
     named = "".join(f", {name} => %({name})s" for name in arguments)
-    cursor = conn.execute(f"SELECT * FROM historical_db.suggest_configs_v1(%(env)s{named})", {"env": env} | arguments)
+    cursor = conn.execute(f"SELECT * FROM historical_db.{function}(%(env)s{named})", {"env": env} | arguments)
     columns = [d.name for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
@@ -344,49 +349,61 @@ def test_suggest_exact_equals_the_documented_computation(sconn, stored, records,
             assert row[column] == pytest.approx(want[column], rel=1e-4, abs=1e-6), (column, row["config_id"])
 
 
-def test_suggest_k_caps_the_number_of_configs_best_first(sconn, stored, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_k_caps_the_number_of_configs_best_first(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
-    many = _suggest(sconn, env, k=1000, min_runs=1, exact=True)
+    many = _suggest(sconn, env, function, k=1000, min_runs=1, exact=True)
     assert len(many) == many[0]["candidates"] > 10
-    assert _suggest(sconn, env, k=4, min_runs=1, exact=True) == many[:4]
+    assert _suggest(sconn, env, function, k=4, min_runs=1, exact=True) == many[:4]
 
 
+@pytest.mark.parametrize("function", SUGGESTS)
 @pytest.mark.parametrize("neighbours", [10, 200, 1500])
-def test_suggest_neighbours_is_how_many_runs_are_taken_as_evidence(sconn, stored, probe, neighbours) -> None:
-    rows = _suggest(sconn, _env(stored, probe["run_id"]), k=1000, min_runs=1, neighbours=neighbours)
+def test_suggest_neighbours_is_how_many_runs_are_taken_as_evidence(sconn, stored, probe, function,
+                                                                   neighbours) -> None:
+    rows = _suggest(sconn, _env(stored, probe["run_id"]), function, k=1000, min_runs=1, neighbours=neighbours)
     assert sum(r["runs"] for r in rows) == neighbours
 
 
-def test_suggest_min_runs_drops_configs_with_less_evidence(sconn, stored, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_min_runs_drops_configs_with_less_evidence(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
-    every = _suggest(sconn, env, k=1000, min_runs=1, neighbours=100, exact=True)
-    kept = _suggest(sconn, env, k=1000, min_runs=6, neighbours=100, exact=True)
-    assert any(r["runs"] < 6 for r in every)
-    assert [r["config_id"] for r in kept] == [r["config_id"] for r in every if r["runs"] >= 6]
-    assert all(r["candidates"] == len(kept) for r in kept)
+    evidence = EVIDENCE[function]
+    every = _suggest(sconn, env, function, k=1000, min_runs=1, neighbours=300, exact=True)
+    kept = _suggest(sconn, env, function, k=1000, min_runs=6, neighbours=300, exact=True)
+    assert any(r[evidence] < 6 for r in every) and kept
+    assert all(r[evidence] >= 6 and r["candidates"] == len(kept) for r in kept)
+    assert {r["config_id"] for r in kept} == {r["config_id"] for r in every if r[evidence] >= 6}
 
 
-def test_suggest_as_of_uses_only_runs_dated_on_or_before_it(sconn, stored, records, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_as_of_uses_only_runs_dated_on_or_before_it(sconn, stored, records, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     as_of = dt.date(2003, 12, 31)
-    rows = _suggest(sconn, env, k=1000, min_runs=1, as_of=as_of)
+    rows = _suggest(sconn, env, function, k=1000, min_runs=1, neighbours=200, as_of=as_of)
     assert rows and all(dt.date.fromisoformat(records[r["best_run_id"]]["as_of_date"]) <= as_of for r in rows)
     assert sum(r["runs"] for r in rows) == 200
-    assert rows != _suggest(sconn, env, k=1000, min_runs=1)
+    later = _suggest(sconn, env, function, k=1000, min_runs=1, neighbours=200)
+    assert any(dt.date.fromisoformat(records[r["best_run_id"]]["as_of_date"]) > as_of for r in later)
 
 
-def test_suggest_objective_ranks_by_a_nested_outcome_key(sconn, stored, records, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_objective_ranks_by_a_nested_outcome_key(sconn, stored, records, probe, function) -> None:
     env = _env(stored, probe["run_id"])
-    rows = _suggest(sconn, env, k=10, objective="outcome.robustness.worst_third_sharpe", exact=True)
+    rows = _suggest(sconn, env, function, k=10, objective="outcome.robustness.worst_third_sharpe", exact=True)
+    assert rows
     for row in rows:
         assert row["best_objective"] == records[row["best_run_id"]]["outcome"]["robustness"]["worst_third_sharpe"]
-    assert [r["config_id"] for r in rows] != [r["config_id"] for r in _suggest(sconn, env, k=10, exact=True)]
+    by_sharpe = _suggest(sconn, env, function, k=10, exact=True)
+    assert [r["config_id"] for r in rows] != [r["config_id"] for r in by_sharpe]
 
 
-def test_suggest_lower_is_better_ranks_ascending_and_picks_the_lowest_run(sconn, stored, records, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_lower_is_better_ranks_ascending_and_picks_the_lowest_run(sconn, stored, records, probe,
+                                                                          function) -> None:
     env = _env(stored, probe["run_id"])
-    rows = _suggest(sconn, env, k=10, objective="max_drawdown", higher_is_better=False, exact=True)
-    higher = _suggest(sconn, env, k=10, objective="max_drawdown", exact=True)
+    rows = _suggest(sconn, env, function, k=10, objective="max_drawdown", higher_is_better=False, exact=True)
+    higher = _suggest(sconn, env, function, k=10, objective="max_drawdown", exact=True)
     assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
     assert [r["score"] for r in higher] == sorted((r["score"] for r in higher), reverse=True)
     for row in rows:
@@ -395,18 +412,46 @@ def test_suggest_lower_is_better_ranks_ascending_and_picks_the_lowest_run(sconn,
     assert rows[0]["config_id"] != higher[0]["config_id"]
 
 
-def test_suggest_strategy_ids_take_evidence_only_from_those_strategies(sconn, stored, records, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_strategy_ids_take_evidence_only_from_those_strategies(sconn, stored, records, probe,
+                                                                       function) -> None:
     env = _env(stored, probe["run_id"])
-    rows = _suggest(sconn, env, k=1000, min_runs=1, strategy_ids=["EU_EQ_MEAN_REVERSION"])
+    rows = _suggest(sconn, env, function, k=1000, min_runs=1, neighbours=200, strategy_ids=["EU_EQ_MEAN_REVERSION"])
     assert rows and all(r["config_id"].startswith("MEANREV_") for r in rows)
     assert all(records[r["best_run_id"]]["strategy_id"] == "EU_EQ_MEAN_REVERSION" for r in rows)
     assert sum(r["runs"] for r in rows) == 200
 
 
-def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe) -> None:
+@pytest.mark.parametrize("function", SUGGESTS)
+def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     before = _hnsw_scans(sconn, "env")
-    _suggest(sconn, env, exact=True)
+    _suggest(sconn, env, function, exact=True)
     assert _hnsw_scans(sconn, "env") == before
-    _suggest(sconn, env)
+    _suggest(sconn, env, function)
     assert _hnsw_scans(sconn, "env") == before + 1
+
+
+def test_suggest_v2_eligible_configs_restrict_the_candidates_not_the_evidence(sconn, stored, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    every = _suggest(sconn, env, "suggest_configs_v2", k=1000, min_runs=1, exact=True)
+    chosen = [every[-1]["config_id"], every[len(every) // 2]["config_id"]]
+    rows = _suggest(sconn, env, "suggest_configs_v2", k=1000, min_runs=1, exact=True, eligible_configs=chosen)
+    assert sorted(r["config_id"] for r in rows) == sorted(chosen)
+    assert all(r["candidates"] == 2 for r in rows)
+    before = {r["config_id"]: r for r in every}
+    for row in rows:  # the same neighbours are evidence: each config's own figures do not change
+        assert (row["runs"], row["environments"], row["best_run_id"]) == tuple(
+            before[row["config_id"]][c] for c in ("runs", "environments", "best_run_id"))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="eligible_configs must be a non-empty"):
+        _suggest(sconn, env, "suggest_configs_v2", eligible_configs=[])
+
+
+def test_suggest_v2_encoder_version_must_be_the_active_one(sconn, stored, probe) -> None:
+    env = _env(stored, probe["run_id"])
+    active = sconn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+    assert _suggest(sconn, env, "suggest_configs_v2", encoder_version=active) == _suggest(sconn, env,
+                                                                                         "suggest_configs_v2")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
+        _suggest(sconn, env, "suggest_configs_v2", encoder_version=active + 1)
+    assert raised.value.sqlstate == "55000"
