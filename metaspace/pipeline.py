@@ -109,6 +109,8 @@ def import_records(
     import is one transaction: every record is still read and every reject listed, but if there is any,
     nothing lands. Records are streamed, never all held in memory.
     """
+    if batch_size < 1:
+        raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
     summary = ImportSummary()
     reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
     try:
@@ -220,6 +222,8 @@ def embed_runs(
     Writers are serialised by an advisory lock; every batch commits whole, so a killed run loses at most one
     batch and a rerun completes it.
     """
+    if batch_size < 1:
+        raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
     selection = run_store.Selection(parse_date(since, "--since"), (strategy,) if isinstance(strategy, str) else tuple(strategy))

@@ -420,8 +420,6 @@ def test_embed_runs_batch_size_commits_each_batch_on_its_own(imported) -> None:
     assert transactions == 5  # 70 + 70 + 70 + 70 + 20
 
 
-@pytest.mark.xfail(strict=True, reason="embed-runs --batch-size has no lower bound: 0 fits a version, embeds "
-                   "nothing and exits 0 (a nightly job sees success); -5 fails only in PostgreSQL's LIMIT")
 @pytest.mark.parametrize("size", ["0", "-5"])
 def test_embed_runs_batch_size_below_one_is_refused_naming_the_option(imported, size) -> None:
     result = _cli("--database-url", imported, "embed-runs", "--batch-size", size)

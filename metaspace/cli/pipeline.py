@@ -23,7 +23,8 @@ from metaspace.pipeline import embed_runs, import_runs
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--rejects", type=click.Path(dir_okay=False), help="Write each rejected record (line, reason) here, as JSONL.")
 @click.option("--strict", is_flag=True, help="Any invalid record is an error: nothing is imported.")
-@click.option("--batch-size", default=5000, show_default=True, help="Records per transaction.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Records per transaction.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors
 def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: bool, batch_size: int, fmt: str) -> None:
@@ -67,7 +68,8 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
               help="Fit a new encoder version only on runs known by DATE (as_of_date on or before it), so that "
                    "answers as of later dates use no scaling or category learned from after them.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done, change nothing.")
-@click.option("--batch-size", default=5000, show_default=True, help="Runs per transaction.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Runs per transaction.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors
 def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategy: tuple[str, ...], limit: int | None,
