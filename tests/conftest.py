@@ -8,9 +8,12 @@ temporary ``METASPACE_HOME``. Nothing connects at import time. Each test gets it
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -32,7 +35,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """A superuser URL on a server with pgvector, for the whole session."""
     configured = os.environ.get("METASPACE_TEST_DATABASE_URL")
     if configured:
@@ -44,7 +47,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer(PGVECTOR_IMAGE, driver=None) as container:
             yield container.get_connection_url()
         return
-    home = tmp_path_factory.mktemp("metaspace-home")
+    # Not under pytest's basetemp: pytest keeps only the three newest of those, so a second pytest session on
+    # the same machine would delete this session's running server's data directory.
+    home = Path(tempfile.mkdtemp(prefix="metaspace-test-home-"))
     previous = os.environ.get("METASPACE_HOME")
     os.environ["METASPACE_HOME"] = str(home)
     with warnings.catch_warnings():
@@ -56,6 +61,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         embedded.stop()
+        shutil.rmtree(home, ignore_errors=True)
         if previous is None:
             os.environ.pop("METASPACE_HOME", None)
         else:
