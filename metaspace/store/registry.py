@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.names import JOINT_MODEL
+from metaspace.store import sql_encoders
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def active_version(conn: psycopg.Connection) -> int | None:
 
 def register(conn: psycopg.Connection, state: dict[str, Any], fingerprint: str, fitted_on_runs: int, *,
              activate: bool, fit_until: Any = None, fitted_through: Any = None) -> int:
-    """Register a fitted state as a new version (or return the version that already has its fingerprint)."""
+    """Register a fitted state as a new version (or return the version that already has its fingerprint),
+    with the form of its state that the SQL encoders read."""
     existing = conn.execute(
         "SELECT version FROM historical_db.encoder_versions WHERE fingerprint = %s", (fingerprint,)
     ).fetchone()
@@ -66,6 +68,7 @@ def register(conn: psycopg.Connection, state: dict[str, Any], fingerprint: str, 
         (version, JOINT_MODEL, Jsonb(state, dumps=_dumps), fingerprint, fitted_on_runs,
          activate, activate, fit_until, fitted_through),
     )
+    sql_encoders.write(conn, version, state)  # for historical_db.encode_v1 (sql/encode_v1.sql)
     return version
 
 
