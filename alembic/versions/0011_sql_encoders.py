@@ -33,6 +33,7 @@ depends_on = None
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "encode_v1.sql": "b0975fe53c1611f710a1ba84d99f12fb80decbff799c81199a59a87ed0587995",
+    "search_record_v1.sql": "83cc9e61a2dafea4f574be989f4c3eb0cd6bcc6bd4c4057b8e013abae2aea4c8",
 }
 
 
@@ -207,10 +208,13 @@ def upgrade() -> None:
     _derive_registered_versions()
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("encode_v1.sql"))
+    op.execute(_frozen("search_record_v1.sql"))
 
 
 def downgrade() -> None:
     for signature in [
+        "suggest_for_env_v1(jsonb, integer, date, text, boolean, integer, integer, text[], boolean)",
+        "search_record_v1(jsonb, integer, text, date, text[], text[], jsonb, boolean)", "record_as_of_v1(jsonb, date)",
         "encode_v1(text, jsonb, integer)", "encoder_version_v1(integer)",
         "encoder_joint_v1(integer, double precision[], double precision[], double precision[], double precision[], "
         "double precision[], double precision[])",
