@@ -402,3 +402,40 @@ BEGIN
     RETURN joint.z::vector(384);
 END
 $fn$;
+
+-- The four vectors of a stored run as `metaspace embed-runs` writes them (MetaSpace.encode: a missing
+-- branch is an empty one, never imputed), or the field of the first branch that cannot be encoded and why.
+CREATE FUNCTION historical_db.encode_run_v1(
+    of_version integer, config jsonb, env jsonb, outcome jsonb,
+    OUT joint vector, OUT config_vector vector, OUT env_vector vector, OUT outcome_vector vector,
+    OUT field text, OUT reason text
+)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    c record;
+    e record;
+    o record;
+    j record;
+BEGIN
+    SELECT * INTO c FROM historical_db.encoder_branch_v1(of_version, 'config', config);
+    SELECT * INTO e FROM historical_db.encoder_branch_v1(of_version, 'env', env);
+    SELECT * INTO o FROM historical_db.encoder_branch_v1(of_version, 'outcome', outcome);
+    IF coalesce(c.field, e.field, o.field) IS NOT NULL THEN
+        field := coalesce(c.field, e.field, o.field);
+        reason := CASE WHEN c.field IS NOT NULL THEN c.reason WHEN e.field IS NOT NULL THEN e.reason ELSE o.reason END;
+        RETURN;
+    END IF;
+    SELECT * INTO j FROM historical_db.encoder_joint_v1(of_version, c.coords, e.coords, o.coords, c.x, e.x, o.x);
+    IF j.field IS NOT NULL THEN
+        field := j.field;
+        reason := 'the value is too large to encode: its joint vector would not be finite';
+        RETURN;
+    END IF;
+    joint := j.z::vector(384);
+    config_vector := c.z::vector(384);
+    env_vector := e.z::vector(384);
+    outcome_vector := o.z::vector(384);
+END
+$fn$;

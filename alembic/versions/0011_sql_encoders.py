@@ -32,8 +32,9 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "encode_v1.sql": "b0975fe53c1611f710a1ba84d99f12fb80decbff799c81199a59a87ed0587995",
+    "encode_v1.sql": "814ce8f6d8badcfcc6f8094301ff93070e99927621caac2d3d929bf3b2b60b1a",
     "search_record_v1.sql": "83cc9e61a2dafea4f574be989f4c3eb0cd6bcc6bd4c4057b8e013abae2aea4c8",
+    "embed_pending_v1.sql": "27b8a3bf8ff859af01fc93e503626b8a20012fdb502e5a515ffbdf97f3c8819c",
 }
 
 
@@ -209,10 +210,12 @@ def upgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("encode_v1.sql"))
     op.execute(_frozen("search_record_v1.sql"))
+    op.execute(_frozen("embed_pending_v1.sql"))
 
 
 def downgrade() -> None:
     for signature in [
+        "embed_pending_v1(integer)", "encode_run_v1(integer, jsonb, jsonb, jsonb)",
         "suggest_for_env_v1(jsonb, integer, date, text, boolean, integer, integer, text[], boolean)",
         "search_record_v1(jsonb, integer, text, date, text[], text[], jsonb, boolean)", "record_as_of_v1(jsonb, date)",
         "encode_v1(text, jsonb, integer)", "encoder_version_v1(integer)",
