@@ -39,6 +39,7 @@ from sqlalchemy import (
     Double,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -63,7 +64,8 @@ from sqlalchemy.types import TypeEngine
 from metaspace.names import DIMENSION, SCHEMA
 
 __all__ = [
-    "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
+    "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
+    "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
     "RunVector", "engine", "metadata", "neighbours_v1", "search_runs_v1", "suggest_configs_v1", "views",
 ]
 
@@ -217,6 +219,65 @@ class RunCluster(Base):
     run_id: Mapped[str] = mapped_column(Text, ForeignKey("runs.run_id", ondelete="CASCADE"))
     label: Mapped[int] = mapped_column(Integer)
     distance: Mapped[float] = mapped_column(Double)
+
+
+class EncoderBranch(Base):
+    """A registered version's branch as the SQL encoders read it (historical_db.encode_v1): sizes, clip, the
+    joint scale and the imputation. Derived from the version's state; immutable."""
+
+    __tablename__ = "encoder_branches"
+    __table_args__ = (PrimaryKeyConstraint("version", "branch"),)
+
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("encoder_versions.version"))
+    branch: Mapped[str] = mapped_column(Text)
+    n_features: Mapped[int] = mapped_column(Integer)
+    n_coords: Mapped[int] = mapped_column(Integer)
+    clip: Mapped[float] = mapped_column(Double)
+    scale: Mapped[float] = mapped_column(Double)
+    imputation: Mapped[list[float] | None] = mapped_column(ARRAY(Double))
+
+
+class EncoderFeature(Base):
+    """One feature spec of a registered version's branch, in column order, for the SQL encoders."""
+
+    __tablename__ = "encoder_features"
+    __table_args__ = (
+        PrimaryKeyConstraint("version", "branch", "position"),
+        ForeignKeyConstraint(["version", "branch"], ["encoder_branches.version", "encoder_branches.branch"]),
+        Index("encoder_features_key", "version", "branch", "key"),
+    )
+
+    version: Mapped[int] = mapped_column(Integer)
+    branch: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer)
+    first_column: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(Text)
+    list_index: Mapped[int | None] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    transform: Mapped[str | None] = mapped_column(Text)
+    shift: Mapped[float | None] = mapped_column(Double)
+    center: Mapped[float | None] = mapped_column(Double)
+    scale: Mapped[float | None] = mapped_column(Double)
+    mean: Mapped[float | None] = mapped_column(Double)
+    weight: Mapped[float] = mapped_column(Double)
+    flag: Mapped[bool] = mapped_column(Boolean)
+    categories: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    has_missing: Mapped[bool] = mapped_column(Boolean)
+
+
+class EncoderMatrix(Base):
+    """One row of a registered version's linear map (``<branch>.pca``, ``<branch>.embed``, ``joint``) as a
+    pgvector row, with its bias: the SQL encoders' matrix-vector products run in pgvector."""
+
+    __tablename__ = "encoder_matrices"
+    __table_args__ = (PrimaryKeyConstraint("version", "matrix", "row"),)
+
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("encoder_versions.version"))
+    matrix: Mapped[str] = mapped_column(Text)
+    row: Mapped[int] = mapped_column(Integer)
+    weights: Mapped[Any] = mapped_column(VECTOR())
+    bias: Mapped[float] = mapped_column(Double)
 
 
 class _View(DeclarativeBase):
