@@ -105,3 +105,23 @@ def test_bad_inputs_are_refused_with_the_field(sample_db, call: str, message: st
     with connect(sample_db, autocommit=True) as conn, pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
         conn.execute(f"SELECT * FROM {call}")
     assert message in caught.value.diag.message_primary
+
+
+def test_a_reader_login_encodes_searches_and_suggests_but_does_not_embed(server_url, sample_db, sample_history) -> None:
+    from test_roles import _login
+
+    logins = _login(server_url, sample_db, "metaspace_reader")
+    reader_url = next(logins)
+    try:
+        with psycopg.connect(reader_url, autocommit=True) as conn:
+            run = sample_history[11]
+            assert conn.execute("SELECT vector_dims(historical_db.encode_v1('joint', %s))", (Jsonb(run),)
+                                ).fetchone()[0] == 384
+            assert conn.execute("SELECT count(*) FROM historical_db.search_record_v1(%s, 3)", (Jsonb(run),)
+                                ).fetchone()[0] == 3
+            assert conn.execute("SELECT count(*) FROM historical_db.suggest_for_env_v1(%s, 2)", (Jsonb(run["env"]),)
+                                ).fetchone()[0] >= 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM historical_db.embed_pending_v1(10)")
+    finally:
+        next(logins, None)
