@@ -4,7 +4,7 @@ measured in the same run on the same database.
     python benchmarks/bench_sql_encoders.py [--n 20000] [--m 2000] [--sample] [--repeat 300]
 
 - encode_v1 of one env record (median ms), next to a `SELECT 1` round trip and to the Python encoder;
-- suggest_for_env_v1(env jsonb) next to suggest_configs_v1 with the env vector precomputed (the limit);
+- suggest_for_env_v1(env jsonb) next to suggest_configs_v2 with the env vector precomputed (the limit);
 - embed_pending_v1 (batches of 500) next to `metaspace embed-runs` (Python encoders, binary COPY) on as many
   runs, both writing into the HNSW-indexed tables; and the encoding alone (encode_run_v1 over stored runs,
   next to MetaSpace.encode of the same runs in one batch).
@@ -114,8 +114,8 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             python_encode = statistics.median(times) * 1000
             vector = conn.execute("SELECT historical_db.encode_v1('env', %s)", (Jsonb(env),)).fetchone()[0]
-            suggest_args = "4, '2030-01-01', 'sharpe', true, 200, 3, NULL, false"
-            limit = median_ms(conn, f"SELECT * FROM historical_db.suggest_configs_v1(%s, {suggest_args})",  # noqa: S608
+            suggest_args = "4, '2030-01-01', 'sharpe', true, 1000, 3, NULL, false"
+            limit = median_ms(conn, f"SELECT * FROM historical_db.suggest_configs_v2(%s, {suggest_args})",  # noqa: S608
                               (vector,), args.repeat // 3)
             suggest = median_ms(conn, f"SELECT * FROM historical_db.suggest_for_env_v1(%s, {suggest_args})",  # noqa: S608
                                 (Jsonb(env),), args.repeat // 3)
@@ -125,7 +125,7 @@ def main() -> None:
         print(f"encode_v1('env', one env record):          {encode:7.3f} ms median (target <= 2 ms)")
         print(f"encode_v1('joint', one run record):        {joint:7.3f} ms median")
         print(f"Python env encoder, one record (no I/O):   {python_encode:7.3f} ms median")
-        print(f"suggest_configs_v1(precomputed vector):    {limit:7.3f} ms median (the limit)")
+        print(f"suggest_configs_v2(precomputed vector):    {limit:7.3f} ms median (the limit)")
         print(f"suggest_for_env_v1(env jsonb):             {suggest:7.3f} ms median  ratio: {suggest / limit:.2f}x "
               "(target <= 2x)")
         print(f"embed-runs (Python), {args.m} runs:          {python_s:7.2f} s  {args.m / python_s:8.0f} runs/s "

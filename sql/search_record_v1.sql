@@ -48,19 +48,21 @@ END
 $fn$;
 
 -- 2. Configs that worked in environments like a JSON env (a bare env object, or a run record with one),
---    as of a date: suggest_configs_v1 on the env encoded inside the database.
+--    as of a date: suggest_configs_v2 (sql/suggest_v2.sql) on the env encoded inside the database, with
+--    the version it was encoded with.
 CREATE FUNCTION historical_db.suggest_for_env_v1(
     env jsonb, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
-    higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 200, min_runs integer DEFAULT 3,
+    higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 1000, min_runs integer DEFAULT 3,
     strategy_ids text[] DEFAULT NULL, exact boolean DEFAULT false
-) RETURNS SETOF historical_db.config_suggestion_v1
+) RETURNS SETOF historical_db.config_suggestion_v2
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path FROM CURRENT
 AS $fn$
+DECLARE
+    version integer := historical_db.encoder_version_v1(NULL);
 BEGIN
-    RETURN QUERY SELECT * FROM historical_db.suggest_configs_v1(
-        historical_db.encode_v1('env', env, historical_db.encoder_version_v1(NULL)), k,
-        historical_db.record_as_of_v1(env, as_of), objective, higher_is_better, neighbours, min_runs, strategy_ids,
-        exact);
+    RETURN QUERY SELECT * FROM historical_db.suggest_configs_v2(
+        historical_db.encode_v1('env', env, version), k, historical_db.record_as_of_v1(env, as_of), objective,
+        higher_is_better, neighbours, min_runs, strategy_ids, exact, NULL, version);
 END
 $fn$;

@@ -21,8 +21,8 @@ from psycopg.types.json import Jsonb
 from metaspace.encoders import MetaSpace
 from metaspace.encoders.features import fingerprint
 from metaspace.errors import MetaspaceError
+from metaspace.queries import _Encoder, queries_from
 from metaspace.sample import sample_runs
-from metaspace.search import _Encoder, queries_from
 from metaspace.store import registry
 from metaspace.store.connection import connect
 
@@ -232,7 +232,7 @@ def test_a_state_sql_cannot_read_is_registered_and_refused_by_encode_v1(encoders
 def test_versions_registered_before_the_sql_encoders_are_derived_by_the_migration(empty_db, states, spaces) -> None:
     from metaspace.store import migrate
 
-    migrate.upgrade(empty_db, "0009_point_in_time")
+    migrate.upgrade(empty_db, "0010_suggest_v2")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         for version, key in ((1, "golden"), (2, "sample")):
             state = states[key]
@@ -244,6 +244,6 @@ def test_versions_registered_before_the_sql_encoders_are_derived_by_the_migratio
         for version, key in ((1, "golden"), (2, "sample")):
             for run in sample_runs(5, seed=2):
                 _assert_agree(conn, spaces[key], version, run)
-    migrate.downgrade(empty_db, "0009_point_in_time")
+    migrate.downgrade(empty_db, "0010_suggest_v2")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('historical_db.encoder_matrices')").fetchone()[0] is None

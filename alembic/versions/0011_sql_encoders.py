@@ -1,7 +1,7 @@
 """The encoders inside PostgreSQL: encode, search and suggest from any SQL client.
 
 Revision ID: 0011_sql_encoders
-Revises: 0009_point_in_time
+Revises: 0010_suggest_v2
 
 - ``encoder_branches``, ``encoder_features``, ``encoder_matrices``: the fitted state of each registered
   encoder version in a form SQL reads (statistics per feature, the linear maps as pgvector rows). The
@@ -24,7 +24,7 @@ import numpy as np
 from alembic import context, op
 
 revision = "0011_sql_encoders"
-down_revision = "0009_point_in_time"
+down_revision = "0010_suggest_v2"
 branch_labels = None
 depends_on = None
 
@@ -32,8 +32,8 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "encode_v1.sql": "814ce8f6d8badcfcc6f8094301ff93070e99927621caac2d3d929bf3b2b60b1a",
-    "search_record_v1.sql": "83cc9e61a2dafea4f574be989f4c3eb0cd6bcc6bd4c4057b8e013abae2aea4c8",
+    "encode_v1.sql": "f5d640b0161fc74d399fb5b4468c01d2d93a8023c3eebaaa922d395b377c6de9",
+    "search_record_v1.sql": "68d8042f7d159001ed52f1715053e0f5994590599932b52235ab3ad1194ad629",
     "embed_pending_v1.sql": "27b8a3bf8ff859af01fc93e503626b8a20012fdb502e5a515ffbdf97f3c8819c",
 }
 

@@ -349,7 +349,7 @@ BEGIN
     v := historical_db.encoder_version_v1(encoder_version);
     IF space <> 'joint' THEN
         -- A bare branch object is that branch; a run record (run_id, as_of_date or the branch as an object)
-        -- gives its branch (metaspace.search._as_record).
+        -- gives its branch (metaspace.queries._as_record).
         IF record ? 'as_of_date' OR record ? 'run_id' OR jsonb_typeof(record -> space) = 'object' THEN
             given := record -> space;
         ELSE
