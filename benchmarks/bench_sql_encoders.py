@@ -91,15 +91,17 @@ def main() -> None:
                 embedded += done
             sql_s = time.perf_counter() - started
             conn.execute("ANALYZE")
-            started = time.perf_counter()
-            conn.execute("SELECT count(e.field) FROM (SELECT * FROM historical_db.runs ORDER BY run_id LIMIT %s) r "
-                         "CROSS JOIN LATERAL historical_db.encode_run_v1(%s, r.config, r.env, r.outcome) e",
-                         (args.m, python.version)).fetchone()
-            sql_encode_s = time.perf_counter() - started
-            stored = [run for run in sorted(runs, key=lambda run: run["run_id"])[:args.m]]
-            started = time.perf_counter()
-            load_space(conn, python.version).encode(stored)
-            python_encode_s = time.perf_counter() - started
+            sql_encode_s = python_encode_s = float("inf")  # the best of three: the machine is shared
+            stored = sorted(runs, key=lambda run: run["run_id"])[:args.m]
+            for _ in range(3):
+                started = time.perf_counter()
+                conn.execute("SELECT count(e.field) FROM (SELECT * FROM historical_db.runs ORDER BY run_id "
+                             "LIMIT %s) r CROSS JOIN LATERAL historical_db.encode_run_v1(%s, r.config, r.env, "
+                             "r.outcome) e", (args.m, python.version)).fetchone()
+                sql_encode_s = min(sql_encode_s, time.perf_counter() - started)
+                started = time.perf_counter()
+                load_space(conn, python.version).encode(stored)
+                python_encode_s = min(python_encode_s, time.perf_counter() - started)
 
             env = runs[7]["env"]
             version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
@@ -130,7 +132,7 @@ def main() -> None:
               "(target <= 2x)")
         print(f"embed-runs (Python), {args.m} runs:          {python_s:7.2f} s  {args.m / python_s:8.0f} runs/s "
               f"({python.embedded} embedded)")
-        print(f"encoding only, {args.m} runs: Python MetaSpace.encode {args.m / python_encode_s:8.0f} runs/s, "
+        print(f"encoding only, {args.m} runs (best of 3): Python MetaSpace.encode {args.m / python_encode_s:8.0f} runs/s, "
               f"SQL encode_run_v1 {args.m / sql_encode_s:8.0f} runs/s  ratio: {sql_encode_s / python_encode_s:.1f}x")
         print(f"embed_pending_v1 (SQL), {embedded} runs:       {sql_s:7.2f} s  {embedded / sql_s:8.0f} runs/s  "
               f"ratio: {sql_s / python_s:.2f}x the Python path's time")
