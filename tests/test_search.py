@@ -252,7 +252,7 @@ def test_functions_pin_search_path_and_are_stable(sconn) -> None:
                                     "neighbours_v2", "store_run_v2", "query_version_v2"}
     for name, config, volatility, parallel in rows:
         assert any(c.startswith("search_path=pg_catalog,") for c in config or []), name
-        if name.startswith("store_run_v"):  # the online writer: volatile, and never run in a parallel worker
+        if name.startswith(("store_run_v", "embed_pending_v")):  # writers: volatile, never in a parallel worker
             assert volatility == "v" and parallel == "u", name
         else:
             assert volatility in ("s", "i") and parallel == "s", name
