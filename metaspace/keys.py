@@ -55,10 +55,10 @@ def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool =
                              "env.realized_vol or config.rebalance")
     else:
         dotted = key
-    seen = branch_keys(conn, branch)
     path = tuple(dotted.split("."))
-    if (seen[dotted] if numeric else dotted in seen) or run_store.key_exists(conn, branch, list(path), numeric):
+    if run_store.key_exists(conn, branch, list(path), numeric):  # stops at the first run that has it
         return Key(branch, path)
+    seen = branch_keys(conn, branch)
     candidates = [k for k, n in seen.items() if n or not numeric]
     if not candidates:
         raise MetaspaceError(f"{option} {key!r}: the stored runs have no {'numeric ' if numeric else ''}"

@@ -242,7 +242,7 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
             yield Answer(query, rows, [*notes, note] if note else notes)
 
 
-def _many(value: Any, kind: str) -> tuple[bool, list[Any]]:
+def _many(value: Any) -> tuple[bool, list[Any]]:
     """(whether a batch was given, its items): a list of runs ids or objects is a batch, one answer each."""
     batch = isinstance(value, (list, tuple))
     return batch, list(value) if batch else [value]
@@ -286,7 +286,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
             filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
             rows = search_store.search(conn, np.asarray(vector, dtype=np.float32), k, target, filters, exact)
         return _rows_or_frame(rows, as_frame)
-    batch, items = _many(given[kind], kind)
+    batch, items = _many(given[kind])
     queries = queries_from(kind, [(f"{kind}[{i}]" if batch else kind, item) for i, item in enumerate(items)],
                            space=space, as_of=as_of)
     answers = search_many(queries, k=k, strategy=strategy, config_id=config_id, scope=scope, exact=exact,
@@ -319,7 +319,7 @@ def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_bet
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
     deflated confidence (README, "suggest_configs_v2"); the same options as ``metaspace suggest``. ``env``
     may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
-    batch, items = _many(env, "env")
+    batch, items = _many(env)
     queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],
                            space="env", as_of=as_of)
     answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
