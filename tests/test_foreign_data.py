@@ -286,3 +286,16 @@ def test_an_encoder_fitted_on_huge_numbers_loads_back_from_the_registry(db_url: 
         forget_space(conn, 1)
     assert metaspace.search(run="good-00003", k=3, database_url=db_url)[0]["run_id"] != "good-00003"
     pipeline.embed_run(dict(records[0], run_id="online"), database_url=db_url)
+
+
+def test_embed_run_leaves_committing_to_a_callers_transaction(db_url: str) -> None:
+    pipeline.import_records((("mem", i, r) for i, r in enumerate(_good(40))), database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    with connect(db_url) as conn:
+        pipeline.embed_run(_good(1, start=800)[0], conn=conn)  # warm: the version is looked up here
+        conn.commit()
+        pipeline.embed_run(_good(1, start=801)[0], conn=conn)  # warm: no lookup before the write
+        conn.rollback()  # the caller changes its mind: nothing of that run may stay
+        stored = {row[0] for row in conn.execute(
+            "SELECT run_id FROM historical_db.runs WHERE run_id IN ('good-00800', 'good-00801')")}
+    assert stored == {"good-00800"}

@@ -134,8 +134,12 @@ def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, 
               vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
     """One run and its four vectors in one statement (sql/store_run_v2.sql): the online path."""
     joint = vectors["joint"]
+    if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        # The caller's connection leaves committing to the caller: open its transaction first, so that the
+        # block below is a savepoint (a refusal rolls back to it) and never a commit of its own.
+        conn.execute("SELECT 1")
     try:
-        with conn.transaction():  # a savepoint when the caller's connection is inside a transaction
+        with conn.transaction():  # a savepoint inside the caller's transaction; a transaction in autocommit
             conn.execute(
                 "SELECT historical_db.store_run_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
