@@ -33,13 +33,21 @@ BEGIN
         END IF;
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_reader') THEN
-        -- The online write path is the writer's alone.
-        REVOKE EXECUTE ON FUNCTION
-            historical_db.store_run_v1(jsonb, text, integer, text, vector, vector, vector, vector, bytea)
-            FROM metaspace_reader;
+        -- The functions that write are the writer's alone (whichever of them exist when this file runs:
+        -- an administrator may rerun it after later revisions).
+        FOR name IN SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                    WHERE n.nspname = 'historical_db' AND p.proname ~ '^(store_run|embed_pending)_v[0-9]+$' LOOP
+            EXECUTE 'REVOKE EXECUTE ON FUNCTION ' || name || ' FROM metaspace_reader';
+        END LOOP;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_writer') THEN
         EXECUTE 'GRANT INSERT, UPDATE, DELETE ON ' || tables || ' TO metaspace_writer';
+        -- A fit registers the SQL form of its state too (tables of later revisions, when they exist).
+        FOR name IN SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'historical_db' AND c.relkind = 'r'
+                      AND c.relname IN ('encoder_branches', 'encoder_features', 'encoder_matrices') LOOP
+            EXECUTE 'GRANT SELECT, INSERT ON ' || name || ' TO metaspace_writer';
+        END LOOP;
         GRANT INSERT ON historical_db.encoder_versions TO metaspace_writer;
         GRANT UPDATE (is_active, activated_at) ON historical_db.encoder_versions TO metaspace_writer;
         GRANT USAGE ON ALL SEQUENCES IN SCHEMA historical_db TO metaspace_writer;

@@ -90,3 +90,19 @@ def test_a_reader_login_cannot_write_and_is_told_what_to_grant(reader_url: str, 
     assert "Traceback" not in result.output
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         metaspace.embed_run(dict(sample_history[0], run_id="new-run"), database_url=reader_url)
+
+
+def test_rerunning_the_roles_file_keeps_the_write_functions_the_writers_alone(db_url: str) -> None:
+    """The README tells an administrator to rerun sql/roles_v2.sql (e.g. after creating the roles by hand)."""
+    from metaspace.store.sqlfiles import read_sql
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(read_sql("roles_v2.sql"))
+        granted = dict(conn.execute(
+            "SELECT p.proname, has_function_privilege('metaspace_reader', p.oid, 'EXECUTE') FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'historical_db' "
+            "AND p.proname IN ('store_run_v2', 'embed_pending_v1', 'search_runs_v2', 'encode_v1')").fetchall())
+        writer_fits = conn.execute("SELECT has_table_privilege('metaspace_writer', 'historical_db.encoder_features', "
+                                   "'INSERT')").fetchone()[0]
+    assert granted == {"store_run_v2": False, "embed_pending_v1": False, "search_runs_v2": True, "encode_v1": True}
+    assert writer_fits

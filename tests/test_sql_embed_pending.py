@@ -120,3 +120,16 @@ def test_a_table_converted_from_float32_bytes_gets_them_from_embed_pending_too(e
                             "WHERE encoder_version IS NOT NULL").fetchall()
     assert len(rows) == 40
     assert all(bytes(blob) == vector.to_numpy().astype("<f4").tobytes() for vector, blob in rows)
+
+
+def test_embed_pending_stages_in_its_own_temporary_table_not_one_planted_in_public(fitted_db: str) -> None:
+    """An unqualified name would find public.embed_pending_rows first (search_path lists pg_temp last): a table
+    (with a trigger) planted there by any login could see, keep or act on a writer's rows."""
+    with psycopg.connect(fitted_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.embed_pending_rows (LIKE historical_db.runs)")
+        try:
+            embedded = conn.execute("SELECT embedded FROM historical_db.embed_pending_v1(20)").fetchone()[0]
+            planted = conn.execute("SELECT count(*) FROM public.embed_pending_rows").fetchone()[0]
+        finally:
+            conn.execute("DROP TABLE public.embed_pending_rows")
+    assert embedded > 0 and planted == 0

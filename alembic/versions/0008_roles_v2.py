@@ -24,7 +24,7 @@ depends_on = None
 # This revision's own copies of the SQL it installs, as released (alembic/versions/frozen/); the tests check
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
-    "roles_v2.sql": "011fb957b3eccb70f1efe173c08a99f892307f0aff9ed13d45fa120365f7c885",
+    "roles_v2.sql": "e1cbb5dabe9bd93c89d98649770425e29e7d97041fd823fdfd457349a028b8dd",
 }
 
 

@@ -67,9 +67,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     if not (context.is_offline_mode() or context.config.attributes.get("allow_data_loss")):
         kept = op.get_bind().exec_driver_sql(
-            "SELECT count(*) FROM historical_db.encoder_versions WHERE fit_until IS NOT NULL").scalar()
+            "SELECT count(*) FROM historical_db.encoder_versions "
+            "WHERE fit_until IS NOT NULL OR fitted_through IS NOT NULL").scalar()
         if kept:
-            raise RuntimeError(f"{kept} encoder version(s) record a fit_until date that this downgrade would drop; "
+            raise RuntimeError(f"{kept} encoder version(s) record what they were fitted on (fit_until, fitted_through), which this downgrade would drop; "
                                "pass --allow-data-loss to metaspace migrate")
     op.execute("DROP FUNCTION historical_db.store_run_v2(jsonb, text, integer, text, vector, vector, vector, vector, "
                "bytea)")

@@ -34,7 +34,7 @@ FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "encode_v1.sql": "f5d640b0161fc74d399fb5b4468c01d2d93a8023c3eebaaa922d395b377c6de9",
     "search_record_v1.sql": "68d8042f7d159001ed52f1715053e0f5994590599932b52235ab3ad1194ad629",
-    "embed_pending_v1.sql": "27b8a3bf8ff859af01fc93e503626b8a20012fdb502e5a515ffbdf97f3c8819c",
+    "embed_pending_v1.sql": "b8994817e4f7dcded426e9aef58202a2f82549b2da3720038caf1b280acea94f",
 }
 
 

@@ -42,8 +42,8 @@ BEGIN
         run_id text, config_id text, strategy_id text, as_of_date date, record_sha256 text, joint vector,
         config vector, env vector, outcome vector, field text, reason text
     ) ON COMMIT DELETE ROWS;
-    TRUNCATE embed_pending_rows;
-    INSERT INTO embed_pending_rows
+    TRUNCATE pg_temp.embed_pending_rows;
+    INSERT INTO pg_temp.embed_pending_rows
     SELECT p.run_id, p.config_id, p.strategy_id, p.as_of_date, p.record_sha256, e.joint, e.config_vector,
            e.env_vector, e.outcome_vector, e.field, e.reason
     FROM (SELECT r.* FROM historical_db.runs r
@@ -67,7 +67,7 @@ BEGIN
                (SELECT string_agg(substr(b, 4 * i + 8, 1) || substr(b, 4 * i + 7, 1) || substr(b, 4 * i + 6, 1)
                                   || substr(b, 4 * i + 5, 1), ''::bytea ORDER BY i)
                 FROM (SELECT vector_send(s.joint) AS b) v, generate_series(0, 383) i)
-        FROM embed_pending_rows s WHERE s.field IS NULL
+        FROM pg_temp.embed_pending_rows s WHERE s.field IS NULL
         ON CONFLICT (joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version)
             WHERE encoder_version IS NOT NULL DO NOTHING;
     ELSE
@@ -77,7 +77,7 @@ BEGIN
                jsonb_build_object('run_id', s.run_id, 'config_id', s.config_id, 'strategy_id', s.strategy_id,
                                   'source', 'meta-config-env'),
                'joint-meta-config-env-v1', s.joint, target
-        FROM embed_pending_rows s WHERE s.field IS NULL
+        FROM pg_temp.embed_pending_rows s WHERE s.field IS NULL
         ON CONFLICT (joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version)
             WHERE encoder_version IS NOT NULL DO NOTHING;
     END IF;
@@ -86,13 +86,13 @@ BEGIN
         (run_id, branch, encoder_version, model_id, as_of_date, strategy_id, config_id, vector)
     SELECT s.run_id, b.branch, target, b.model_id, s.as_of_date, s.strategy_id, s.config_id,
            CASE b.branch WHEN 'config' THEN s.config WHEN 'env' THEN s.env ELSE s.outcome END
-    FROM embed_pending_rows s
+    FROM pg_temp.embed_pending_rows s
     CROSS JOIN (VALUES ('config', 'num-config-core-v1'), ('env', 'num-env-core-v1'),
                        ('outcome', 'num-outcome-core-v1')) AS b (branch, model_id)
     WHERE s.field IS NULL
     ON CONFLICT (run_id, branch, encoder_version) DO NOTHING;
     INSERT INTO historical_db.embedding_quarantine (run_id, encoder_version, field, reason, record_sha256)
-    SELECT s.run_id, target, s.field, s.reason, s.record_sha256 FROM embed_pending_rows s WHERE s.field IS NOT NULL
+    SELECT s.run_id, target, s.field, s.reason, s.record_sha256 FROM pg_temp.embed_pending_rows s WHERE s.field IS NOT NULL
     ON CONFLICT (run_id, encoder_version) DO UPDATE SET field = excluded.field, reason = excluded.reason,
         record_sha256 = excluded.record_sha256, quarantined_at = now();
     GET DIAGNOSTICS quarantined = ROW_COUNT;
