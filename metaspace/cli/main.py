@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 
 import click
-from click.utils import make_default_short_help
 
 from metaspace.cli.common import database_url_option
 
@@ -73,9 +72,23 @@ class LazyGroup(click.Group):
                     continue
                 rows.append((name, command.get_short_help_str(limit)))
             else:
-                rows.append((name, make_default_short_help(self.lazy_commands[name][1], limit)))
+                rows.append((name, _shortened(self.lazy_commands[name][1], limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _shortened(summary: str, limit: int) -> str:
+    """The summary cut at a word to fit ``limit`` with an ellipsis, as click cuts a command's own help."""
+    if len(summary) <= limit:
+        return summary
+    words = summary.split()
+    kept = ""
+    for word in words:
+        longer = f"{kept} {word}" if kept else word
+        if len(longer) + 3 > limit:
+            break
+        kept = longer
+    return f"{kept}..."
 
 
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
