@@ -77,12 +77,14 @@ def main() -> None:
 
     import psycopg
 
+    import metaspace
     from metaspace.queries import _Encoder, queries_from
     from metaspace.sample import sample_runs
     from metaspace.store import search as search_store
     from metaspace.store.connection import connection, resolve_url
 
     url = resolve_url(None)
+    metaspace.migrate(database_url=url)  # a history built by an older metaspace is brought to head
     with psycopg.connect(url) as conn:
         has_runs = conn.execute("SELECT to_regclass('historical_db.runs') IS NOT NULL").fetchone()[0] and \
             conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0]

@@ -82,10 +82,12 @@ def main() -> None:
 
     import psycopg
 
+    import metaspace
     from metaspace.store import embedded
     from metaspace.store.prewarm import prewarm_hnsw
 
     url = embedded.start(DATABASE)
+    metaspace.migrate(database_url=url)  # a history built by an older metaspace is brought to head
     with psycopg.connect(url) as conn:
         built = conn.execute("SELECT to_regclass('historical_db.runs') IS NOT NULL").fetchone()[0]
     if not built:

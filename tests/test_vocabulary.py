@@ -91,6 +91,13 @@ def test_help_lists_every_command_without_importing_numpy_or_the_driver() -> Non
         assert f"  {name} " in out, f"metaspace --help does not list {name}"
 
 
+def test_searching_by_stored_run_loads_neither_numpy_nor_the_encoders() -> None:
+    code = ("import sys, metaspace.cli.search, metaspace.queries, metaspace.store.search\n"
+            "print([m for m in ('numpy', 'metaspace.encoders', 'metaspace.fitted') if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def test_the_command_summaries_in_the_lazy_list_are_the_commands_own() -> None:
     from metaspace.cli.main import COMMANDS
 
