@@ -3,7 +3,8 @@ environments like this one), as of a date. Thin callers of the SQL functions; na
 ``metaspace.search`` is the function.
 
 Inputs (a stored run, an env, a config, a whole or partial run record) are encoded here with the active
-encoder version; the nearest-neighbour work, the as-of filter and the ranking happen in PostgreSQL.
+encoder version; the nearest-neighbour work, the as-of filter and the ranking happen in PostgreSQL. The
+encoders (and numpy) are imported only when a record must be encoded: a search by stored run needs neither.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from metaspace import keys
-from metaspace.encoders import EncodingError, SchemaDriftWarning
-from metaspace.encoders.features import flatten
 from metaspace.errors import MetaspaceError, VersionChanged
-from metaspace.fitted import load_space
 from metaspace.names import BRANCHES, SPACES
 from metaspace.records import parse_date
 from metaspace.store import registry
 from metaspace.store import search as search_store
 from metaspace.store.connection import connection
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("run", "record", "env", "config", "outcome")
 MATCH_COLUMNS = search_store.MATCH_COLUMNS
@@ -137,12 +135,16 @@ class _Encoder:
     """Encodes query records with the active version, imputing branches a joint query does not give."""
 
     def __init__(self, conn):
+        from metaspace.fitted import load_space
+
         self.conn = conn
         self.version = active_version(conn)
         self.space = load_space(conn, self.version)
         self.fitted_through = _fitted_through(conn, self.version)
 
     def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:
+        from metaspace.encoders import EncodingError, SchemaDriftWarning
+
         record = query.value
         given = [b for b in BRANCHES if isinstance(record.get(b), Mapping) and record.get(b)]
         needed = BRANCHES if query.space == "joint" else (query.space,)
@@ -172,6 +174,8 @@ class _Encoder:
         return joint, notes
 
     def _notes(self, query: Query, record: Mapping, given: list[str], missing: list[str]) -> list[str]:
+        from metaspace.encoders.features import flatten
+
         notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the runs encoder version "
                  f"{self.version} was fitted on" for b in missing]
         for branch in given if query.space == "joint" else [query.space]:
@@ -284,7 +288,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
         target = check_space(space or "joint")
         with connection(database_url, autocommit=True) as conn:
             filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
-            rows = search_store.search(conn, np.asarray(vector, dtype=np.float32), k, target, filters, exact)
+            rows = search_store.search(conn, vector, k, target, filters, exact)
         return _rows_or_frame(rows, as_frame)
     batch, items = _many(given[kind])
     queries = queries_from(kind, [(f"{kind}[{i}]" if batch else kind, item) for i, item in enumerate(items)],
@@ -299,6 +303,8 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                  database_url: str | None = None) -> Iterator[Answer]:
     """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
     ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``."""
+    from metaspace import keys
+
     with connection(database_url, autocommit=True) as conn:
         key = keys.resolve(conn, objective, branch="outcome", option="objective")
         encoder = _Encoder(conn)
@@ -330,5 +336,7 @@ def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_bet
 
 def optuna_params(suggestion: Mapping[str, Any]) -> dict[str, Any]:
     """A suggestion's config as the flat parameter dict ``study.enqueue_trial`` takes (dotted names)."""
+    from metaspace.encoders.features import flatten
+
     return {name: value for name, value in flatten(suggestion.get("config") or {}).items()
             if not isinstance(value, list)}

@@ -69,7 +69,7 @@ def test_db_commands_manage_an_embedded_server(tmp_path: Path) -> None:
     started = run("db", "start", env=env)
     assert started.exit_code == 0, started.output
     url = run("db", "url", env=env).output.strip()
-    assert url == started.output.strip()
+    assert url == started.stdout.strip()
     status = json.loads(run("db", "status", "--format", "json", env=env).output)
     assert status["running"] and status["pid"]
     assert status["pg_stat_statements"] is True and status["pg_prewarm"] is True

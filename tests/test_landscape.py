@@ -169,7 +169,9 @@ def test_demo_runs_the_tour_on_an_empty_database(db_url: str, tmp_path: Path) ->
 
 def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
     found = {}
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         found[f"{prefix}{name}"] = command
         if isinstance(command, click.Group):
             found.update(_commands(command, f"{prefix}{name} "))

@@ -33,7 +33,8 @@ def _function(name: str):
 
 
 def _commands() -> list[tuple[str, click.Command]]:
-    return [(name, command) for name, command in cli.commands.items() if name not in NOT_PYTHON]
+    ctx = click.Context(cli)
+    return [(name, cli.get_command(ctx, name)) for name in cli.list_commands(ctx) if name not in NOT_PYTHON]
 
 
 def test_every_command_has_a_python_function() -> None:
@@ -42,7 +43,7 @@ def test_every_command_has_a_python_function() -> None:
 
 @pytest.mark.parametrize("name", [name for name, _ in _commands()])
 def test_every_option_is_a_python_keyword_with_the_same_default(name: str) -> None:
-    command = cli.commands[name]
+    command = cli.get_command(click.Context(cli), name)
     signature = inspect.signature(_function(FUNCTIONS[name]))
     for param in command.params:
         if param.name in CLI_ONLY:
@@ -78,6 +79,31 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
     code = f"import sys, metaspace.cli; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_help_lists_every_command_without_importing_numpy_or_the_driver() -> None:
+    code = ("import sys\nfrom metaspace.cli import main\nsys.argv = ['metaspace', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('numpy', 'psycopg', 'metaspace.cli.search', 'metaspace.store') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    for name in cli.list_commands(click.Context(cli)):
+        assert f"  {name} " in out, f"metaspace --help does not list {name}"
+
+
+def test_searching_by_stored_run_loads_neither_numpy_nor_the_encoders() -> None:
+    code = ("import sys, metaspace.cli.search, metaspace.queries, metaspace.store.search\n"
+            "print([m for m in ('numpy', 'metaspace.encoders', 'metaspace.fitted') if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_the_command_summaries_in_the_lazy_list_are_the_commands_own() -> None:
+    from metaspace.cli.main import COMMANDS
+
+    ctx = click.Context(cli)
+    for name, (_, summary) in COMMANDS.items():
+        assert cli.get_command(ctx, name).get_short_help_str(limit=10_000) == summary, name
 
 
 def test_the_schema_check_reads_the_revision_chain_alembic_reads() -> None:

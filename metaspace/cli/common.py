@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from metaspace.errors import MetaspaceError
-from metaspace.store.connection import DATABASE_ERRORS, describe_error
 
 
 def _store_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -53,8 +52,13 @@ def domain_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except MetaspaceError as exc:
             raise click.ClickException(str(exc)) from exc
-        except DATABASE_ERRORS as exc:
-            raise click.ClickException(describe_error(exc)) from exc
+        except Exception as exc:
+            # Imported here, on the error path: the store's driver is not loaded by commands that never use it.
+            from metaspace.store.connection import DATABASE_ERRORS, describe_error
+
+            if isinstance(exc, DATABASE_ERRORS):
+                raise click.ClickException(describe_error(exc)) from exc
+            raise
 
     return wrapper
 

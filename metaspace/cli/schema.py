@@ -62,13 +62,26 @@ def db_status(fmt: str) -> None:
 
 @db.command("start")
 def db_start() -> None:
-    """Start the embedded server (or find it running) and print its URL.
+    """Start the embedded server (or find it running), warm its HNSW indexes, and print its URL.
+
+    The HNSW graphs of the metaspace database are read into shared buffers with pg_prewarm, so the
+    first searches after a restart run at warm speed; what was warmed goes to stderr, the URL to stdout.
 
     \b
     Example:
         metaspace db start
+        psql "$(metaspace db start)"
     """
-    click.echo(redact(_embedded().start()))
+    url = _embedded().start()
+    from metaspace.store.prewarm import prewarm_hnsw
+
+    warmed = prewarm_hnsw(url)
+    for index, blocks in warmed.indexes.items():
+        size = blocks * warmed.block_size / 1024 / 1024
+        click.echo(f"warmed {index}: {blocks:,} blocks ({size:,.1f} MB) into shared buffers", err=True)
+    if warmed.note:
+        click.echo(f"{warmed.database}: {warmed.note}", err=True)
+    click.echo(redact(url))
 
 
 @db.command("stop")

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import platformdirs
-import psutil
-
 DATABASE_NAME = "metaspace"
 CONF_FILE = "metaspace.conf"
 # The major version of the server in the wheel: a data directory of another major needs a dump and restore.
@@ -36,7 +33,12 @@ class EmbeddedServerError(RuntimeError):
 def home() -> Path:
     """The folder that holds metaspace's own data: ``METASPACE_HOME`` or the per-user data folder."""
     configured = os.environ.get("METASPACE_HOME")
-    path = Path(configured) if configured else Path(platformdirs.user_data_dir("metaspace"))
+    if configured:
+        path = Path(configured)
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("metaspace"))
     return path.expanduser().resolve()
 
 
@@ -54,7 +56,10 @@ def tuned_settings(total_memory: int | None = None, cores: int | None = None) ->
     A 1M-vector HNSW graph of 384 dimensions is about 2 GB: it must stay in shared buffers or the
     page cache for millisecond queries, and an index build wants it in ``maintenance_work_mem``.
     """
-    total_memory = total_memory or psutil.virtual_memory().total
+    if total_memory is None:
+        import psutil
+
+        total_memory = psutil.virtual_memory().total
     cores = cores or os.cpu_count() or 1
     shared_buffers = min(max(total_memory // 4, 128 * _MB), 16 * 1024 * _MB)
     maintenance = min(max(total_memory // 8, 64 * _MB), 8 * 1024 * _MB)
@@ -205,12 +210,43 @@ def _ensure_database(server_url: str, name: str, fresh: bool) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+def _ready_socket(data_dir: Path) -> str | None:
+    """The socket folder of a server that is up and ready on ``data_dir``, read from its ``postmaster.pid``
+    (PostgreSQL's documented lines: pid, data folder, start time, port, socket folder, listen address,
+    shared memory key, status) without loading the wheel: a command on a running server starts at once.
+    None when the file, the process or the socket is missing, or the server is not ready."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), lines[3].strip(), lines[4].strip(), lines[7].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass
+    except OSError:
+        return None
+    if status != "ready" or not socket_dir or not Path(socket_dir, f".s.PGSQL.{port}").exists():
+        return None
+    return socket_dir
+
+
+def _uri(socket_dir: str, database: str) -> str:
+    """The wheel's form of a URL (``PostmasterInfo.get_uri``): user postgres over the Unix socket."""
+    return f"postgresql://postgres:@/{database}?host={socket_dir}"
+
+
 def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
     """Start (or reuse) the embedded server and return the URL of one of its databases (``metaspace`` by
     default; created if missing, or dropped and created again with ``fresh``)."""
-    server = _running(pgdata())
-    _ensure_database(server.get_uri(), database, fresh)
-    return server.get_uri(database=database)
+    data_dir = pgdata()
+    socket_dir = _ready_socket(data_dir)
+    if socket_dir is None:
+        server = _running(data_dir)
+        _ensure_database(server.get_uri(), database, fresh)
+        return server.get_uri(database=database)
+    _ensure_database(_uri(socket_dir, "postgres"), database, fresh)
+    return _uri(socket_dir, database)
 
 
 def _probe(server_url: str) -> dict[str, object]:

@@ -10,7 +10,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.names import JOINT_MODEL
-from metaspace.store import sql_encoders
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,8 @@ def register(conn: psycopg.Connection, state: dict[str, Any], fingerprint: str, 
         (version, JOINT_MODEL, Jsonb(state, dumps=_dumps), fingerprint, fitted_on_runs,
          activate, activate, fit_until, fitted_through),
     )
+    from metaspace.store import sql_encoders  # numpy, here only: a search by stored run never registers
+
     sql_encoders.write(conn, version, state)  # for historical_db.encode_v1 (sql/encode_v1.sql)
     return version
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.errors import MetaspaceError, VersionChanged
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
@@ -42,6 +44,13 @@ def _call(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> l
         raise MetaspaceError(f"{exc.diag.message_primary}{hint}") from None
 
 
+def _float32(vector: Any) -> np.ndarray:
+    """A query vector as float32, numpy imported here: a search by stored run never needs it."""
+    import numpy as np
+
+    return np.asarray(vector, dtype=np.float32)
+
+
 def _matches(rows: list[tuple]) -> list[dict[str, Any]]:
     return [dict(zip(MATCH_COLUMNS, row)) | {"as_of_date": row[3].isoformat()} for row in rows]
 
@@ -54,7 +63,7 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
         conn,
         "SELECT * FROM historical_db.search_runs_v2(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s, %(version)s)",
-        {"q": np.asarray(vector, dtype=np.float32), "k": k, "space": space, "exact": exact, "version": version}
+        {"q": _float32(vector), "k": k, "space": space, "exact": exact, "version": version}
         | filters.params(),
     )
     return _matches(rows)
@@ -80,7 +89,7 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
         conn,
         "SELECT * FROM historical_db.suggest_configs_v2(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
         "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s)",
-        {"env": np.asarray(env, dtype=np.float32), "k": k, "as_of": as_of, "objective": objective,
+        {"env": _float32(env), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
          "strategies": list(strategies) or None, "exact": exact, "version": encoder_version},
     )
