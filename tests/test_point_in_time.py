@@ -198,3 +198,34 @@ def test_an_online_write_racing_an_activation_leaves_no_old_version_rows(db_url:
         left += conn.execute("SELECT count(*) FROM historical_db.branch_embeddings WHERE encoder_version = %s",
                              (old,)).fetchone()[0]
     assert left == 0
+
+
+def test_an_import_still_uncommitted_while_embed_writes_leaves_no_stale_vector(db_url: str) -> None:
+    """The import's change is not visible to embed until it commits: embed must wait for it, not write the
+    old record's vectors beside it."""
+    records = sample_runs(40, seed=12)
+    pipeline.import_records((("h", i, r) for i, r in enumerate(records)), database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    late = dict(records[0], run_id="late-run-2")
+    pipeline.import_records([("h", 1, late)], database_url=db_url)
+    importer = connect(db_url)
+    importer.execute("SELECT 1")  # the import's transaction is open: its batch is a savepoint inside it
+    run_store.upsert_runs(importer, [validate(dict(late, env={**late["env"], "realized_vol": 9.99}))])
+    embedded = threading.Thread(target=lambda: pipeline.embed_runs(database_url=db_url))
+    embedded.start()  # it read the old record; the import has not committed yet
+    with connect(db_url, autocommit=True) as watcher:
+        for _ in range(200):
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = "
+                "'Lock' AND pid <> %s", (importer.info.backend_pid,)).fetchone()[0]
+            if waiting:
+                break
+            threading.Event().wait(0.05)
+    importer.commit()
+    importer.close()
+    embedded.join()
+    assert waiting, "embed should wait for the import holding the run"
+    with connect(db_url, autocommit=True) as conn:
+        version = registry.active_version(conn)
+        assert run_store.count_pending(conn, version, run_store.Selection()) == 1  # re-embedded next time
+    assert pipeline.embed_runs(database_url=db_url).embedded == 1

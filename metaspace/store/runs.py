@@ -51,6 +51,7 @@ def _upsert(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS staging_runs (LIKE historical_db.runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    conn.execute("TRUNCATE staging_runs")  # a batch being split holds its earlier halves here until it commits
     with conn.cursor().copy(
         "COPY staging_runs (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256) "
         "FROM STDIN"
@@ -63,6 +64,7 @@ def _upsert(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
         INSERT INTO historical_db.runs AS r
             (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256)
         SELECT run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256 FROM staging_runs
+        ORDER BY run_id  -- rows are locked in run_id order, as embed locks them: the two never deadlock
         ON CONFLICT (run_id) DO UPDATE SET
             config_id = excluded.config_id, strategy_id = excluded.strategy_id, as_of_date = excluded.as_of_date,
             config = excluded.config, env = excluded.env, outcome = excluded.outcome, extra = excluded.extra,

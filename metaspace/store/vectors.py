@@ -84,8 +84,12 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
             run = runs[i]
             copy.write_row((i, run["run_id"], run["as_of_date"], run["config_id"], run["strategy_id"],
                             run["record_sha256"]))
-    # Only runs whose record is still the one that was encoded: an import that changed a record meanwhile
-    # has dropped its vectors (or will, when it commits after this), and the next embed encodes it again.
+    # Only runs whose record is still the one that was encoded. The runs are share-locked until this batch
+    # commits: an import changing one of them waits, then drops the vectors written here (its upsert deletes
+    # a changed run's vectors); an import that changed one first makes this batch wait for it and then skip
+    # that run, which stays pending. Either way no vector outlives the record it was made from.
+    conn.execute("SELECT 1 FROM historical_db.runs r JOIN staging_meta m ON m.run_id = r.run_id "
+                 "ORDER BY r.run_id FOR SHARE OF r")
     conn.execute("DELETE FROM staging_meta m WHERE NOT EXISTS (SELECT 1 FROM historical_db.runs r "
                  "WHERE r.run_id = m.run_id AND r.record_sha256 = m.record_sha256)")
     blocks = [_vector_rows(idx, SPACE_CODES[space], vectors[space][idx]) for space in SPACE_CODES]
