@@ -5,7 +5,8 @@ A decision point is a set of runs that share one environment at one date (the sa
 as_of_date): the configs actually tried there. At each point metaspace is asked, as of the decision date
 (the as_of_date minus the horizon: when the outcome window began), to rank only the configs tried there, so
 that every pick has a realised outcome; the horizon purges every run whose outcome window overlaps the
-decision. Evaluated as of D (``until``), nothing dated after D is read.
+decision. Evaluated as of D (``until``), no run dated after D is read; the encoder version is the active one,
+and the result says when it was fitted on runs after the earliest decision (``embed-runs --fit-until``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,15 @@ class EvaluationResult:
         return out
 
 
+def _fit_note_for(conn, first_decision: dt.date | None) -> str | None:
+    """What the replay should say of the encoder: every decision's env vector comes from the active version,
+    whose scaling may have seen runs after the earliest decision (fit one with embed-runs --fit-until)."""
+    from metaspace.queries import _fitted_through, active_version, fit_note
+
+    version = active_version(conn)
+    return fit_note(version, _fitted_through(conn, version), first_decision)
+
+
 def evaluate(*, objective: str | None = None, since: Any = None, until: Any = None, horizon: int | None = None,
              sample: int | None = None, higher_is_better: bool = True, neighbours: int = 1000, min_runs: int = 3,
              seed: int = 0, plot: str | None = None, ranking: str = "v2", database_url: str | None = None,
@@ -95,9 +106,11 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         raise MetaspaceError(f"sample must be 1 or more, got {sample}")
     if horizon is not None and horizon < 0:
         raise MetaspaceError(f"horizon must be 0 or more days, got {horizon}")
+    if plot and not Path(plot).resolve().parent.is_dir():
+        raise MetaspaceError(f"--plot {plot}: no such folder to write the picture in")
     notes: list[str] = []
     with connection(database_url, autocommit=True) as conn:
-        key = keys.resolve(conn, objective, branch="outcome", option="objective")
+        key = keys.resolve(conn, objective, branch="outcome", option="objective", as_of=until_date)
         if key.note:
             notes.append(key.note)
         path = list(key.path)
@@ -119,6 +132,9 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
             keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
             points = [points[i] for i in keep]
             notes.append(f"replayed {sample:,} of {total_points:,} decision points, drawn with seed {seed}")
+        fitted = _fit_note_for(conn, min((p.as_of_date - lag for p in points), default=None))
+        if fitted:
+            notes.append(fitted)
         history = _History(*evaluation_store.objective_history(conn, path, until_date),
                            direction=1.0 if higher_is_better else -1.0)
         decisions = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from metaspace.encoders.features import flatten, is_number
 from metaspace.errors import MetaspaceError
@@ -30,23 +31,26 @@ class Key:
         return ".".join((self.branch, *self.path))
 
 
-def branch_keys(conn, branch: str) -> Counter[str]:
-    """Dotted keys of a branch over a sample of the stored runs, with how often each holds a number."""
+def branch_keys(conn, branch: str, as_of: Any = None) -> Counter[str]:
+    """Dotted keys of a branch over a sample of the stored runs (known by ``as_of``, if given), with how often
+    each holds a number."""
     numeric: Counter[str] = Counter()
-    for value in run_store.branch_sample(conn, branch, SAMPLE):
+    for value in run_store.branch_sample(conn, branch, SAMPLE, as_of):
         for key, leaf in flatten(value).items():
             numeric[key] += int(is_number(leaf) and not isinstance(leaf, bool))
     return numeric
 
 
-def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool = True, option: str = "key") -> Key:
-    """The stored key that ``key`` names (``outcome.sharpe``, or ``sharpe`` within ``branch``).
+def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool = True, option: str = "key",
+            as_of: Any = None) -> Key:
+    """The stored key that ``key`` names (``outcome.sharpe``, or ``sharpe`` within ``branch``), among the
+    runs known by ``as_of`` when given (so an answer as of a date never depends on keys of later runs).
 
     With ``key`` None the objective default applies: the one numeric outcome leaf named ``sharpe`` at any
     depth, named in the returned note. Raises MetaspaceError listing the keys that exist, closest first.
     """
     if key is None:
-        return _default_objective(conn, option)
+        return _default_objective(conn, option, as_of)
     head, _, rest = key.partition(".")
     if head in BRANCHES and rest:
         branch, dotted = head, rest
@@ -56,9 +60,9 @@ def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool =
     else:
         dotted = key
     path = tuple(dotted.split("."))
-    if run_store.key_exists(conn, branch, list(path), numeric):  # stops at the first run that has it
+    if run_store.key_exists(conn, branch, list(path), numeric, as_of):  # stops at the first run that has it
         return Key(branch, path)
-    seen = branch_keys(conn, branch)
+    seen = branch_keys(conn, branch, as_of)
     candidates = [k for k, n in seen.items() if n or not numeric]
     if not candidates:
         raise MetaspaceError(f"{option} {key!r}: the stored runs have no {'numeric ' if numeric else ''}"
@@ -69,8 +73,8 @@ def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool =
                          f"Keys that exist, closest first: {shown}")
 
 
-def _default_objective(conn, option: str) -> Key:
-    seen = branch_keys(conn, "outcome")
+def _default_objective(conn, option: str, as_of: Any = None) -> Key:
+    seen = branch_keys(conn, "outcome", as_of)
     named = sorted(k for k, n in seen.items() if n and k.split(".")[-1].lower() == DEFAULT_OBJECTIVE_LEAF)
     if len(named) == 1:
         return Key("outcome", tuple(named[0].split(".")),
@@ -85,12 +89,12 @@ def _default_objective(conn, option: str) -> Key:
                          + (", ".join(f"outcome.{k}" for k in numeric[:12]) or "none"))
 
 
-def optional_objective(conn, objective: str | None) -> Key | None:
+def optional_objective(conn, objective: str | None, as_of: Any = None) -> Key | None:
     """An objective that only annotates (cluster summaries, map tooltips): one given must exist; without
     one, the default if there is one, else none."""
     if objective is not None:
-        return resolve(conn, objective, branch="outcome", option="objective")
+        return resolve(conn, objective, branch="outcome", option="objective", as_of=as_of)
     try:
-        return _default_objective(conn, "objective")
+        return _default_objective(conn, "objective", as_of)
     except MetaspaceError:
         return None

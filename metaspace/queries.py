@@ -235,15 +235,24 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
             if query.kind == "run":
                 rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
             else:
-                try:
-                    rows = search_store.search(conn, vector, k, query.space, filters, exact, encoder.version)
-                except VersionChanged:
-                    encoder = _Encoder(conn)
-                    version, fitted_through = encoder.version, encoder.fitted_through
-                    vector, notes = encoder.vector(query)
-                    rows = search_store.search(conn, vector, k, query.space, filters, exact, encoder.version)
+                encoder, rows, notes = _following_switches(
+                    conn, encoder, query, vector, notes,
+                    lambda v, version, query=query, filters=filters: search_store.search(
+                        conn, v, k, query.space, filters, exact, version))
+                version, fitted_through = encoder.version, encoder.fitted_through
             note = fit_note(version, fitted_through, query.as_of)
             yield Answer(query, rows, [*notes, note] if note else notes)
+
+
+def _following_switches(conn, encoder: _Encoder, query: Query, vector, notes: list[str], ask):
+    """``ask(vector, version)``; if a rebuild has switched versions since the query was encoded, encode it
+    again with the version active now and ask again. Returns the encoder in use, the rows and the notes."""
+    try:
+        return encoder, ask(vector, encoder.version), notes
+    except VersionChanged:
+        encoder = _Encoder(conn)
+        vector, notes = encoder.vector(query)
+        return encoder, ask(vector, encoder.version), notes
 
 
 def _many(value: Any) -> tuple[bool, list[Any]]:
@@ -306,15 +315,24 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
     from metaspace import keys
 
     with connection(database_url, autocommit=True) as conn:
-        key = keys.resolve(conn, objective, branch="outcome", option="objective")
+        resolved: dict[Any, Any] = {}  # the objective, among the runs known as of each date asked
+        said: set[str] = set()
         encoder = _Encoder(conn)
         prepared = [(q, *encoder.vector(q)) for q in queries]
-        for index, (query, vector, notes) in enumerate(prepared):
-            notes = [key.note, *notes] if key.note and index == 0 else notes
-            rows = search_store.suggest(conn, vector, k=k, as_of=query.as_of, objective=".".join(key.path),
-                                        higher_is_better=higher_is_better, neighbours=neighbours,
-                                        min_runs=min_runs, strategies=_names(strategy), exact=exact,
-                                        encoder_version=encoder.version)
+        for query, vector, notes in prepared:
+            if query.as_of not in resolved:
+                resolved[query.as_of] = keys.resolve(conn, objective, branch="outcome", option="objective",
+                                                     as_of=query.as_of)
+            key = resolved[query.as_of]
+            if key.note and key.note not in said:
+                said.add(key.note)
+                notes = [key.note, *notes]
+            encoder, rows, notes = _following_switches(
+                conn, encoder, query, vector, notes,
+                lambda v, version, key=key, query=query: search_store.suggest(
+                    conn, v, k=k, as_of=query.as_of, objective=".".join(key.path),
+                    higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                    strategies=_names(strategy), exact=exact, encoder_version=version))
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
             yield Answer(query, rows, [*notes, note] if note else notes)
 

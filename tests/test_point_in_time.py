@@ -229,3 +229,18 @@ def test_an_import_still_uncommitted_while_embed_writes_leaves_no_stale_vector(d
         version = registry.active_version(conn)
         assert run_store.count_pending(conn, version, run_store.Selection()) == 1  # re-embedded next time
     assert pipeline.embed_runs(database_url=db_url).embedded == 1
+
+
+def test_the_default_objective_is_chosen_among_runs_known_by_the_as_of_date(pit_db: str) -> None:
+    """A later run with a second key named sharpe (not even embedded) must not change an earlier answer."""
+    day = DATES[len(DATES) // 2]
+    env = HISTORY[3]["env"]
+    before = metaspace.suggest(env, k=3, as_of=day, database_url=pit_db)
+    later = dict(HISTORY[4], run_id="LATER_SHARPE", as_of_date="2099-01-01",
+                 outcome={**HISTORY[4]["outcome"], "perf": {"sharpe": 3.0}})
+    pipeline.import_records([("later", 1, later)], database_url=pit_db)
+    try:
+        after = metaspace.suggest(env, k=3, as_of=day, database_url=pit_db)
+    finally:
+        _delete(pit_db, ["LATER_SHARPE"])
+    assert after == before

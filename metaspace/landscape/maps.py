@@ -49,8 +49,8 @@ def map_space(*, out: str, space: str = "joint", color: str = "strategy", as_of:
         raise MetaspaceError(f"--out {out!r}: the picture is written as .png or .html")
     as_of = parse_date(as_of, "--as-of")
     with connection(database_url) as conn:
-        objective = optional_objective(conn, None)
-        color_key = None if color in ("strategy", "cluster") else resolve(conn, color, numeric=False, option="--color")
+        objective = optional_objective(conn, None, as_of)
+        color_key = None if color in ("strategy", "cluster") else resolve(conn, color, numeric=False, option="--color", as_of=as_of)
         points = cluster_store.points(conn, space, active_version(conn), objective.path if objective else None,
                                       as_of, (color_key.branch, list(color_key.path)) if color_key else None)
         labels = None

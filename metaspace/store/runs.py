@@ -168,19 +168,22 @@ def pending_runs(conn: psycopg.Connection, version: int, selection: Selection, a
     return [_run_from_row(row) for row in rows]
 
 
-def branch_sample(conn: psycopg.Connection, branch: str, limit: int) -> list[dict[str, Any]]:
-    """One branch object (config, env or outcome) of up to ``limit`` stored runs, the latest first."""
+def branch_sample(conn: psycopg.Connection, branch: str, limit: int, until: Any = None) -> list[dict[str, Any]]:
+    """One branch object (config, env or outcome) of up to ``limit`` stored runs known by ``until`` (all,
+    without it), the latest first."""
     column = {"config": "config", "env": "env", "outcome": "outcome"}[branch]
     rows = conn.execute(
-        f"SELECT {column} FROM historical_db.runs ORDER BY as_of_date DESC LIMIT %s", (limit,)  # noqa: S608
+        f"SELECT {column} FROM historical_db.runs WHERE %s::date IS NULL OR as_of_date <= %s::date "  # noqa: S608
+        "ORDER BY as_of_date DESC LIMIT %s", (until, until, limit),
     ).fetchall()
     return [row[0] for row in rows]
 
 
-def key_exists(conn: psycopg.Connection, branch: str, path: list[str], numeric: bool) -> bool:
-    """Whether any stored run has this key (holding a number, with ``numeric``)."""
+def key_exists(conn: psycopg.Connection, branch: str, path: list[str], numeric: bool, until: Any = None) -> bool:
+    """Whether any stored run (known by ``until``, if given) has this key (holding a number, with ``numeric``)."""
     column = {"config": "config", "env": "env", "outcome": "outcome"}[branch]
     return conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM historical_db.runs WHERE jsonb_typeof({column} #> %s) "  # noqa: S608
-        "= ANY(%s))", (path, ["number"] if numeric else ["number", "string", "boolean", "array"]),
+        "= ANY(%s) AND (%s::date IS NULL OR as_of_date <= %s::date))",
+        (path, ["number"] if numeric else ["number", "string", "boolean", "array"], until, until),
     ).fetchone()[0]
