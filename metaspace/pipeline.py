@@ -112,7 +112,10 @@ def import_records(
     if batch_size < 1:
         raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
     summary = ImportSummary()
-    reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
+    try:
+        reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
+    except OSError as exc:
+        raise MetaspaceError(f"--rejects {rejects}: cannot write it: {exc.strerror}") from None
     try:
         items = (_check(s, n, r) for s, n, r in records)
         with connection(database_url) as conn, (conn.transaction() if strict else nullcontext()):

@@ -223,11 +223,13 @@ def _check_extra(value: Any, run_id: str, path: str = "", depth: int = 0) -> Non
 
 
 def _open_text(path: str) -> io.TextIOBase:
+    """The file as text; bytes that are not UTF-8 become lone surrogates, so the record holding them is
+    rejected by validation, naming its field, instead of stopping the whole file."""
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _format(path: str) -> str:
@@ -239,10 +241,10 @@ def _format(path: str) -> str:
     return "jsonl"
 
 
-def _csv_value(text: str) -> Any:
+def _csv_value(text: str | None) -> Any:
     """A CSV cell as the JSON value it stands for. Only text that a number writes back to exactly becomes a
     number: "007", "1_000" or "nan" stay strings, so an identifier never silently changes."""
-    if text == "":
+    if text is None or text == "":  # a short row: csv gives its missing cells as None
         return None
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -264,18 +266,31 @@ _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|-?\.[0-9]+([eE][-+]?[0-9]+)?")
 
 
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted names into nested objects. Where a name is both a value and a parent (``risk`` and
+    ``risk.vol``), the longer one keeps its dotted name beside the value."""
+    out: dict[str, Any] = {}
+    for name in sorted(flat, key=lambda n: (n.count("."), n)):
+        node = out
+        parts = name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None and part not in node:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                node[".".join(parts[i:])] = flat[name]
+                break
+            node = child
+        else:
+            node[parts[-1]] = flat[name]
+    return out
+
+
 def unflatten(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted column names (config.risk.target_vol) back into a nested record."""
-    record: dict[str, Any] = {}
-    for column, value in row.items():
-        if value is None and column.count(".") and column.split(".")[0] in BRANCHES:
-            continue
-        node = record
-        *parents, leaf = column.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return record
+    """Dotted column names (config.risk.target_vol) back into a nested record; an empty branch cell is a key
+    the run does not have."""
+    return nest({column: value for column, value in row.items()
+                 if not (value is None and "." in column and column.split(".")[0] in BRANCHES)})
 
 
 def read_records(paths: Iterable[str]) -> Iterator[tuple[str, int, Any]]:
@@ -304,6 +319,8 @@ def read_records(paths: Iterable[str]) -> Iterator[tuple[str, int, Any]]:
                     yield path, line, json.loads(text)
                 except ValueError as exc:
                     yield path, line, InvalidRecordError("?", "(line)", f"not valid JSON: {exc}")
+                except RecursionError:
+                    yield path, line, InvalidRecordError("?", "(line)", "nested too deeply to read")
 
 
 def _read_parquet(path: str) -> Iterator[tuple[str, int, Any]]:

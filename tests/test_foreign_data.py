@@ -299,3 +299,51 @@ def test_embed_run_leaves_committing_to_a_callers_transaction(db_url: str) -> No
         stored = {row[0] for row in conn.execute(
             "SELECT run_id FROM historical_db.runs WHERE run_id IN ('good-00800', 'good-00801')")}
     assert stored == {"good-00800"}
+
+
+def test_malformed_files_are_rejected_line_by_line_without_a_traceback(db_url: str, tmp_path: Path) -> None:
+    csv_path = tmp_path / "runs.csv"
+    csv_path.write_text("run_id,as_of_date,config.a,config.a.b,env.vol\n"
+                        "r1,2020-01-02,1,2,0.1\n"
+                        "r2,2020-01-03\n"  # a short row
+                        "r3,2020-01-04,3,4,0.3\n")
+    deep = "[" * 200_000 + "]" * 200_000
+    jsonl = tmp_path / "runs.jsonl"
+    jsonl.write_bytes(("\n".join([deep, json.dumps(_good(1)[0])]) + "\n").encode()
+                      + b'{"run_id": "latin1", "as_of_date": "2020-01-02", "env": {"city": "M\xfcnchen"}}\n')
+    for path, inserted, rejected in ((csv_path, 3, 0), (jsonl, 1, 2)):
+        result = CliRunner().invoke(cli, ["--database-url", db_url, "import-runs", str(path), "--format", "json"])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["inserted"], summary["rejected"]) == (inserted, rejected)
+    with connect(db_url) as conn:
+        config = conn.execute("SELECT config FROM historical_db.runs WHERE run_id = 'r1'").fetchone()[0]
+    assert config == {"a": 1, "a.b": 2}  # a column that is both a value and a parent keeps its dotted name
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["embed-runs", "--schema", "{bad}"], "--schema"),
+    (["import-runs", "RUNS", "--rejects", "/no/such/folder/rejects.jsonl"], "--rejects"),
+    (["evaluate", "--objective", "sharpe", "--horizon", "30", "--plot", "/no/such/folder/r.png"], "--plot"),
+])
+def test_a_bad_option_value_is_an_error_naming_the_option(argv: list[str], said: str, db_url: str,
+                                                          tmp_path: Path) -> None:
+    runs = _write_jsonl(tmp_path / "runs.jsonl", [json.dumps(r) for r in _good(5)])
+    schema = tmp_path / "bad.json"
+    schema.write_text("{not json")
+    argv = [runs if a == "RUNS" else str(schema) if a == "{bad}" else a for a in argv]
+    result = CliRunner().invoke(cli, ["--database-url", db_url, *argv])
+    assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output, result.output
+
+
+def test_an_embedded_server_that_cannot_start_is_an_error_not_a_traceback(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("16\n")  # a data directory of another major version
+    monkeypatch.setenv("METASPACE_HOME", str(tmp_path))
+    monkeypatch.delenv("METASPACE_DATABASE_URL", raising=False)
+    for argv in (["search", "--run", "x"], ["db", "start"]):
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+        assert "Traceback" not in result.output

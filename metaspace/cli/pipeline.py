@@ -15,6 +15,7 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
+from metaspace.errors import MetaspaceError
 from metaspace.pipeline import embed_runs, import_runs
 
 
@@ -88,7 +89,10 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategy: 
         metaspace embed-runs --rebuild --format json
         metaspace embed-runs --fit-until 2019-12-31
     """
-    overrides = json.loads(Path(schema).read_text()) if schema else None
+    try:
+        overrides = json.loads(Path(schema).read_text()) if schema else None
+    except ValueError as exc:
+        raise MetaspaceError(f"--schema {schema}: not valid JSON: {exc}") from None
     with progress_bar() as bar:
         summary = embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
                                  strategy=strategy, limit=limit, dry_run=dry_run, batch_size=batch_size,

@@ -32,6 +32,7 @@ def _embedded():
 
 
 @db.command("status")
+@domain_errors
 @format_option
 def db_status(fmt: str) -> None:
     """Say whether the embedded server is initialised and running, where its data is and, when it runs, its
@@ -61,6 +62,7 @@ def db_status(fmt: str) -> None:
 
 
 @db.command("start")
+@domain_errors
 def db_start() -> None:
     """Start the embedded server (or find it running), warm its HNSW indexes, and print its URL.
 
@@ -85,6 +87,7 @@ def db_start() -> None:
 
 
 @db.command("stop")
+@domain_errors
 def db_stop() -> None:
     """Stop the embedded server; its data stays for the next start.
 
@@ -96,6 +99,7 @@ def db_stop() -> None:
 
 
 @db.command("url")
+@domain_errors
 def db_url() -> None:
     """Print a URL of the embedded server's database that psql and psycopg accept (starting it if needed).
 

@@ -97,8 +97,8 @@ def search_command(run, env, config, outcome, record, space, k, as_of, strategy,
 
     A FILE holds one JSON object or many (JSONL): each gets its own answer, in order, so a thousand
     questions cost one start-up. A line that is a run record with its own as_of_date is asked as of that
-    date (replaying a walk-forward), capped by --as-of. For the joint space, a record missing a branch has it imputed with
-    the mean of the stored runs, and says so on stderr.
+    date (replaying a walk-forward), capped by --as-of. For the joint space, a record missing a branch
+    has it imputed from the encoder version (the mean of the runs it was fitted on), and says so on stderr.
 
     \b
     Example:
@@ -149,9 +149,10 @@ def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_
                     fmt) -> None:
     """Suggest configs that worked in environments like the target, as of a date.
 
-    Takes the nearest runs in env space, groups them by config and ranks the configs by their
-    similarity-weighted objective. Each comes with its evidence and a deflated confidence: how unlikely
-    its lead is to be the luck of picking the best of the candidates compared. Revalidate by backtest.
+    Takes the nearest runs in env space (as of the date), judges each config against the others run in
+    the same environment, counts its evidence in environments, and ranks by the shrunk result
+    (suggest_configs_v2). Each comes with its evidence and a confidence that its pick beats a random one.
+    Revalidate by backtest.
 
     \b
     Example:

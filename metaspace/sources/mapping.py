@@ -36,6 +36,7 @@ from typing import Any
 
 from metaspace.errors import InvalidRecordError, MetaspaceError
 from metaspace.names import BRANCHES
+from metaspace.records import nest
 
 Item = tuple[str, str, Any]
 """One field of a run as its source keeps it: (kind, name, value), e.g. ("params", "lr", "0.01")."""
@@ -175,26 +176,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted names into nested objects. Where a name is both a value and a parent (``risk`` and
-    ``risk.vol``), the longer one keeps its dotted name beside the value."""
-    out: dict[str, Any] = {}
-    for name in sorted(flat, key=lambda n: (n.count("."), n)):
-        node = out
-        parts = name.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None and part not in node:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                node[".".join(parts[i:])] = flat[name]
-                break
-            node = child
-        else:
-            node[parts[-1]] = flat[name]
-    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

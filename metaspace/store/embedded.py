@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from metaspace.errors import MetaspaceError
+
 DATABASE_NAME = "metaspace"
 CONF_FILE = "metaspace.conf"
 # The major version of the server in the wheel: a data directory of another major needs a dump and restore.
@@ -26,7 +28,7 @@ PRELOAD = "pg_stat_statements"
 _MB = 1024 * 1024
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(MetaspaceError):
     """The embedded server could not be started or reached."""
 
 
