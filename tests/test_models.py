@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
+import sqlalchemy.exc
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
@@ -25,6 +26,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
+import metaspace
 from metaspace import models
 from metaspace.cli import cli
 from metaspace.names import DIMENSION, JOINT_TYPE, SCHEMA
@@ -250,3 +252,23 @@ def test_engine_takes_the_urls_metaspace_takes(db_url: str) -> None:
             assert conn.execute(text("SELECT current_database()")).scalar() == dbname, url
         assert engine.dialect.driver == "psycopg"
         engine.dispose()
+
+
+def test_the_v2_functions_through_the_orm_answer_like_the_cli(sample_engine: Engine, sample_db: str,
+                                                              sample_history: list[dict]) -> None:
+    run = sample_history[4]
+    with Session(sample_engine) as session:
+        version = session.execute(text("SELECT historical_db.active_encoder_version_v1()")).scalar()
+        near = models.neighbours_v2(run["run_id"], k=5, space="env", encoder_version=version)
+        orm = [row.run_id for row in session.execute(select(near.c.run_id))]
+        env = (select(models.RunVector.vector)
+               .where(models.RunVector.space == "env", models.RunVector.run_id == run["run_id"],
+                      models.RunVector.encoder_version == version).scalar_subquery())
+        hits = models.search_runs_v2(env, k=3, space="env", encoder_version=version, exact=True)
+        assert session.execute(select(hits.c.run_id)).scalars().first() == run["run_id"]
+        suggestions = models.suggest_configs_v2(env, k=3, encoder_version=version)
+        assert session.execute(select(suggestions.c.config_id, suggestions.c.environments)).all()
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="is active now"):
+            session.execute(select(models.search_runs_v2(env, k=3, encoder_version=version + 1).c.run_id)).all()
+    cli_rows = metaspace.search(run=run["run_id"], k=5, space="env", database_url=sample_db)
+    assert orm == [row["run_id"] for row in cli_rows]

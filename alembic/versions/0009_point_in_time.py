@@ -16,6 +16,7 @@ The _v1 functions stay for clients of the previous release. Downgrading drops th
 two columns; it refuses while a version records a fit_until unless ``allow_data_loss`` is set.
 """
 
+import logging
 from pathlib import Path
 
 from alembic import context, op
@@ -65,13 +66,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if not (context.is_offline_mode() or context.config.attributes.get("allow_data_loss")):
-        kept = op.get_bind().exec_driver_sql(
-            "SELECT count(*) FROM historical_db.encoder_versions "
-            "WHERE fit_until IS NOT NULL OR fitted_through IS NOT NULL").scalar()
-        if kept:
-            raise RuntimeError(f"{kept} encoder version(s) record what they were fitted on (fit_until, fitted_through), which this downgrade would drop; "
-                               "pass --allow-data-loss to metaspace migrate")
+    if not context.is_offline_mode():
+        bind = op.get_bind()
+        capped = bind.exec_driver_sql(
+            "SELECT count(*) FROM historical_db.encoder_versions WHERE fit_until IS NOT NULL").scalar()
+        if capped and not context.config.attributes.get("allow_data_loss"):
+            raise RuntimeError(f"{capped} encoder version(s) were fitted with --fit-until, which this downgrade "
+                               "would forget; pass --allow-data-loss to metaspace migrate")
+        recorded = bind.exec_driver_sql(
+            "SELECT count(*) FROM historical_db.encoder_versions WHERE fitted_through IS NOT NULL").scalar()
+        if recorded:
+            logging.getLogger("metaspace.migrations").warning(
+                "%s encoder version(s) forget the latest date of the runs they were fitted on: after upgrading "
+                "again, answers as of a date say that date is unknown", recorded)
     op.execute("DROP FUNCTION historical_db.store_run_v2(jsonb, text, integer, text, vector, vector, vector, vector, "
                "bytea)")
     op.execute("DROP FUNCTION historical_db.neighbours_v2(text, integer, text, date, text[], text[], jsonb, boolean, "
