@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,25 @@ def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool =
     shown = ", ".join(f"{branch}.{k}" for k in closest[:12]) + (" ..." if len(closest) > 12 else "")
     raise MetaspaceError(f"{option} {branch}.{dotted}: no stored run has this {'numeric ' if numeric else ''}key. "
                          f"Keys that exist, closest first: {shown}")
+
+
+def resolve_each(conn, key: str | None, dates: Iterable[Any], *, branch: str, option: str) -> dict[Any, Key]:
+    """:func:`resolve` as of each date (None: no cap), reading one key sample, not one per date: the key found
+    as of the latest date stands for an earlier one if a run known by then has it (one EXISTS that stops at
+    the first such run); otherwise that date is resolved on its own, and says why not."""
+    dates = set(dates)
+    latest = None if None in dates else max(dates, default=None)
+    try:
+        found = resolve(conn, key, branch=branch, option=option, as_of=latest)
+    except MetaspaceError:
+        found = None
+    resolved = {}
+    for day in dates:
+        if found and (day == latest or run_store.key_exists(conn, found.branch, list(found.path), True, day)):
+            resolved[day] = found
+        else:
+            resolved[day] = resolve(conn, key, branch=branch, option=option, as_of=day)
+    return resolved
 
 
 def _default_objective(conn, option: str, as_of: Any = None) -> Key:

@@ -315,14 +315,13 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
     from metaspace import keys
 
     with connection(database_url, autocommit=True) as conn:
-        resolved: dict[Any, Any] = {}  # the objective, among the runs known as of each date asked
+        # the objective among the runs known as of each date asked
+        resolved = keys.resolve_each(conn, objective, (q.as_of for q in queries), branch="outcome",
+                                     option="objective")
         said: set[str] = set()
         encoder = _Encoder(conn)
         prepared = [(q, *encoder.vector(q)) for q in queries]
         for query, vector, notes in prepared:
-            if query.as_of not in resolved:
-                resolved[query.as_of] = keys.resolve(conn, objective, branch="outcome", option="objective",
-                                                     as_of=query.as_of)
             key = resolved[query.as_of]
             if key.note and key.note not in said:
                 said.add(key.note)
