@@ -89,7 +89,7 @@ def _fit_note_for(conn, first_decision: dt.date | None) -> str | None:
 
 def evaluate(*, objective: str | None = None, since: Any = None, until: Any = None, horizon: int | None = None,
              sample: int | None = None, higher_is_better: bool = True, neighbours: int = 1000, min_runs: int = 3,
-             seed: int = 0, plot: str | None = None, ranking: str = "v2", database_url: str | None = None,
+             seed: int = 0, plot: str | None = None, ranking: str = "v4", database_url: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
     """Replay the decisions in the store and score metaspace's top suggestion at each.
 
@@ -97,7 +97,7 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     date (evaluate as of it: nothing dated later is read). ``horizon``: days from a decision to its outcome
     (by default inferred from the runs' ``test_start`` field). ``sample``: replay only N decision points,
     drawn with ``seed``. ``plot``: write the reliability plot (PNG) there. ``ranking`` picks the SQL ranking
-    replayed (``v2``, ``v1``, or a function with suggest_configs_v2's signature, for benchmarks).
+    replayed (``v4``, ``v2``, ``v1``, or a function with suggest_configs_v2's arguments, for benchmarks).
     ``progress(step, total)`` is called as decisions are replayed.
     """
     started = time.perf_counter()

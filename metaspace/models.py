@@ -67,7 +67,7 @@ __all__ = [
     "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
     "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
     "RunVector", "engine", "metadata", "neighbours_v1", "neighbours_v2", "search_runs_v1", "search_runs_v2",
-    "suggest_configs_v1", "suggest_configs_v2", "views",
+    "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v4", "views",
 ]
 
 _HNSW = {"postgresql_using": "hnsw", "postgresql_with": {"m": 16, "ef_construction": 64},
@@ -429,3 +429,22 @@ def suggest_configs_v2(env: Any, k: int | None = None, as_of: dt.date | str | No
                  dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
                       neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
                       eligible_configs=eligible_configs, encoder_version=encoder_version))
+
+
+def suggest_configs_v4(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                       objective: str | None = None, higher_is_better: bool | None = None,
+                       neighbours: int | None = None, min_runs: int | None = None,
+                       strategy_ids: list[str] | None = None, exact: bool | None = None,
+                       eligible_configs: list[str] | None = None, encoder_version: int | None = None,
+                       history: int | None = None, horizon: int | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_configs_v4`` (sql/suggest_v4.sql): what ``metaspace suggest`` ranks by. Columns
+    as :func:`suggest_configs_v2`, plus history_objective, history_blocks and local_weight."""
+    params = (_SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
+              | {"history": Integer(), "horizon": Integer()})
+    columns = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double),
+               ("history_objective", Double), ("history_blocks", Integer), ("local_weight", Double))
+    return _call("suggest_configs_v4", params, columns,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
+                      eligible_configs=eligible_configs, encoder_version=encoder_version, history=history,
+                      horizon=horizon))

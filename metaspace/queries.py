@@ -307,12 +307,23 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     return _answered(answers, batch, as_frame)
 
 
+HISTORY_RUNS = 20_000  # suggest_configs_v4's default: each config's record is read from the latest runs known
+
+
 def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
                  neighbours: int = 1000, min_runs: int = 3, strategy: str | Sequence[str] = (), exact: bool = False,
+                 history: int | None = HISTORY_RUNS, horizon: int | None = None,
                  database_url: str | None = None) -> Iterator[Answer]:
     """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
-    ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``."""
+    ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``. ``history``: each
+    config's record is read from the latest N runs known at the date (None: all of them); ``horizon``: days
+    of one outcome window, the block in which evidence is counted (None: read from the runs' test_start)."""
     from metaspace import keys
+
+    if history is not None and history < 1:
+        raise MetaspaceError(f"history must be 1 or more runs (or None for all), got {history}")
+    if horizon is not None and horizon < 1:
+        raise MetaspaceError(f"horizon must be 1 or more days, got {horizon}")
 
     with connection(database_url, autocommit=True) as conn:
         # the objective among the runs known as of each date asked
@@ -331,23 +342,25 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                 lambda v, version, key=key, query=query: search_store.suggest(
                     conn, v, k=k, as_of=query.as_of, objective=".".join(key.path),
                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                    strategies=_names(strategy), exact=exact, encoder_version=version))
+                    strategies=_names(strategy), exact=exact, encoder_version=version, history=history,
+                    horizon=horizon))
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
             yield Answer(query, rows, [*notes, note] if note else notes)
 
 
 def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
             as_of: Any = None, neighbours: int = 1000, min_runs: int = 3, strategy: str | Sequence[str] = (),
-            exact: bool = False, database_url: str | None = None, as_frame: bool = False):
+            exact: bool = False, history: int | None = HISTORY_RUNS, horizon: int | None = None,
+            database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
-    deflated confidence (README, "suggest_configs_v2"); the same options as ``metaspace suggest``. ``env``
+    deflated confidence (README, "suggest_configs_v4"); the same options as ``metaspace suggest``. ``env``
     may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
     batch, items = _many(env)
     queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],
                            space="env", as_of=as_of)
     answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
                            neighbours=neighbours, min_runs=min_runs, strategy=strategy, exact=exact,
-                           database_url=database_url)
+                           history=history, horizon=horizon, database_url=database_url)
     return _answered(answers, batch, as_frame)
 
 

@@ -130,6 +130,36 @@ def test_a_history_of_pure_noise_has_no_reliable_edge(db_url: str, tmp_path: Pat
     assert result.verdict.startswith(NO_EDGE)
 
 
+def _steady_history(seed: int, dates: int = 120) -> list[dict]:
+    """Four configs tried together every week under a shared shock; STEADY earns 0.4 more than the others in
+    every environment, and the environment says nothing about which config wins."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(dates):
+        decision = START + dt.timedelta(days=7 * i)
+        env = {"trend": round(float(rng.normal()), 4), "realized_vol": round(float(rng.uniform(0.1, 0.3)), 4)}
+        shock = float(rng.normal(0.0, 1.0))
+        for config in ("STEADY", *CONFIGS[1:]):
+            value = shock + (0.4 if config == "STEADY" else 0.0) + float(rng.normal(0.0, 1.5))
+            records.append({
+                "run_id": f"S{seed}_{i:04d}_{config}", "config_id": config, "strategy_id": config,
+                "as_of_date": (decision + dt.timedelta(days=WINDOW)).isoformat(),
+                "test_start": (decision + dt.timedelta(days=1)).isoformat(),
+                "config": {"family": config.lower()}, "env": env, "outcome": {"sharpe": round(value, 4)}})
+    return records
+
+
+def test_a_config_that_wins_everywhere_is_suggested_even_from_a_noisy_neighbourhood(db_url: str,
+                                                                                    tmp_path: Path) -> None:
+    """v2 judged each config only by its few neighbouring environments, so a small edge that holds everywhere
+    was drowned by their noise; v4 starts from each config's record over the history known at the date."""
+    _load(db_url, _steady_history(5), tmp_path)
+    result = metaspace.evaluate(since=START + dt.timedelta(days=7 * 60), neighbours=40, database_url=db_url)
+    picks = [d.chosen_config for d in result.decisions if d.chosen_config is not None]
+    assert len(picks) >= 50
+    assert picks.count("STEADY") / len(picks) >= 0.8
+
+
 def test_evaluate_needs_a_horizon_when_runs_carry_no_test_start(db_url: str, tmp_path: Path) -> None:
     records = [{k: v for k, v in r.items() if k != "test_start"} for r in _history(3, signal=True, dates=12)]
     _load(db_url, records, tmp_path)
@@ -227,3 +257,56 @@ def test_suggest_v2_checks_its_arguments(signal_db: str, arguments: str, error, 
     with connect(signal_db, autocommit=True) as conn, pytest.raises(error, match=message):
         conn.execute(f"SELECT * FROM historical_db.suggest_configs_v2(%s, 3, {arguments})",
                      (_env(conn, "R1_0010_TREND"),))
+
+
+# -- suggest_configs_v4 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ("encoder_version => 99", psycopg.errors.ObjectNotInPrerequisiteState, "version 99 was asked for, but version 1"),
+    ("eligible_configs => ARRAY[]::text[]", psycopg.errors.InvalidParameterValue, "eligible_configs"),
+    ("min_runs => 0", psycopg.errors.InvalidParameterValue, "min_runs"),
+    ("objective => ''", psycopg.errors.InvalidParameterValue, "not an outcome key"),
+    ("history => 0", psycopg.errors.InvalidParameterValue, "history must be 1 or more runs"),
+    ("horizon => 0", psycopg.errors.InvalidParameterValue, "horizon must be 1 or more days"),
+])
+def test_suggest_v4_checks_its_arguments(signal_db: str, arguments: str, error, message: str) -> None:
+    with connect(signal_db, autocommit=True) as conn, pytest.raises(error, match=message):
+        conn.execute(f"SELECT * FROM historical_db.suggest_configs_v4(%s, 3, {arguments})",
+                     (_env(conn, "R1_0010_TREND"),))
+
+
+def _v4(conn: psycopg.Connection, env, **arguments) -> dict[str, dict]:
+    named = "".join(f", {name} => %({name})s" for name in arguments)
+    cursor = conn.execute(f"SELECT * FROM historical_db.suggest_configs_v4(%(env)s, 10{named})",
+                          {"env": env} | arguments)
+    columns = [d.name for d in cursor.description]
+    return {row[0]: dict(zip(columns, row)) for row in cursor.fetchall()}
+
+
+def test_suggest_v4_record_reads_the_latest_history_runs_known_at_the_date(signal_db: str) -> None:
+    with connect(signal_db, autocommit=True) as conn:
+        env = _env(conn, "R1_0080_TREND")
+        every = _v4(conn, env, as_of=dt.date(2013, 6, 1), history=None)
+        latest = _v4(conn, env, as_of=dt.date(2013, 6, 1), history=4)   # the last date: its 4 configs
+        weekly = _v4(conn, env, as_of=dt.date(2013, 6, 1), history=None, horizon=7)
+    known = sum(1 for i in range(90) if START + dt.timedelta(days=7 * i + WINDOW) <= dt.date(2013, 6, 1))
+    assert set(every) == set(CONFIGS)
+    assert all(row["history_blocks"] == 1 for row in latest.values())
+    assert all(row["history_blocks"] == known for row in weekly.values())   # a block a week: one per date
+    assert all(every[c]["history_blocks"] < known for c in CONFIGS)          # a block a 28-day window
+    assert all(0 <= row["local_weight"] <= 1 and 0 < row["deflated_confidence"] < 1 for row in every.values())
+    # the records: each config's mean relative objective over its blocks, from the runs themselves
+    assert every["TREND"]["history_objective"] != latest["TREND"]["history_objective"]
+
+
+def test_suggest_answers_when_most_neighbours_share_the_query_environment(signal_db: str) -> None:
+    """Four of seven neighbours at distance 0 made v2's kernel bandwidth (the median distance) 1e-9, and the
+    weight of every other neighbour underflowed: "value out of range: underflow" instead of an answer."""
+    with connect(signal_db, autocommit=True) as conn:
+        env = _env(conn, "R1_0080_TREND")
+        rows = _v4(conn, env, neighbours=7, min_runs=1)
+    assert set(rows) == set(CONFIGS)
+    env_record = next(r for r in _history(1, signal=True) if r["run_id"] == "R1_0080_TREND")["env"]
+    [answer] = metaspace.suggest([env_record], k=4, neighbours=7, min_runs=1, database_url=signal_db)
+    assert {row["config_id"] for row in answer} == set(CONFIGS)

@@ -272,3 +272,18 @@ def test_the_v2_functions_through_the_orm_answer_like_the_cli(sample_engine: Eng
             session.execute(select(models.search_runs_v2(env, k=3, encoder_version=version + 1).c.run_id)).all()
     cli_rows = metaspace.search(run=run["run_id"], k=5, space="env", database_url=sample_db)
     assert orm == [row["run_id"] for row in cli_rows]
+
+
+def test_suggest_configs_v4_through_the_orm_answers_like_metaspace_suggest(sample_engine: Engine, sample_db: str,
+                                                                            sample_history: list[dict]) -> None:
+    run = sample_history[4]
+    with Session(sample_engine) as session:
+        version = session.execute(text("SELECT historical_db.active_encoder_version_v1()")).scalar()
+        env = (select(models.RunVector.vector)
+               .where(models.RunVector.space == "env", models.RunVector.run_id == run["run_id"],
+                      models.RunVector.encoder_version == version).scalar_subquery())
+        rows = models.suggest_configs_v4(env, k=4, as_of=run["as_of_date"], encoder_version=version, exact=True)
+        orm = session.execute(select(rows.c.config_id, rows.c.history_blocks, rows.c.local_weight)).all()
+    assert orm and all(blocks >= 0 and 0 <= weight <= 1 for _, blocks, weight in orm)
+    answer = metaspace.suggest(env=run["env"], k=4, as_of=run["as_of_date"], exact=True, database_url=sample_db)
+    assert [row[0] for row in orm] == [row["config_id"] for row in answer]

@@ -203,11 +203,25 @@ def test_suggest_exact_is_the_exact_sql_answer_and_never_walks_the_graph(sample_
     run_ids, vectors = _vectors(sconn, "env")
     before = _settled_scans(sconn, "env")
     rows, _ = _suggest(sample_db, env_file, "--exact", "-k", "8")
-    exact = sconn.execute("SELECT config_id, score FROM historical_db.suggest_configs_v2(%s, 8, exact => true)",
+    exact = sconn.execute("SELECT config_id, score FROM historical_db.suggest_configs_v4(%s, 8, exact => true)",
                           (vectors[run_ids.index(probe["run_id"])],)).fetchall()
     assert [(r["config_id"], pytest.approx(r["score"], abs=1e-9)) for r in rows] == [tuple(e) for e in exact]
     _suggest(sample_db, env_file, "-k", "8")
     assert _walks_after(sconn, "env", before) == 1  # the second suggestion's walk, none for --exact
+
+
+def test_suggest_history_and_horizon_reach_the_ranking(sample_db, env_file) -> None:
+    every, _ = _suggest(sample_db, env_file, "--history", "all", "-k", "5", "--exact")
+    recent, _ = _suggest(sample_db, env_file, "--history", "300", "-k", "5", "--exact")
+    weekly, _ = _suggest(sample_db, env_file, "--history", "all", "--horizon", "7", "-k", "5", "--exact")
+    assert all(r["history_blocks"] >= 1 and 0 <= r["local_weight"] <= 1 for r in every)
+    blocks = {r["config_id"]: r["history_blocks"] for r in every}
+    assert sum(r["history_blocks"] for r in recent) < sum(blocks[r["config_id"]] for r in recent if r["config_id"]
+                                                         in blocks) or {r["config_id"] for r in recent} != set(blocks)
+    assert any(r["history_blocks"] > blocks[r["config_id"]] for r in weekly if r["config_id"] in blocks)
+    for bad in (["--history", "0"], ["--history", "some"], ["--horizon", "0"]):
+        result = CliRunner().invoke(cli, ["--database-url", sample_db, "suggest", "--env", env_file, *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
 
 
 def test_suggest_lower_is_better_ranks_ascending_and_picks_the_lowest_run(sample_db, env_file, records) -> None:

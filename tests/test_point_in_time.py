@@ -71,6 +71,9 @@ def _answers(url: str, as_of: str) -> dict:
                                                  database_url=url),
         "neighbours": metaspace.search(run=probe["run_id"], k=15, as_of=as_of, space="config", database_url=url),
         "suggest": metaspace.suggest(env, k=5, as_of=as_of, objective="sharpe", database_url=url),
+        # each config's record from only the latest 50 runs known at the date: never the latest 50 overall
+        "suggest_recent_record": metaspace.suggest(env, k=5, as_of=as_of, objective="sharpe", history=50,
+                                                   database_url=url),
     }
 
 

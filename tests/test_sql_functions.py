@@ -303,8 +303,9 @@ def _reference_suggest(data: Stored, records: dict[str, dict], env: np.ndarray, 
     return sorted(kept, key=lambda s: (-direction * s["score"], s["config_id"]))[:k]
 
 
-SUGGESTS = ("suggest_configs_v1", "suggest_configs_v2")
-EVIDENCE = {"suggest_configs_v1": "runs", "suggest_configs_v2": "environments"}  # what min_runs counts
+SUGGESTS = ("suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v4")
+EVIDENCE = {"suggest_configs_v1": "runs", "suggest_configs_v2": "environments",  # what min_runs counts
+            "suggest_configs_v4": "environments"}
 
 
 def _suggest(conn: psycopg.Connection, env: np.ndarray, function: str = "suggest_configs_v1",
@@ -432,11 +433,12 @@ def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe, function)
     assert _hnsw_scans(sconn, "env") == before + 1
 
 
-def test_suggest_v2_eligible_configs_restrict_the_candidates_not_the_evidence(sconn, stored, probe) -> None:
+@pytest.mark.parametrize("function", ["suggest_configs_v2", "suggest_configs_v4"])
+def test_suggest_eligible_configs_restrict_the_candidates_not_the_evidence(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
-    every = _suggest(sconn, env, "suggest_configs_v2", k=1000, min_runs=1, exact=True)
+    every = _suggest(sconn, env, function, k=1000, min_runs=1, exact=True)
     chosen = [every[-1]["config_id"], every[len(every) // 2]["config_id"]]
-    rows = _suggest(sconn, env, "suggest_configs_v2", k=1000, min_runs=1, exact=True, eligible_configs=chosen)
+    rows = _suggest(sconn, env, function, k=1000, min_runs=1, exact=True, eligible_configs=chosen)
     assert sorted(r["config_id"] for r in rows) == sorted(chosen)
     assert all(r["candidates"] == 2 for r in rows)
     before = {r["config_id"]: r for r in every}
@@ -444,14 +446,14 @@ def test_suggest_v2_eligible_configs_restrict_the_candidates_not_the_evidence(sc
         assert (row["runs"], row["environments"], row["best_run_id"]) == tuple(
             before[row["config_id"]][c] for c in ("runs", "environments", "best_run_id"))
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="eligible_configs must be a non-empty"):
-        _suggest(sconn, env, "suggest_configs_v2", eligible_configs=[])
+        _suggest(sconn, env, function, eligible_configs=[])
 
 
-def test_suggest_v2_encoder_version_must_be_the_active_one(sconn, stored, probe) -> None:
+@pytest.mark.parametrize("function", ["suggest_configs_v2", "suggest_configs_v4"])
+def test_suggest_encoder_version_must_be_the_active_one(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     active = sconn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
-    assert _suggest(sconn, env, "suggest_configs_v2", encoder_version=active) == _suggest(sconn, env,
-                                                                                         "suggest_configs_v2")
+    assert _suggest(sconn, env, function, encoder_version=active) == _suggest(sconn, env, function)
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
-        _suggest(sconn, env, "suggest_configs_v2", encoder_version=active + 1)
+        _suggest(sconn, env, function, encoder_version=active + 1)
     assert raised.value.sqlstate == "55000"

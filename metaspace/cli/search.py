@@ -13,6 +13,7 @@ from metaspace.cli.common import database_url, database_url_option, domain_error
 from metaspace.errors import MetaspaceError
 from metaspace.names import SPACES
 from metaspace.queries import (
+    HISTORY_RUNS,
     MATCH_COLUMNS,
     Answer,
     optuna_params,
@@ -126,6 +127,25 @@ def _scope(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+class _HistoryRuns(click.ParamType):
+    """A number of runs (1 or more), or ``all`` (None: every run known at the date)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            runs = int(value)
+        except ValueError:
+            runs = 0
+        if runs < 1:
+            self.fail(f"{value!r} is not a number of runs (1 or more) or 'all'", param, ctx)
+        return runs
+
+
 @click.command("suggest")
 @database_url_option
 @click.option("--env", "env", required=True, metavar="FILE",
@@ -142,17 +162,21 @@ def _scope(text: str | None) -> dict[str, Any] | None:
               help="Evidence a config needs: neighbouring environments where it ran.")
 @click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
 @click.option("--exact", is_flag=True, help="Take the evidence by exact search.")
+@click.option("--history", type=_HistoryRuns(), default=HISTORY_RUNS, show_default=True,
+              help="Each config's record is read from the latest N runs known at the date (all: every one).")
+@click.option("--horizon", type=click.IntRange(1), metavar="DAYS",
+              help="Days of one outcome window, the block evidence is counted in (default: from test_start).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "optuna"]), default="table", show_default=True,
               help="optuna: per input, a JSON array of parameter dicts for study.enqueue_trial.")
 @domain_errors
-def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_runs, strategy, exact,
-                    fmt) -> None:
+def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_runs, strategy, exact, history,
+                    horizon, fmt) -> None:
     """Suggest configs that worked in environments like the target, as of a date.
 
     Takes the nearest runs in env space (as of the date), judges each config against the others run in
-    the same environment, counts its evidence in environments, and ranks by the shrunk result
-    (suggest_configs_v2). Each comes with its evidence and a confidence that its pick beats a random one.
-    Revalidate by backtest.
+    the same environment, and ranks by its record over the history known then, moved toward what it did in
+    environments like this as far as that evidence holds up (suggest_configs_v4). Each comes with its
+    evidence and a confidence that its pick beats a random one. Revalidate by backtest.
 
     \b
     Example:
@@ -164,5 +188,5 @@ def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_
     queries = queries_from("env", inputs, space="env", as_of=as_of)
     answers = suggest_many(queries, k=k, objective=objective, higher_is_better=higher_is_better,
                            neighbours=neighbours, min_runs=min_runs, strategy=strategy, exact=exact,
-                           database_url=database_url())
+                           history=history, horizon=horizon, database_url=database_url())
     _emit(answers, fmt, SUGGEST_TABLE)

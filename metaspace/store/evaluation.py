@@ -16,7 +16,8 @@ from metaspace.store.search import SUGGESTION_COLUMNS, _call
 
 # The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
 # with suggest_configs_v2's signature, named schema.function.
-RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v2")}
+RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v2"),
+            "v4": ("historical_db", "suggest_configs_v4")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
 # Runs that report the objective as a number and have an env vector of the active encoder version, known by
@@ -100,12 +101,12 @@ def _ranking_function(ranking: str) -> sql.Composable:
     if ranking in RANKINGS:
         return sql.Identifier(*RANKINGS[ranking])
     if not _QUALIFIED.match(ranking):
-        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2 or schema.function")
+        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2, v4 or schema.function")
     return sql.Identifier(*ranking.split("."))
 
 
 def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt.date, objective: str,
-                    higher_is_better: bool, neighbours: int, min_runs: int, ranking: str = "v2",
+                    higher_is_better: bool, neighbours: int, min_runs: int, ranking: str = "v4",
                     exact: bool = False) -> list[dict[str, Any]]:
     """The suggestions for the point's env as of ``as_of``, among the configs tried there, best first.
 

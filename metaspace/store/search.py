@@ -1,4 +1,4 @@
-"""Calls of the SQL search functions (sql/search_v1.sql, sql/suggest_v2.sql): the only Python that names them."""
+"""Calls of the SQL search functions (sql/search_v1.sql, sql/suggest_v4.sql): the only Python that names them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
                       "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates", "environments",
-                      "relative_objective")
+                      "relative_objective", "history_objective", "history_blocks", "local_weight")
 
 
 @dataclass(frozen=True)
@@ -82,15 +82,18 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
 
 def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date | None, objective: str,
             higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
-            exact: bool, encoder_version: int | None = None) -> list[dict[str, Any]]:
-    """suggest_configs_v2; ``encoder_version`` (the version ``env`` was encoded with) fails fast if it is
+            exact: bool, encoder_version: int | None = None, history: int | None = 20_000,
+            horizon: int | None = None) -> list[dict[str, Any]]:
+    """suggest_configs_v4; ``encoder_version`` (the version ``env`` was encoded with) fails fast if it is
     no longer the active one."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.suggest_configs_v2(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
-        "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s)",
+        "SELECT * FROM historical_db.suggest_configs_v4(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
+        "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s, "
+        "history => %(history)s, horizon => %(horizon)s)",
         {"env": _float32(env), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
-         "strategies": list(strategies) or None, "exact": exact, "version": encoder_version},
+         "strategies": list(strategies) or None, "exact": exact, "version": encoder_version,
+         "history": history, "horizon": horizon},
     )
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
