@@ -247,33 +247,26 @@ def test_suggest_v2_ranks_only_eligible_configs_and_counts_environments(signal_d
         assert everything[0] == 4
 
 
-@pytest.mark.parametrize(("arguments", "error", "message"), [
+_BAD_SUGGEST_ARGUMENTS = [
     ("encoder_version => 99", psycopg.errors.ObjectNotInPrerequisiteState, "version 99 was asked for, but version 1"),
     ("eligible_configs => ARRAY[]::text[]", psycopg.errors.InvalidParameterValue, "eligible_configs"),
     ("min_runs => 0", psycopg.errors.InvalidParameterValue, "min_runs"),
     ("objective => ''", psycopg.errors.InvalidParameterValue, "not an outcome key"),
+]
+
+
+@pytest.mark.parametrize(("function", "arguments", "error", "message"), [
+    *(("suggest_configs_v2", *case) for case in _BAD_SUGGEST_ARGUMENTS),
+    *(("suggest_configs_v4", *case) for case in _BAD_SUGGEST_ARGUMENTS),
+    ("suggest_configs_v4", "history => 0", psycopg.errors.InvalidParameterValue, "history must be 1 or more runs"),
+    ("suggest_configs_v4", "horizon => 0", psycopg.errors.InvalidParameterValue, "horizon must be 1 or more days"),
 ])
-def test_suggest_v2_checks_its_arguments(signal_db: str, arguments: str, error, message: str) -> None:
+def test_suggest_checks_its_arguments(signal_db: str, function: str, arguments: str, error, message: str) -> None:
     with connect(signal_db, autocommit=True) as conn, pytest.raises(error, match=message):
-        conn.execute(f"SELECT * FROM historical_db.suggest_configs_v2(%s, 3, {arguments})",
-                     (_env(conn, "R1_0010_TREND"),))
+        conn.execute(f"SELECT * FROM historical_db.{function}(%s, 3, {arguments})", (_env(conn, "R1_0010_TREND"),))
 
 
 # -- suggest_configs_v4 ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("arguments", "error", "message"), [
-    ("encoder_version => 99", psycopg.errors.ObjectNotInPrerequisiteState, "version 99 was asked for, but version 1"),
-    ("eligible_configs => ARRAY[]::text[]", psycopg.errors.InvalidParameterValue, "eligible_configs"),
-    ("min_runs => 0", psycopg.errors.InvalidParameterValue, "min_runs"),
-    ("objective => ''", psycopg.errors.InvalidParameterValue, "not an outcome key"),
-    ("history => 0", psycopg.errors.InvalidParameterValue, "history must be 1 or more runs"),
-    ("horizon => 0", psycopg.errors.InvalidParameterValue, "horizon must be 1 or more days"),
-])
-def test_suggest_v4_checks_its_arguments(signal_db: str, arguments: str, error, message: str) -> None:
-    with connect(signal_db, autocommit=True) as conn, pytest.raises(error, match=message):
-        conn.execute(f"SELECT * FROM historical_db.suggest_configs_v4(%s, 3, {arguments})",
-                     (_env(conn, "R1_0010_TREND"),))
 
 
 def _v4(conn: psycopg.Connection, env, **arguments) -> dict[str, dict]:
