@@ -289,11 +289,13 @@ def stage_tail(conn, truth: Truth, queries, count: int) -> None:
                      limit["p95"], _plan(conn, form, params))
         for label, settings in walks:
             _settings(conn, **settings)
+            conn.execute("SET enable_sort = off")  # the graph walk, not the planner's B-tree + sort
             _row(label, cut / n, cut, _run(conn, truth, qs, kths, WALK, lambda q, d=day: {"d": d}),
                  limit["p95"], _plan(conn, WALK, params))
             for name in ("ef_search", "max_scan_tuples", "scan_mem_multiplier"):
                 conn.execute(f"RESET hnsw.{name}")
             conn.execute("SET hnsw.iterative_scan = relaxed_order")
+            conn.execute("RESET enable_sort")
     after = _limit(conn, truth, queries, kths_all)
     print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
 
@@ -364,8 +366,10 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, leave:
         cut = truth.cut(share)
         day = truth.date(cut)
         kths = [truth.nearest(q, cut) for q in qs]
+        conn.execute("SET enable_sort = off")  # a graph walk: the planner picks the smallest graph holding the date
         _row("prefix graph walk ef 40", cut / n, cut, _run(conn, truth, qs, kths, WALK, lambda q, d=day: {"d": d}),
              limit["p95"], _plan(conn, WALK, {"q": qs[0], "d": day}))
+        conn.execute("RESET enable_sort")
         _row(f"rule: narrow exact below {threshold:,}, else prefix walk", cut / n, cut,
              _run(conn, truth, qs, kths, CANDIDATE, lambda q, d=day: {"d": d, "t": threshold}), limit["p95"])
         _row("today: search_runs_v1 (may use the prefix graphs too)", cut / n, cut,
@@ -449,6 +453,7 @@ def main() -> None:
             _load(url, args.n, args.extra, args.seed)
         queries = _queries(url, args.queries, args.seed)
         with connect(url, autocommit=True) as conn:
+            conn.prepare_threshold = None  # each statement planned with its values, as EXECUTE ... USING is
             truth = Truth(conn)
             for stage in args.stage or ("halfvec", "tail", "prefix", "growth"):
                 if stage == "halfvec":
