@@ -331,7 +331,7 @@ $fn$
 """
 
 
-def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, leave: bool) -> None:
+def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, plain: int, leave: bool) -> None:
     """As-of prefix graphs: partial HNSW indexes over the runs known as of a few fixed dates, each holding
     a third of the last; an as-of query walks the smallest graph that holds its date (the planner picks it:
     the date is a constant in a one-shot plan), where at least a third of the runs match."""
@@ -376,9 +376,20 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, leave:
              _current(conn, truth, qs, kths, day, False), limit["p95"])
     after = _limit(conn, truth, queries, kths_all)
     print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
-    if not leave:
-        for name in built:
-            conn.execute(f"DROP INDEX historical_db.{name}")
+    if leave:
+        return
+    for name in built:
+        conn.execute(f"DROP INDEX historical_db.{name}")
+    print(f"\n## without the prefix graphs: narrow exact below {plain:,} runs, else the full graph's walk")
+    print(HEADER)
+    for share in SELECTIVITY:
+        cut = truth.cut(share)
+        day = truth.date(cut)
+        kths = [truth.nearest(q, cut) for q in qs]
+        _row(f"rule: narrow exact below {plain:,}, else walk", cut / n, cut,
+             _run(conn, truth, qs, kths, CANDIDATE, lambda q, d=day: {"d": d, "t": plain}), limit["p95"])
+    after = _limit(conn, truth, queries, kths_all)
+    print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
 
 
 # 3. growth -----------------------------------------------------------------------------------------------
@@ -434,7 +445,10 @@ def main() -> None:
     parser.add_argument("--extra", type=int, default=900_000, help="more joint vectors added by COPY")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tail-queries", type=int, default=100, help="queries for each as-of share")
-    parser.add_argument("--threshold", type=int, default=20_000, help="the rule's switch to the exact path")
+    parser.add_argument("--threshold", type=int, default=10_000,
+                        help="below this many runs as of the date, the rule with prefix graphs takes the exact path")
+    parser.add_argument("--plain-threshold", type=int, default=30_000,
+                        help="the same for the rule without prefix graphs (measured after they are dropped)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stage", action="append", choices=("halfvec", "tail", "prefix", "growth"))
     parser.add_argument("--sizes", default="100000,300000,1000000")
@@ -461,7 +475,8 @@ def main() -> None:
                 elif stage == "tail":
                     stage_tail(conn, truth, queries, args.tail_queries)
                 elif stage == "prefix":
-                    stage_prefix(conn, truth, queries, args.tail_queries, args.threshold, args.leave)
+                    stage_prefix(conn, truth, queries, args.tail_queries, args.threshold, args.plain_threshold,
+                                 args.leave)
                 else:
                     stage_growth(conn, truth, queries, tuple(int(s) for s in args.sizes.split(",")))
     finally:
