@@ -3,7 +3,8 @@
     python benchmarks/bench_scale.py --n 100000 --extra 900000 --keep          # build once (bench_search's loader)
     python benchmarks/bench_scale.py --reuse NAME --stage halfvec              # 1. halfvec vs vector graphs
     python benchmarks/bench_scale.py --reuse NAME --stage tail                 # 2a. as-of tail: today + remedies
-    python benchmarks/bench_scale.py --reuse NAME --stage prefix               # 2b. as-of prefix graphs + a rule
+    python benchmarks/bench_scale.py --reuse NAME --stage prefix               # 2b. as-of prefix graphs + two rules
+    python benchmarks/bench_scale.py --reuse NAME --stage prefix --threshold 20000   # rule A's other threshold
     python benchmarks/bench_scale.py --reuse NAME --stage growth               # 3. 100k / 300k / 1M curve
 
 The database is built by ``bench_search``'s loader (N sample runs imported and embedded, then extra joint
