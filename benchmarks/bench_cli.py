@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cli.py --n 20000
     python benchmarks/bench_cli.py --n 20000 --home /tmp/metaspace-bench-cli   # reuse a built history
+    python benchmarks/bench_cli.py --home H --database NAME    # a database of that server, e.g. bench_scale's 1M
 
 Uses the embedded server under ``--home`` (its own METASPACE_HOME; a server that is not running is started
 first, so every figure is on a warm server); the first run imports and embeds ``--n`` sample runs. Each
@@ -69,10 +70,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="sample runs in the history")
     parser.add_argument("--home", default="/tmp/metaspace-bench-cli", help="METASPACE_HOME of the server")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--database", help="an existing database of that server (commands get its URL)")
     args = parser.parse_args()
 
     os.environ["METASPACE_HOME"] = args.home
     os.environ.pop("METASPACE_DATABASE_URL", None)
+    if args.database:
+        from psycopg.conninfo import make_conninfo
+
+        from metaspace.store.connection import resolve_url as server_url
+
+        os.environ["METASPACE_DATABASE_URL"] = make_conninfo(server_url(None), dbname=args.database)
     env = dict(os.environ)
 
     import psycopg
