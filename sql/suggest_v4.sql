@@ -265,7 +265,7 @@ $fn$;
 -- Configs that worked in environments like a JSON env (a bare env object, or a run record with one), as of
 -- a date: suggest_configs_v4 on the env encoded inside the database, with the version it was encoded with
 -- (what `metaspace suggest` answers, for SQL clients; suggest_for_env_v1 stays on version 2).
-CREATE FUNCTION historical_db.suggest_for_env_v2(
+CREATE FUNCTION historical_db.suggest_for_env_v3(
     env jsonb, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
     higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 1000, min_runs integer DEFAULT 3,
     strategy_ids text[] DEFAULT NULL, exact boolean DEFAULT false, history integer DEFAULT 20000,

@@ -1,4 +1,4 @@
-"""Search and suggest by JSON in SQL (search_record_v1, suggest_for_env_v1/_v2) answer what the command line
+"""Search and suggest by JSON in SQL (search_record_v1, suggest_for_env_v1/_v3) answer what the command line
 answers for the same inputs."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_suggest_for_env_gives_the_rows_of_metaspace_suggest(sample_db, sample_h
                         "--database-url", sample_db, *flags)
     with connect(sample_db, autocommit=True) as conn:
         for env, expected in zip(envs, answers, strict=True):
-            cursor = conn.execute("SELECT * FROM historical_db.suggest_for_env_v2(%s, 4, '2017-03-31', 'sharpe', "
+            cursor = conn.execute("SELECT * FROM historical_db.suggest_for_env_v3(%s, 4, '2017-03-31', 'sharpe', "
                                   "exact => %s)", (Jsonb(env), exact))
             names = [column.name for column in cursor.description]
             rows = [dict(zip(names, row)) for row in cursor.fetchall()]
@@ -100,7 +100,7 @@ def test_a_record_dated_earlier_than_as_of_is_asked_as_of_its_own_date(sample_db
     ("historical_db.search_record_v1('{\"as_of_date\": \"soon\", \"env\": {\"a\": 1}}', 5, 'env')",
      "is not an ISO date"),
     ("historical_db.suggest_for_env_v1('{\"realized_vol\": [1]}')", "field 'env.realized_vol'"),
-    ("historical_db.suggest_for_env_v2('{\"realized_vol\": [1]}')", "field 'env.realized_vol'"),
+    ("historical_db.suggest_for_env_v3('{\"realized_vol\": [1]}')", "field 'env.realized_vol'"),
 ])
 def test_bad_inputs_are_refused_with_the_field(sample_db, call: str, message: str) -> None:
     with connect(sample_db, autocommit=True) as conn, pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
@@ -122,7 +122,7 @@ def test_a_reader_login_encodes_searches_and_suggests_but_does_not_embed(server_
                                 ).fetchone()[0] == 3
             assert conn.execute("SELECT count(*) FROM historical_db.suggest_for_env_v1(%s, 2)", (Jsonb(run["env"]),)
                                 ).fetchone()[0] >= 1
-            assert conn.execute("SELECT count(*) FROM historical_db.suggest_for_env_v2(%s, 2)", (Jsonb(run["env"]),)
+            assert conn.execute("SELECT count(*) FROM historical_db.suggest_for_env_v3(%s, 2)", (Jsonb(run["env"]),)
                                 ).fetchone()[0] >= 1
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT * FROM historical_db.embed_pending_v1(10)")

@@ -6,7 +6,7 @@ Revises: 0011_sql_encoders
 Installs ``sql/suggest_v4.sql`` beside versions 1 to 3 (kept for old clients): each config's local edge is
 shrunk toward its record over the history known at the date instead of toward the candidates' mean,
 evidence is counted in blocks of one outcome window, and how far local departures come through is
-estimated from the data at the date. ``suggest_for_env_v2`` is the same on a JSON env encoded inside the
+estimated from the data at the date. ``suggest_for_env_v3`` is the same on a JSON env encoded inside the
 database. Measured in docs/suggestions.md.
 
 The function pins ``search_path`` FROM CURRENT, so it is set first, as in 0005. Like every function, it is
@@ -27,7 +27,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v4.sql": "53058fb6ad2de01ea6f3cf05f2aa0196f2d6d45b8eb0cc22e4f30a57daf96db9",
+    "suggest_v4.sql": "1061dff97f15ed15fab5f79e1a167d957dfdbc6a658737c30abd673d47df17c5",
 }
 
 
@@ -41,7 +41,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION historical_db.suggest_for_env_v2(jsonb, integer, date, text, boolean, integer, integer, "
+    op.execute("DROP FUNCTION historical_db.suggest_for_env_v3(jsonb, integer, date, text, boolean, integer, integer, "
                "text[], boolean, integer, integer)")
     op.execute("DROP FUNCTION historical_db.suggest_configs_v4(vector, integer, date, text, boolean, integer, "
                "integer, text[], boolean, text[], integer, integer, integer)")
