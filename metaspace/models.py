@@ -66,7 +66,7 @@ from metaspace.names import DIMENSION, SCHEMA
 __all__ = [
     "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
     "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
-    "RunVector", "engine", "metadata", "neighbours_v1", "neighbours_v2", "search_runs_v1", "search_runs_v2",
+    "RunVector", "Setting", "engine", "metadata", "neighbours_v1", "neighbours_v2", "search_runs_v1", "search_runs_v2",
     "suggest_configs_v1", "suggest_configs_v2", "views",
 ]
 
@@ -171,6 +171,16 @@ class BranchEmbedding(Base):
     strategy_id: Mapped[str | None] = mapped_column(Text)
     config_id: Mapped[str | None] = mapped_column(Text)
     vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+class Setting(Base):
+    """A choice stored for this database: which spaces get an HNSW graph, and from how many vectors."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB)
+    set_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class EmbeddingQuarantine(Base):
