@@ -2,6 +2,7 @@
 
     python benchmarks/bench_search.py --n 100000
     python benchmarks/bench_search.py --n 100000 --extra 900000     # the 1,000,000-vector run (joint space)
+    python benchmarks/bench_search.py --n 100000 --halfvec          # and HNSW on halfvec(384) against vector(384)
 
 Builds a fresh database on the embedded server (or METASPACE_DATABASE_URL's server): N sample runs are
 imported and embedded the normal way; ``--extra M`` then adds M more joint vectors of further sample runs
@@ -33,6 +34,7 @@ from metaspace.sample import sample_runs, write_runs
 from metaspace.store import migrate, registry
 from metaspace.store import vectors as vector_store
 from metaspace.store.connection import connect, resolve_url
+from metaspace.store.sqlfiles import statements
 
 K = 10
 EF_SEARCH = (20, 40, 64, 100, 200, 400)
@@ -158,6 +160,80 @@ def measure(url: str, queries: np.ndarray) -> None:
                   f"{_p(exact_f_ms, 50):.1f} | {_p(exact_f_ms, 95):.1f} |")
 
 
+HALFVEC_INDEX = "joint_embeddings_halfvec_hnsw"
+FLOAT32_INDEX = "joint_embeddings_vector_hnsw"
+# The plain form and its halfvec twin (the query cast to match the expression index), and the halfvec walk
+# re-ranked by exact float32 distance over its first %s candidates.
+PLAIN_F32 = ("SELECT vector <-> %s AS distance FROM historical_db.joint_embeddings "
+             "ORDER BY vector <-> %s LIMIT %s")
+PLAIN_HALF = ("SELECT vector <-> %s AS distance FROM historical_db.joint_embeddings "
+              "ORDER BY vector::halfvec(384) <-> %s::vector::halfvec(384) LIMIT %s")
+RERANK_HALF = ("SELECT c.vector <-> %s AS distance FROM (SELECT vector FROM historical_db.joint_embeddings "
+               "ORDER BY vector::halfvec(384) <-> %s::vector::halfvec(384) LIMIT %s) c "
+               "ORDER BY c.vector <-> %s LIMIT %s")
+
+
+def _build(conn: psycopg.Connection, statement: str, name: str) -> tuple[float, int]:
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS historical_db.{}").format(sql.Identifier(name)))
+    started = time.perf_counter()
+    conn.execute(statement)
+    seconds = time.perf_counter() - started
+    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (f"historical_db.{name}",)).fetchone()[0]
+    return seconds, size
+
+
+def compare_halfvec(url: str, queries: np.ndarray) -> None:
+    """HNSW over vector(384) against HNSW over vector::halfvec(384) (an expression index, float32 rows
+    unchanged), on the same joint vectors in the same run: build time, size, recall@10 and latency at each
+    ef_search, and the halfvec walk re-ranked by exact float32 distance."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '3GB'")
+        total = conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0]
+        f32_statement = statements(vector_store.HNSW_INDEXES)[0]
+        half_statement = (f"CREATE INDEX {HALFVEC_INDEX} ON historical_db.joint_embeddings USING hnsw "
+                          "((vector::halfvec(384)) halfvec_l2_ops) WITH (m = 16, ef_construction = 64)")
+        f32_build, f32_size = _build(conn, f32_statement, FLOAT32_INDEX)
+        half_build, half_size = _build(conn, half_statement, HALFVEC_INDEX)
+        conn.execute("ANALYZE historical_db.joint_embeddings")
+        print(f"\nhalfvec against vector, {total:,} joint vectors, {len(queries)} queries, k = {K}")
+        print("| graph | build s | index MB | bytes a vector |")
+        print("| --- | --- | --- | --- |")
+        for label, build, size in (("vector(384)", f32_build, f32_size), ("halfvec(384)", half_build, half_size)):
+            print(f"| {label} | {build:.1f} | {size / 2**20:.0f} | {size / total:.0f} |")
+        print(f"halfvec: {half_size / f32_size:.2f}x the size, {half_build / f32_build:.2f}x the build time")
+        plans = {}
+        for label, statement, params in (
+                ("vector", PLAIN_F32, lambda q: (q, q, K)),
+                ("halfvec", PLAIN_HALF, lambda q: (q, q, K)),
+                ("halfvec, re-ranked", RERANK_HALF, lambda q: (q, q, 4 * K, q, K))):
+            plans[label] = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params(queries[0])).fetchall())
+        assert FLOAT32_INDEX in plans["vector"] and HALFVEC_INDEX in plans["halfvec"], plans
+        assert HALFVEC_INDEX in plans["halfvec, re-ranked"], plans
+        for q in queries[:5]:
+            for statement in (PLAIN_F32, PLAIN_HALF):
+                conn.execute(statement, (q, q, K)).fetchall()
+        conn.execute("SET enable_indexscan = off")
+        truth = [conn.execute(PLAIN_F32, (q, q, K)).fetchall() for q in queries]
+        conn.execute("RESET enable_indexscan")
+        print("| ef_search | vector recall@10 | p50 ms | p95 ms | halfvec recall@10 | p50 ms | p95 ms | "
+              "halfvec re-ranked (top 40) recall@10 | p50 ms | p95 ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for ef in EF_SEARCH:
+            conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+            cells = []
+            for statement, params in ((PLAIN_F32, lambda q: (q, q, K)), (PLAIN_HALF, lambda q: (q, q, K)),
+                                      (RERANK_HALF, lambda q, ef=ef: (q, q, max(4 * K, ef), q, K))):
+                latencies, recalls = [], []
+                for q, expected in zip(queries, truth):
+                    ms, rows = _timed(conn, statement, params(q))
+                    latencies.append(ms)
+                    recalls.append(_recall(rows, expected))
+                cells.append(f"{statistics.mean(recalls):.3f} | {_p(latencies, 50):.2f} | {_p(latencies, 95):.2f}")
+            print(f"| {ef} | " + " | ".join(cells) + " |")
+        conn.execute("RESET hnsw.ef_search")
+        conn.execute(sql.SQL("DROP INDEX historical_db.{}").format(sql.Identifier(HALFVEC_INDEX)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000, help="sample runs imported and embedded")
@@ -166,6 +242,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     parser.add_argument("--reuse", metavar="NAME", help="measure a database kept by an earlier --keep run")
+    parser.add_argument("--halfvec", action="store_true",
+                        help="also compare an HNSW graph over vector::halfvec(384) with the float32 one")
+    parser.add_argument("--only-halfvec", action="store_true", help="the halfvec comparison alone")
     args = parser.parse_args()
     if args.reuse:
         server = resolve_url(None)
@@ -176,7 +255,11 @@ def main() -> None:
     try:
         if not args.reuse:
             _load(url, args.n, args.extra, args.seed)
-        measure(url, _queries(url, args.queries, args.seed))
+        queries = _queries(url, args.queries, args.seed)
+        if not args.only_halfvec:
+            measure(url, queries)
+        if args.halfvec or args.only_halfvec:
+            compare_halfvec(url, queries)
     finally:
         if args.keep:
             print(f"kept: {name}")

@@ -177,6 +177,8 @@ class Setting(Base):
     """A choice stored for this database: which spaces get an HNSW graph, and from how many vectors."""
 
     __tablename__ = "settings"
+    __table_args__ = {"comment": "metaspace choices: which spaces get an HNSW graph, and from how many vectors "
+                                 "(metaspace embed-runs --indexed-spaces, --index-min-vectors)"}
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[Any] = mapped_column(JSONB)
