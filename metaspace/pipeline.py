@@ -202,6 +202,7 @@ class EmbedSummary:
     switched_from: int | None = None
     index_rebuilt: bool = False
     graphs: list[str] = field(default_factory=list)  # the spaces with an HNSW graph after this call
+    graph_types: dict[str, str] = field(default_factory=dict)  # their kinds: vector (float32) or halfvec
     index_seconds: float = 0.0
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -218,7 +219,7 @@ def embed_runs(
     strategy: str | Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
     schema: Mapping[str, Any] | None = None, fit_until: str | dt.date | None = None,
     indexed_spaces: str | Iterable[str] | None = None, index_min_vectors: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    graph_type: str | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> EmbedSummary:
     """Embed the stored runs that lack a vector for the active encoder version (fitting one if none).
 
@@ -227,16 +228,19 @@ def embed_runs(
     Writers are serialised by an advisory lock; every batch commits whole, so a killed run loses at most one
     batch and a rerun completes it.
 
-    ``indexed_spaces`` (``"joint,env"``, a list, ``"all"``, ``"none"`` or ``"default"``) and
-    ``index_min_vectors`` choose which spaces get an HNSW graph, and from how many vectors; the choice is
-    stored in the database and every later embed-runs builds and drops graphs to match it
-    (``store/graphs.py`` has the defaults). A space without a graph answers by exact search.
+    ``indexed_spaces`` (``"joint,env"``, a list, ``"all"``, ``"none"`` or ``"default"``),
+    ``index_min_vectors`` and ``graph_type`` (``"halfvec"``, ``"vector"`` or ``"default"``) choose which
+    spaces get an HNSW graph, from how many vectors, and of which kind; the choice is stored in the database
+    and every later embed-runs builds and drops graphs to match it (``store/graphs.py`` has the defaults).
+    A space without a graph answers by exact search.
     """
     if batch_size < 1:
         raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
     if index_min_vectors is not None and index_min_vectors < 0:
         raise MetaspaceError(f"index_min_vectors (--index-min-vectors) must be 0 or more, got {index_min_vectors}")
     choose_spaces = indexed_spaces is not None  # ("default" chooses the default rule again)
+    choose_type = graph_type is not None
+    chosen_type = graphs.parse_graph_type(graph_type)
     chosen_spaces = graphs.parse_spaces(indexed_spaces if isinstance(indexed_spaces, (str, type(None)))
                                         else tuple(indexed_spaces))
     started = time.perf_counter()
@@ -248,12 +252,12 @@ def embed_runs(
         vector_store.lock(conn)
         try:
             owner = vector_store.owns_tables(conn)
-            settings = _index_settings(conn, summary, choose_spaces, chosen_spaces, index_min_vectors, owner=owner,
-                                       dry_run=dry_run)
+            settings = _index_settings(conn, summary, (choose_spaces, chosen_spaces), index_min_vectors,
+                                       (choose_type, chosen_type), owner=owner, dry_run=dry_run)
             target, active = _target_version(conn, summary, rebuild=rebuild or refit or fit_until is not None,
                                              dry_run=dry_run, schema=schema, fit_until=fit_until)
             if target is None:
-                if not dry_run and (choose_spaces or index_min_vectors is not None):
+                if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None):
                     _match_graphs(conn, summary, settings, owner=owner, bulk=False, index_started=time.perf_counter())
                 summary.seconds = time.perf_counter() - started
                 return summary
@@ -276,10 +280,10 @@ def embed_runs(
                 after = {space: count + summary.pending for space, count in counts.items()}
                 unwanted = graphs.present(conn) - graphs.wanted(settings, after)
                 graphs.drop(conn, unwanted)
-                if any(counts[space] for space in unwanted):  # (the empty graphs of a new schema go quietly)
+                if any(counts[space] for space, _ in unwanted):  # (the empty graphs of a new schema go quietly)
                     summary.notes.append(_dropped_note(unwanted, settings))
             if bulk and graphs.present(conn):
-                vector_store.drop_hnsw_indexes(conn)
+                graphs.drop(conn, graphs.present(conn))
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
             _embed_pending(conn, url, target, selection, summary, batch_size, progress)
             _match_graphs(conn, summary, settings, owner=owner, bulk=bulk, index_started=time.perf_counter())
@@ -295,15 +299,17 @@ def embed_runs(
     return summary
 
 
-def _index_settings(conn, summary: EmbedSummary, choose_spaces: bool, spaces: tuple[str, ...] | None,
-                    min_vectors: int | None, *, owner: bool, dry_run: bool) -> graphs.IndexSettings:
+def _index_settings(conn, summary: EmbedSummary, spaces: tuple[bool, tuple[str, ...] | None],
+                    min_vectors: int | None, graph_type: tuple[bool, str | None], *, owner: bool,
+                    dry_run: bool) -> graphs.IndexSettings:
     """The stored choice of indexed spaces, updated with what this call was given (and stored, unless a
-    dry run)."""
+    dry run). ``spaces`` and ``graph_type`` are (given, value): a value of None given is the default."""
     settings = graphs.read_settings(conn)
-    if not choose_spaces and min_vectors is None:
+    if not spaces[0] and not graph_type[0] and min_vectors is None:
         return settings
-    settings = graphs.IndexSettings(spaces if choose_spaces else settings.indexed_spaces,
-                                    min_vectors if min_vectors is not None else settings.index_min_vectors)
+    settings = graphs.IndexSettings(spaces[1] if spaces[0] else settings.indexed_spaces,
+                                    min_vectors if min_vectors is not None else settings.index_min_vectors,
+                                    graph_type[1] if graph_type[0] else settings.graph_type)
     if dry_run:
         summary.notes.append(f"would store {settings.describe()}")
         return settings
@@ -316,10 +322,9 @@ def _index_settings(conn, summary: EmbedSummary, choose_spaces: bool, spaces: tu
     return settings
 
 
-def _dropped_note(spaces: set[str], settings: graphs.IndexSettings) -> str:
-    names = ", ".join(space for space in graphs.SPACES if space in spaces)
-    return (f"HNSW graph(s) of {names} dropped: not needed by the rule ({settings.describe()}); "
-            "these spaces answer by exact search")
+def _dropped_note(dropped: set[graphs.Graph], settings: graphs.IndexSettings) -> str:
+    return (f"HNSW graph(s) of {graphs.describe(dropped)} dropped: not wanted by the rule "
+            f"({settings.describe()}); a space without a graph answers by exact search")
 
 
 def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *, owner: bool, bulk: bool,
@@ -330,11 +335,10 @@ def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *
     want = graphs.wanted(settings, counts)
     have = graphs.present(conn)
     if not owner:
-        summary.graphs = sorted(have, key=graphs.SPACES.index)
-        missing = sorted(want - have, key=graphs.SPACES.index)
-        if missing:
-            summary.notes.append(f"HNSW graph(s) of {', '.join(missing)} missing: searches there use exact scans "
-                                 "until the tables' owner runs metaspace embed-runs")
+        summary.graphs = graphs.spaces_of(have)
+        if want - have:
+            summary.notes.append(f"HNSW graph(s) of {graphs.describe(want - have)} missing: searches there use "
+                                 "exact scans until the tables' owner runs metaspace embed-runs")
         return
     if have - want:
         graphs.drop(conn, have - want)
@@ -344,8 +348,9 @@ def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *
         summary.index_seconds = time.perf_counter() - index_started
         summary.index_rebuilt = bulk
         if not bulk:
-            summary.notes.append(f"HNSW graph(s) built for {', '.join(built)} ({settings.describe()})")
-    summary.graphs = sorted(want, key=graphs.SPACES.index)
+            summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    summary.graphs = graphs.spaces_of(want)
+    summary.graph_types = {space: kind for space, kind in sorted(want)}
 
 
 def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema,

@@ -1,17 +1,21 @@
-"""Which spaces have an HNSW graph: the team's choice (``historical_db.settings``, revision 0012), the
-threshold below which the exact scan answers instead, and the graphs built or dropped to match.
+"""Which spaces have an HNSW graph, and of which kind: the team's choice (``historical_db.settings``,
+revision 0012), the threshold below which the exact scan answers instead, and the graphs built or dropped
+to match.
 
 A graph pays only where queries are asked of a space holding many vectors: its build costs about
-0.1 ms a vector on 2 cores and it takes ~2 KB a vector of memory, while below ``DEFAULT_MIN_VECTORS`` the
-exact scan answers a k = 10 search in about 10-20 ms (docs/benchmarks.md, "Where a graph pays"). So:
+0.1 ms a vector on 2 cores and it takes ~1-2 KB a vector of memory, while below ``DEFAULT_MIN_VECTORS``
+the exact scan answers a k = 10 search in about 10-30 ms (docs/benchmarks.md, "Where a graph pays"). So:
 
 - a space gets a graph when it is among the indexed spaces and holds at least ``index_min_vectors``;
 - the indexed spaces are the team's choice (``embed-runs --indexed-spaces``); without one, all four while
   the joint table holds fewer than ``LARGE_SCALE`` vectors, then joint and env (``LARGE_SCALE_SPACES``),
-  the ones ``search`` and ``suggest`` ask by default.
+  the ones ``search`` and ``suggest`` ask by default;
+- the graph's kind (``--graph-type``): by default a halfvec graph (0.57x the size, recall within 0.005 of
+  float32 at 100,000 runs) for config, env and outcome, and a float32 one for joint, the space the plain
+  ``ORDER BY vector <-> :q`` form of the design card asks; ``halfvec`` or ``vector`` makes all four alike.
 
-A space without a graph still answers, by exact search (the search functions' path rule reads the graph's
-size and finds none); a search in a space that is not indexed says so.
+A space without a graph still answers, by exact search (``nearest_runs_v2`` finds no graph and scans); a
+search in a space that is not indexed says so.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ from metaspace.store.sqlfiles import statements
 DEFAULT_MIN_VECTORS = 10_000
 LARGE_SCALE = 1_000_000
 LARGE_SCALE_SPACES = ("joint", "env")
-# The graphs of sql/vector_indexes_v1.sql, one per space, in the file's order (store/vectors.py names them
-# too; this module imports nothing heavy, since a search by stored run reads the note below).
-HNSW_INDEXES = "vector_indexes_v1.sql"
-HNSW_INDEX_NAMES = ("joint_embeddings_vector_hnsw", "branch_embeddings_config_hnsw", "branch_embeddings_env_hnsw",
-                    "branch_embeddings_outcome_hnsw")
-INDEX_OF_SPACE = dict(zip(SPACES, HNSW_INDEX_NAMES))
+GRAPH_TYPES = ("vector", "halfvec")
+# The graphs of sql/vector_indexes_v1.sql (float32) and v2 (halfvec), one per space, in the files' order.
+# (store/vectors.py names the v1 ones too; this module imports nothing heavy, since a search by stored run
+# reads the note below.)
+INDEX_FILES = {"vector": "vector_indexes_v1.sql", "halfvec": "vector_indexes_v2.sql"}
+INDEX_NAMES = {
+    ("joint", "vector"): "joint_embeddings_vector_hnsw",
+    **{(branch, "vector"): f"branch_embeddings_{branch}_hnsw" for branch in SPACES[1:]},
+    ("joint", "halfvec"): "joint_embeddings_halfvec_hnsw",
+    **{(branch, "halfvec"): f"branch_embeddings_{branch}_halfvec_hnsw" for branch in SPACES[1:]},
+}
+Graph = tuple[str, str]  # (space, kind)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class IndexSettings:
 
     indexed_spaces: tuple[str, ...] | None = None
     index_min_vectors: int | None = None
+    graph_type: str | None = None
 
     @property
     def min_vectors(self) -> int:
@@ -53,10 +64,16 @@ class IndexSettings:
             return self.indexed_spaces
         return LARGE_SCALE_SPACES if joint_vectors >= LARGE_SCALE else SPACES
 
+    def kind(self, space: str) -> str:
+        if self.graph_type is not None:
+            return self.graph_type
+        return "vector" if space == "joint" else "halfvec"
+
     def describe(self) -> str:
         spaces = ", ".join(self.indexed_spaces) if self.indexed_spaces is not None else (
             f"all four below {LARGE_SCALE:,} joint vectors, then {' and '.join(LARGE_SCALE_SPACES)}")
-        return f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors"
+        kind = self.graph_type or "halfvec, float32 for joint"
+        return f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors; graphs: {kind}"
 
 
 def parse_spaces(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
@@ -78,16 +95,26 @@ def parse_spaces(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, 
     return tuple(space for space in SPACES if space in items)
 
 
+def parse_graph_type(value: str | None) -> str | None:
+    """``halfvec`` or ``vector``; ``default`` (or None) -> None."""
+    if value is None or value == "default":
+        return None
+    if value not in GRAPH_TYPES:
+        raise MetaspaceError(f"graph type (--graph-type): unknown {value!r}; use halfvec, vector or default")
+    return value
+
+
 def read_settings(conn: psycopg.Connection) -> IndexSettings:
     stored = dict(conn.execute(f"SELECT name, value FROM {SCHEMA}.settings").fetchall())  # noqa: S608
     spaces = stored.get("indexed_spaces")
-    return IndexSettings(tuple(spaces) if spaces is not None else None, stored.get("index_min_vectors"))
+    return IndexSettings(tuple(spaces) if spaces is not None else None, stored.get("index_min_vectors"),
+                         stored.get("graph_type"))
 
 
 def save_settings(conn: psycopg.Connection, settings: IndexSettings) -> None:
     """Store the choice (None: forget it, back to the default)."""
     for name, value in (("indexed_spaces", None if settings.indexed_spaces is None else list(settings.indexed_spaces)),
-                        ("index_min_vectors", settings.index_min_vectors)):
+                        ("index_min_vectors", settings.index_min_vectors), ("graph_type", settings.graph_type)):
         if value is None:
             conn.execute(f"DELETE FROM {SCHEMA}.settings WHERE name = %s", (name,))  # noqa: S608
         else:
@@ -106,31 +133,41 @@ def vector_counts(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
-def wanted(settings: IndexSettings, counts: dict[str, int]) -> set[str]:
-    """The spaces that should have a graph at these counts."""
+def wanted(settings: IndexSettings, counts: dict[str, int]) -> set[Graph]:
+    """The graphs there should be at these counts."""
     indexed = settings.spaces(counts["joint"])
-    return {space for space in indexed if counts[space] >= settings.min_vectors and counts[space] > 0}
+    return {(space, settings.kind(space)) for space in indexed
+            if counts[space] >= settings.min_vectors and counts[space] > 0}
 
 
-def present(conn: psycopg.Connection) -> set[str]:
+def present(conn: psycopg.Connection) -> set[Graph]:
     names = {name for (name,) in conn.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND indexname = ANY(%s)",
-        (SCHEMA, list(HNSW_INDEX_NAMES))).fetchall()}
-    return {space for space, name in INDEX_OF_SPACE.items() if name in names}
+        (SCHEMA, list(INDEX_NAMES.values()))).fetchall()}
+    return {graph for graph, name in INDEX_NAMES.items() if name in names}
 
 
-def drop(conn: psycopg.Connection, spaces: set[str]) -> None:
-    for space in SPACES:
-        if space in spaces:
-            conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{INDEX_OF_SPACE[space]}")
+def spaces_of(graphs: set[Graph]) -> list[str]:
+    return [space for space in SPACES if any(s == space for s, _ in graphs)]
 
 
-def build(conn: psycopg.Connection, spaces: set[str]) -> list[str]:
-    """Create the graphs of these spaces that are missing; return the spaces built."""
-    missing = [space for space in SPACES if space in spaces - present(conn)]
-    ddl = dict(zip(HNSW_INDEX_NAMES, statements(HNSW_INDEXES)))
-    for space in missing:
-        conn.execute(ddl[INDEX_OF_SPACE[space]])
+def describe(graphs: set[Graph]) -> str:
+    return ", ".join(f"{space} ({kind})" for space in SPACES for s, kind in sorted(graphs) if s == space)
+
+
+def drop(conn: psycopg.Connection, graphs: set[Graph]) -> None:
+    for graph in sorted(graphs):
+        conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{INDEX_NAMES[graph]}")
+
+
+def build(conn: psycopg.Connection, graphs: set[Graph]) -> set[Graph]:
+    """Create those of these graphs that are missing; return the ones built."""
+    missing = graphs - present(conn)
+    for kind, file in INDEX_FILES.items():
+        ddl = dict(zip((INDEX_NAMES[(space, kind)] for space in SPACES), statements(file)))
+        for space in SPACES:
+            if (space, kind) in missing:
+                conn.execute(ddl[INDEX_NAMES[(space, kind)]])
     return missing
 
 
@@ -140,8 +177,9 @@ def exact_only_note(conn: psycopg.Connection, space: str) -> str | None:
     row = conn.execute(
         f"""SELECT (SELECT value FROM {SCHEMA}.settings WHERE name = 'indexed_spaces'),
                    (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)),
-                   to_regclass(%s) IS NOT NULL""",  # noqa: S608
-        (f"{SCHEMA}.joint_embeddings", f"{SCHEMA}.{INDEX_OF_SPACE[space]}")).fetchone()
+                   to_regclass(%s) IS NOT NULL OR to_regclass(%s) IS NOT NULL""",  # noqa: S608
+        (f"{SCHEMA}.joint_embeddings", f"{SCHEMA}.{INDEX_NAMES[(space, 'vector')]}",
+         f"{SCHEMA}.{INDEX_NAMES[(space, 'halfvec')]}")).fetchone()
     stored, joint_vectors, has_graph = row
     if has_graph:
         return None

@@ -1,4 +1,4 @@
-"""Calls of the SQL search functions (sql/search_v1.sql, sql/suggest_v2.sql): the only Python that names them."""
+"""Calls of the SQL search functions (sql/search_v3.sql, sql/suggest_v3.sql): the only Python that names them."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
     the active one)."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.search_runs_v2(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.search_runs_v3(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s, %(version)s)",
         {"q": _float32(vector), "k": k, "space": space, "exact": exact, "version": version}
         | filters.params(),
@@ -73,7 +73,7 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.neighbours_v2(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.neighbours_v3(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
     )
@@ -87,7 +87,7 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
     no longer the active one."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.suggest_configs_v2(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
+        "SELECT * FROM historical_db.suggest_configs_v3(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
         "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s)",
         {"env": _float32(env), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
