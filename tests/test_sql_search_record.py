@@ -28,12 +28,13 @@ def _same_matches(sql_rows: list[tuple], cli_rows: list[dict]) -> None:
         assert row[4] == pytest.approx(expected["distance"], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(("kind", "space", "exact"), [
     ("record", "joint", True), ("record", "joint", False), ("env", "env", True), ("config", "config", True),
     ("outcome", "outcome", False), ("record", "env", True),
 ])
 def test_search_record_gives_the_rows_of_metaspace_search(sample_db, sample_history, tmp_path: Path, kind, space,
-                                                          exact) -> None:
+                                                          exact, version) -> None:
     runs = sample_history[100:103]
     inputs = [run if kind == "record" else run[kind] for run in runs]
     inputs[1] = {key: value for key, value in inputs[1].items() if key != "outcome"}  # imputed in joint
@@ -44,8 +45,8 @@ def test_search_record_gives_the_rows_of_metaspace_search(sample_db, sample_hist
                         "--database-url", sample_db, *flags)
     with connect(sample_db, autocommit=True) as conn:
         for item, expected in zip(inputs, answers, strict=True):
-            rows = conn.execute("SELECT * FROM historical_db.search_record_v1(%s, 7, %s, '2016-06-30', exact => %s)",
-                                (Jsonb(item), space, exact)).fetchall()
+            rows = conn.execute(f"SELECT * FROM historical_db.search_record_{version}(%s, 7, %s, '2016-06-30', "
+                                "exact => %s)", (Jsonb(item), space, exact)).fetchall()
             _same_matches(rows, expected)
 
 
@@ -63,9 +64,10 @@ def test_search_record_takes_the_filters(sample_db, sample_history, tmp_path: Pa
     _same_matches(rows, expected)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("exact", [True, False])
 def test_suggest_for_env_gives_the_rows_of_metaspace_suggest(sample_db, sample_history, tmp_path: Path,
-                                                             exact) -> None:
+                                                             exact, version) -> None:
     envs = [sample_history[i]["env"] for i in (3, 40)]
     path = tmp_path / "envs.jsonl"
     path.write_text("".join(json.dumps(env) + "\n" for env in envs))
@@ -74,8 +76,8 @@ def test_suggest_for_env_gives_the_rows_of_metaspace_suggest(sample_db, sample_h
                         "--database-url", sample_db, *flags)
     with connect(sample_db, autocommit=True) as conn:
         for env, expected in zip(envs, answers, strict=True):
-            cursor = conn.execute("SELECT * FROM historical_db.suggest_for_env_v1(%s, 4, '2017-03-31', 'sharpe', "
-                                  "exact => %s)", (Jsonb(env), exact))
+            cursor = conn.execute(f"SELECT * FROM historical_db.suggest_for_env_{version}(%s, 4, '2017-03-31', "
+                                  "'sharpe', exact => %s)", (Jsonb(env), exact))
             names = [column.name for column in cursor.description]
             rows = [dict(zip(names, row)) for row in cursor.fetchall()]
             assert [row["config_id"] for row in rows] == [row["config_id"] for row in expected]

@@ -17,8 +17,10 @@ and drops graphs, so writers get no write grant).
   space only once it holds enough vectors.
 - ``sql/search_v3.sql``: ``nearest_runs_v2`` (the path rule of v1, walking whichever graph a space has:
   halfvec with the query cast to match, else float32, else none and the exact scan), ``search_runs_v3``
-  and ``neighbours_v3``; ``sql/suggest_v3.sql``: ``suggest_configs_v3``. The _v2 functions stay for older
-  clients (they walk only float32 graphs, and scan exactly where a space has none).
+  and ``neighbours_v3``; ``sql/suggest_v3.sql``: ``suggest_configs_v3``; ``sql/search_record_v2.sql``:
+  ``search_record_v2`` and ``suggest_for_env_v2`` (the SQL clients' JSON entry points, calling v3). The
+  older versions stay for older clients (they walk only float32 graphs, and scan exactly where a space has
+  none).
 
 Downgrading drops the functions and the table; it refuses while the table holds a choice unless
 ``allow_data_loss`` is set. The graphs themselves are left as they are (a halfvec graph is then unused).
@@ -40,6 +42,7 @@ FROZEN_SQL = {
     "vector_indexes_v2.sql": "c314ad46b5ed80142c795890551d5846d7f34e6f6a131d40c2e92cb8edf5c391",
     "search_v3.sql": "a3491f841db773f42b767afce237ea77c575bbff75c84d8e653d351fb1791acf",
     "suggest_v3.sql": "1a519cb1c911377efd5ebc1fb7962d87bc05d8c94b58ea14883e0dc7a6b85d6e",
+    "search_record_v2.sql": "86e4a4fed27f76583673bd75c2cc6679fdb4cd6cc3ae0eacac544ed8982b2d0a",
 }
 
 
@@ -66,6 +69,7 @@ def upgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("search_v3.sql"))
     op.execute(_frozen("suggest_v3.sql"))
+    op.execute(_frozen("search_record_v2.sql"))
 
 
 def downgrade() -> None:
@@ -74,6 +78,10 @@ def downgrade() -> None:
         if rows:
             raise RuntimeError(f"historical_db.settings holds {rows} choice(s) (indexed spaces, index threshold) "
                                "that this downgrade would forget; pass --allow-data-loss to metaspace migrate")
+    op.execute("DROP FUNCTION historical_db.suggest_for_env_v2(jsonb, integer, date, text, boolean, integer, "
+               "integer, text[], boolean)")
+    op.execute("DROP FUNCTION historical_db.search_record_v2(jsonb, integer, text, date, text[], text[], jsonb, "
+               "boolean)")
     op.execute("DROP FUNCTION historical_db.suggest_configs_v3(vector, integer, date, text, boolean, integer, "
                "integer, text[], boolean, text[], integer)")
     for name in ("neighbours_v3(text", "search_runs_v3(vector"):
