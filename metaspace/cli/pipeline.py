@@ -75,7 +75,7 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
               help="Build a space's HNSW graph only once it holds N vectors (default 10000; below it the exact "
                    "scan answers in milliseconds); stored like --indexed-spaces.")
 @click.option("--graph-type", type=click.Choice(["halfvec", "vector", "default"]),
-              help="The kind of HNSW graph: halfvec (half the memory, recall within 0.005) or vector (float32) for "
+              help="The kind of HNSW graph: halfvec (0.57x the memory, recall within 0.005) or vector (float32) for "
                    "every space; default: halfvec, and float32 for joint (the graph the plain "
                    "ORDER BY vector <-> q uses). Stored like --indexed-spaces.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done, change nothing.")
