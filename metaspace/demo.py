@@ -65,6 +65,12 @@ def _database(database_url: str | None) -> str:
     return database_url
 
 
+def _migrated(database_url: str | None) -> str:
+    url = _database(database_url)
+    migrate.upgrade(url)
+    return url
+
+
 def _truth_by_regime(records: list[dict[str, Any]]) -> dict[str, tuple[str, float]]:
     """What the simulation says earned the best forward Sharpe in each hidden regime (for the narration)."""
     sharpes: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -103,15 +109,18 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     out.mkdir(parents=True, exist_ok=True)
     say("1. Database: " + ("the embedded PostgreSQL + pgvector (no server to set up)" if database_url is None
                            else "the one given"))
-    url = _database(database_url)
-    migrate.upgrade(url)
+    # The server starts and the schema migrates (mostly waiting on PostgreSQL) while this thread simulates
+    # the sample history (numpy and Python): one overlaps the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspace-demo-database") as pool:
+        started_database = pool.submit(_migrated, database_url)
+        records = sample.sample_runs(n, seed=seed)
+        runs_file = str(sample.write_runs(records, out / "metaspace-demo-runs.jsonl.gz"))
+        timed("sample (while the database starts)")
+        url = started_database.result()
     timed("database")
     say(f"   {redact(url)}, schema migrated")
     say(f"2. Sample history: {n:,} backtests of trend, mean-reversion and vol-target configs on four simulated "
         "markets that switch between trending, mean-reverting, calm and stressed regimes")
-    records = sample.sample_runs(n, seed=seed)
-    runs_file = str(sample.write_runs(records, out / "metaspace-demo-runs.jsonl.gz"))
-    timed("sample")
     say(f"   written to {runs_file}")
     say("3. import-runs and embed-runs: each run becomes a point in R^384 (joint) and in the config, env and "
         "outcome spaces")
@@ -121,6 +130,8 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     # gets an HNSW graph; the others answer by exact search, which at this size takes milliseconds.
     embedded = pipeline.embed_runs(database_url=url, progress=embed_progress, indexed_spaces=DEMO_INDEXED_SPACES)
     timed("embed")
+    phases.update({"  of which HNSW graphs": embedded.index_seconds, "  writing vectors": embedded.write_seconds,
+                   "  encoding (overlapped)": embedded.encode_seconds})
     graphs = ", ".join(embedded.graphs) or "none"
     say(f"   imported {imported.inserted:,}, embedded {embedded.embedded:,} with encoder version {embedded.version}; "
         f"HNSW graph for {graphs} (the space suggest and evaluate ask {DEMO_DECISIONS} times), exact search "
