@@ -39,7 +39,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "vector_indexes_v2.sql": "c314ad46b5ed80142c795890551d5846d7f34e6f6a131d40c2e92cb8edf5c391",
+    "vector_indexes_v2.sql": "8ed36055a4e6b9b8765aed6e8ebbff57ecd99ba367dc8cbacdec5d8006d15f3f",
     "search_v3.sql": "a3491f841db773f42b767afce237ea77c575bbff75c84d8e653d351fb1791acf",
     "suggest_v3.sql": "1a519cb1c911377efd5ebc1fb7962d87bc05d8c94b58ea14883e0dc7a6b85d6e",
     "search_record_v2.sql": "86e4a4fed27f76583673bd75c2cc6679fdb4cd6cc3ae0eacac544ed8982b2d0a",

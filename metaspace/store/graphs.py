@@ -11,7 +11,7 @@ the exact scan answers a k = 10 search in about 10-30 ms (docs/benchmarks.md, "W
   the joint table holds fewer than ``LARGE_SCALE`` vectors, then joint and env (``LARGE_SCALE_SPACES``),
   the ones ``search`` and ``suggest`` ask by default;
 - the graph's kind (``--graph-type``): by default a halfvec graph (0.57x the size, recall within 0.005 of
-  float32 at 100,000 runs) for config, env and outcome, and a float32 one for joint, the space the plain
+  float32 at 100,000 runs up to ef_search 100) for config, env and outcome, and a float32 one for joint, the space the plain
   ``ORDER BY vector <-> :q`` form of the design card asks; ``halfvec`` or ``vector`` makes all four alike.
 
 A space without a graph still answers, by exact search (``nearest_runs_v2`` finds no graph and scans); a
