@@ -2,6 +2,7 @@
 
     python benchmarks/bench_search.py --n 100000
     python benchmarks/bench_search.py --n 100000 --extra 900000     # the 1,000,000-vector run (joint space)
+    python benchmarks/bench_search.py --n 100000 --halfvec          # and HNSW on halfvec(384) against vector(384)
 
 Builds a fresh database on the embedded server (or METASPACE_DATABASE_URL's server): N sample runs are
 imported and embedded the normal way; ``--extra M`` then adds M more joint vectors of further sample runs
@@ -30,9 +31,10 @@ from psycopg.types.json import Jsonb
 from metaspace import pipeline
 from metaspace.fitted import load_space
 from metaspace.sample import sample_runs, write_runs
-from metaspace.store import migrate, registry
+from metaspace.store import graphs, migrate, registry
 from metaspace.store import vectors as vector_store
 from metaspace.store.connection import connect, resolve_url
+from metaspace.store.sqlfiles import statements
 
 K = 10
 EF_SEARCH = (20, 40, 64, 100, 200, 400)
@@ -88,11 +90,11 @@ def _add_joint_vectors(url: str, extra: int, seed: int) -> None:
         print(f"HNSW rebuilt over {done:,} more vectors in {time.perf_counter() - build:.0f} s")
 
 
-def _queries(url: str, count: int, seed: int) -> np.ndarray:
+def _queries(url: str, count: int, seed: int, name: str = "joint") -> np.ndarray:
     with connect(url, autocommit=True) as conn:
         version = next(v.version for v in registry.versions(conn) if v.is_active)
         space = load_space(conn, version)
-    return space.encode(sample_runs(count, seed=seed + 99)).joint
+    return space.encode(sample_runs(count, seed=seed + 99)).vectors()[name]
 
 
 def _timed(conn: psycopg.Connection, statement: str, params: tuple) -> tuple[float, list[tuple]]:
@@ -158,6 +160,79 @@ def measure(url: str, queries: np.ndarray) -> None:
                   f"{_p(exact_f_ms, 50):.1f} | {_p(exact_f_ms, 95):.1f} |")
 
 
+# The plain form and its halfvec twin (the query cast to match the expression index), and the halfvec walk
+# re-ranked by exact float32 distance over its first %s candidates; {table} and {where} pick the space.
+PLAIN_F32 = "SELECT vector <-> %s AS distance FROM historical_db.{table} {where} ORDER BY vector <-> %s LIMIT %s"
+PLAIN_HALF = ("SELECT vector <-> %s AS distance FROM historical_db.{table} {where} "
+              "ORDER BY vector::halfvec(384) <-> %s::vector::halfvec(384) LIMIT %s")
+RERANK_HALF = ("SELECT c.vector <-> %s AS distance FROM (SELECT vector FROM historical_db.{table} {where} "
+               "ORDER BY vector::halfvec(384) <-> %s::vector::halfvec(384) LIMIT %s) c "
+               "ORDER BY c.vector <-> %s LIMIT %s")
+
+
+def _build(conn: psycopg.Connection, statement: str, name: str) -> tuple[float, int]:
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS historical_db.{}").format(sql.Identifier(name)))
+    started = time.perf_counter()
+    conn.execute(statement)
+    seconds = time.perf_counter() - started
+    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (f"historical_db.{name}",)).fetchone()[0]
+    return seconds, size
+
+
+def compare_halfvec(url: str, queries: np.ndarray, space: str = "joint") -> None:
+    """HNSW over vector(384) against HNSW over vector::halfvec(384) (an expression index, float32 rows
+    unchanged), on the same vectors of one space in the same run: build time, size, recall@10 and latency
+    at each ef_search, and the halfvec walk re-ranked by exact float32 distance."""
+    table, where = ("joint_embeddings", "") if space == "joint" else ("branch_embeddings", f"WHERE branch = '{space}'")
+    plain_f32, plain_half, rerank_half = (text.format(table=table, where=where)
+                                          for text in (PLAIN_F32, PLAIN_HALF, RERANK_HALF))
+    position = graphs.SPACES.index(space)
+    f32_index, half_index = graphs.INDEX_NAMES[(space, "vector")], graphs.INDEX_NAMES[(space, "halfvec")]
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '3GB'")
+        total = conn.execute(f"SELECT count(*) FROM historical_db.{table} {where}").fetchone()[0]  # noqa: S608
+        f32_build, f32_size = _build(conn, statements(graphs.INDEX_FILES["vector"])[position], f32_index)
+        half_build, half_size = _build(conn, statements(graphs.INDEX_FILES["halfvec"])[position], half_index)
+        conn.execute(f"ANALYZE historical_db.{table}")
+        print(f"\nhalfvec against vector, {total:,} {space} vectors, {len(queries)} queries, k = {K}")
+        print("| graph | build s | index MB | bytes a vector |")
+        print("| --- | --- | --- | --- |")
+        for label, build, size in (("vector(384)", f32_build, f32_size), ("halfvec(384)", half_build, half_size)):
+            print(f"| {label} | {build:.1f} | {size / 2**20:.0f} | {size / total:.0f} |")
+        print(f"halfvec: {half_size / f32_size:.2f}x the size, {half_build / f32_build:.2f}x the build time")
+        plans = {}
+        for label, statement, params in (
+                ("vector", plain_f32, lambda q: (q, q, K)),
+                ("halfvec", plain_half, lambda q: (q, q, K)),
+                ("halfvec, re-ranked", rerank_half, lambda q: (q, q, 4 * K, q, K))):
+            plans[label] = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params(queries[0])).fetchall())
+        assert f32_index in plans["vector"] and half_index in plans["halfvec"], plans
+        assert half_index in plans["halfvec, re-ranked"], plans
+        for q in queries[:5]:
+            for statement in (plain_f32, plain_half):
+                conn.execute(statement, (q, q, K)).fetchall()
+        conn.execute("SET enable_indexscan = off")
+        truth = [conn.execute(plain_f32, (q, q, K)).fetchall() for q in queries]
+        conn.execute("RESET enable_indexscan")
+        print("| ef_search | vector recall@10 | p50 ms | p95 ms | halfvec recall@10 | p50 ms | p95 ms | "
+              "halfvec re-ranked (top 40) recall@10 | p50 ms | p95 ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for ef in EF_SEARCH:
+            conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+            cells = []
+            for statement, params in ((plain_f32, lambda q: (q, q, K)), (plain_half, lambda q: (q, q, K)),
+                                      (rerank_half, lambda q, ef=ef: (q, q, max(4 * K, ef), q, K))):
+                latencies, recalls = [], []
+                for q, expected in zip(queries, truth):
+                    ms, rows = _timed(conn, statement, params(q))
+                    latencies.append(ms)
+                    recalls.append(_recall(rows, expected))
+                cells.append(f"{statistics.mean(recalls):.3f} | {_p(latencies, 50):.2f} | {_p(latencies, 95):.2f}")
+            print(f"| {ef} | " + " | ".join(cells) + " |")
+        conn.execute("RESET hnsw.ef_search")
+        conn.execute(sql.SQL("DROP INDEX historical_db.{}").format(sql.Identifier(half_index)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000, help="sample runs imported and embedded")
@@ -166,6 +241,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     parser.add_argument("--reuse", metavar="NAME", help="measure a database kept by an earlier --keep run")
+    parser.add_argument("--halfvec", action="store_true",
+                        help="also compare an HNSW graph over vector::halfvec(384) with the float32 one")
+    parser.add_argument("--only-halfvec", action="store_true", help="the halfvec comparison alone")
+    parser.add_argument("--halfvec-space", default="joint", choices=("joint", "config", "env", "outcome"),
+                        help="the space the halfvec comparison is made in")
     args = parser.parse_args()
     if args.reuse:
         server = resolve_url(None)
@@ -176,7 +256,11 @@ def main() -> None:
     try:
         if not args.reuse:
             _load(url, args.n, args.extra, args.seed)
-        measure(url, _queries(url, args.queries, args.seed))
+        queries = _queries(url, args.queries, args.seed)
+        if not args.only_halfvec:
+            measure(url, queries)
+        if args.halfvec or args.only_halfvec:
+            compare_halfvec(url, _queries(url, args.queries, args.seed, args.halfvec_space), args.halfvec_space)
     finally:
         if args.keep:
             print(f"kept: {name}")

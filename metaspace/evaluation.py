@@ -12,9 +12,12 @@ and the result says when it was fitted on runs after the earliest decision (``em
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from metaspace import keys
 from metaspace.errors import MetaspaceError
 from metaspace.records import parse_date
 from metaspace.store import evaluation as evaluation_store
-from metaspace.store.connection import connection
+from metaspace.store.connection import connect, connection, resolve_url
 
 NO_EDGE = "no config has a reliable edge here"
 BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -109,7 +112,8 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     if plot and not Path(plot).resolve().parent.is_dir():
         raise MetaspaceError(f"--plot {plot}: no such folder to write the picture in")
     notes: list[str] = []
-    with connection(database_url, autocommit=True) as conn:
+    url = resolve_url(database_url)
+    with connection(url, autocommit=True) as conn:
         key = keys.resolve(conn, objective, branch="outcome", option="objective", as_of=until_date)
         if key.note:
             notes.append(key.note)
@@ -137,22 +141,55 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
             notes.append(fitted)
         history = _History(*evaluation_store.objective_history(conn, path, until_date),
                            direction=1.0 if higher_is_better else -1.0)
-        decisions = []
-        for point in points:
-            decision_date = point.as_of_date - lag
-            ranked = evaluation_store.ranked_eligible(
-                conn, point, as_of=decision_date, objective=".".join(path), higher_is_better=higher_is_better,
-                neighbours=neighbours, min_runs=min_runs, ranking=ranking)
-            decisions.append(_decide(point, decision_date, ranked[0] if ranked else None,
-                                     history.best_so_far(decision_date, point.configs), higher_is_better))
-            if progress:
-                progress(1, len(points))
+        rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
+                                 higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                                 ranking=ranking)
+        tops = _replay(conn, url, points, lag, rank, progress)
+        decisions = [_decide(point, point.as_of_date - lag, top,
+                             history.best_so_far(point.as_of_date - lag, point.configs), higher_is_better)
+                     for point, top in zip(points, tops)]
     result = _aggregate(decisions, key.name, higher_is_better, horizon, since_date, until_date, ranking,
                         total_points, notes)
     if plot:
         reliability_plot(result, plot)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+REPLAY_CONNECTIONS = 2  # decisions are independent queries: a second connection uses a second server core
+
+
+def _replay(conn, url: str, points: list, lag: dt.timedelta, rank: Callable[..., list[dict[str, Any]]],
+            progress: Callable[[int, int], None] | None) -> list[dict[str, Any] | None]:
+    """The top suggestion at each decision point, in the points' order. The rankings are asked on
+    ``REPLAY_CONNECTIONS`` connections at once (each worker its own), since each is one independent read of
+    the same snapshot-free tables; the answers are the same as asked one by one."""
+    tops: list[dict[str, Any] | None] = [None] * len(points)
+    lock = threading.Lock()
+
+    def work(share: range, own) -> None:
+        for i in share:
+            ranked = rank(own, points[i], as_of=points[i].as_of_date - lag)
+            tops[i] = ranked[0] if ranked else None
+            if progress:
+                with lock:
+                    progress(1, len(points))
+
+    workers = max(1, min(REPLAY_CONNECTIONS, len(points) // 20))
+    if workers == 1:
+        work(range(len(points)), conn)
+        return tops
+
+    def other(start: int) -> None:
+        with connect(url, autocommit=True) as own:
+            work(range(start, len(points), workers), own)
+
+    with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="metaspace-replay") as pool:
+        helpers = [pool.submit(other, start) for start in range(1, workers)]
+        work(range(0, len(points), workers), conn)
+        for helper in helpers:
+            helper.result()
+    return tops
 
 
 class _History:

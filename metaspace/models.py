@@ -66,8 +66,9 @@ from metaspace.names import DIMENSION, SCHEMA
 __all__ = [
     "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
     "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
-    "RunVector", "engine", "metadata", "neighbours_v1", "neighbours_v2", "search_runs_v1", "search_runs_v2",
-    "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v4", "views",
+    "RunVector", "Setting", "engine", "metadata", "neighbours_v1", "neighbours_v2", "neighbours_v3", "search_runs_v1",
+    "search_runs_v2", "search_runs_v3", "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v3",
+    "suggest_configs_v4", "views",
 ]
 
 _HNSW = {"postgresql_using": "hnsw", "postgresql_with": {"m": 16, "ef_construction": 64},
@@ -171,6 +172,18 @@ class BranchEmbedding(Base):
     strategy_id: Mapped[str | None] = mapped_column(Text)
     config_id: Mapped[str | None] = mapped_column(Text)
     vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+class Setting(Base):
+    """A choice stored for this database: which spaces get an HNSW graph, and from how many vectors."""
+
+    __tablename__ = "settings"
+    __table_args__ = {"comment": "metaspace choices: which spaces get an HNSW graph, and from how many vectors "
+                                 "(metaspace embed-runs --indexed-spaces, --index-min-vectors)"}
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB)
+    set_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class EmbeddingQuarantine(Base):
@@ -426,6 +439,47 @@ def suggest_configs_v2(env: Any, k: int | None = None, as_of: dt.date | str | No
     params = _SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
     columns = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double))
     return _call("suggest_configs_v2", params, columns,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
+                      eligible_configs=eligible_configs, encoder_version=encoder_version))
+
+
+# Version 3 (sql/search_v3.sql, sql/suggest_v3.sql, revision 0012): version 2's arguments and columns,
+# walking whichever HNSW graph the space has (halfvec, float32) or scanning exactly where it has none.
+# What the CLI calls.
+
+
+def search_runs_v3(query: Any, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                   strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                   scope: dict[str, Any] | None = None, exact: bool | None = None,
+                   encoder_version: int | None = None) -> TableValuedAlias:
+    """``historical_db.search_runs_v3``: :func:`search_runs_v2` over whichever graph the space has."""
+    return _call("search_runs_v3", {"query": VECTOR(DIMENSION)} | _SEARCH_PARAMS | _VERSIONED, _RUN_MATCH,
+                 dict(query=query, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact, encoder_version=encoder_version))
+
+
+def neighbours_v3(of_run: str, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                  strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                  scope: dict[str, Any] | None = None, exact: bool | None = None,
+                  encoder_version: int | None = None) -> TableValuedAlias:
+    """``historical_db.neighbours_v3``: :func:`neighbours_v2` over whichever graph the space has."""
+    return _call("neighbours_v3", {"of_run": Text()} | _SEARCH_PARAMS | _VERSIONED, _RUN_MATCH,
+                 dict(of_run=of_run, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact, encoder_version=encoder_version))
+
+
+def suggest_configs_v3(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                       objective: str | None = None, higher_is_better: bool | None = None,
+                       neighbours: int | None = None, min_runs: int | None = None,
+                       strategy_ids: list[str] | None = None, exact: bool | None = None,
+                       eligible_configs: list[str] | None = None,
+                       encoder_version: int | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_configs_v3``: :func:`suggest_configs_v2` over whichever graph the env space
+    has."""
+    params = _SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
+    columns = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double))
+    return _call("suggest_configs_v3", params, columns,
                  dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
                       neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
                       eligible_configs=eligible_configs, encoder_version=encoder_version))

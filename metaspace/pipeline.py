@@ -20,7 +20,7 @@ from metaspace.encoders import EncodedRuns, EncodingError, MetaSpace, SchemaDrif
 from metaspace.errors import InvalidRecordError, MetaspaceError, VersionChanged
 from metaspace.fitted import forget_space, load_space
 from metaspace.records import Rejected, Run, parse_date, read_records, validate
-from metaspace.store import registry
+from metaspace.store import graphs, registry
 from metaspace.store import runs as run_store
 from metaspace.store import vectors as vector_store
 from metaspace.store.connection import connect, connection, resolve_url
@@ -201,6 +201,8 @@ class EmbedSummary:
     unseen_keys: dict[str, int] = field(default_factory=dict)
     switched_from: int | None = None
     index_rebuilt: bool = False
+    graphs: list[str] = field(default_factory=list)  # the spaces with an HNSW graph after this call
+    graph_types: dict[str, str] = field(default_factory=dict)  # their kinds: vector (float32) or halfvec
     index_seconds: float = 0.0
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -216,7 +218,8 @@ def embed_runs(
     *, database_url: str | None = None, refit: bool = False, rebuild: bool = False, since: str | dt.date | None = None,
     strategy: str | Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
     schema: Mapping[str, Any] | None = None, fit_until: str | dt.date | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    indexed_spaces: str | Iterable[str] | None = None, index_min_vectors: int | None = None,
+    graph_type: str | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> EmbedSummary:
     """Embed the stored runs that lack a vector for the active encoder version (fitting one if none).
 
@@ -224,9 +227,22 @@ def embed_runs(
     queryable; the switch to the new version happens once all runs have a vector, and drops the old ones.
     Writers are serialised by an advisory lock; every batch commits whole, so a killed run loses at most one
     batch and a rerun completes it.
+
+    ``indexed_spaces`` (``"joint,env"``, a list, ``"all"``, ``"none"`` or ``"default"``),
+    ``index_min_vectors`` and ``graph_type`` (``"halfvec"``, ``"vector"`` or ``"default"``) choose which
+    spaces get an HNSW graph, from how many vectors, and of which kind; the choice is stored in the database
+    and every later embed-runs builds and drops graphs to match it (``store/graphs.py`` has the defaults).
+    A space without a graph answers by exact search.
     """
     if batch_size < 1:
         raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
+    if index_min_vectors is not None and index_min_vectors < 0:
+        raise MetaspaceError(f"index_min_vectors (--index-min-vectors) must be 0 or more, got {index_min_vectors}")
+    choose_spaces = indexed_spaces is not None  # ("default" chooses the default rule again)
+    choose_type = graph_type is not None
+    chosen_type = graphs.parse_graph_type(graph_type)
+    chosen_spaces = graphs.parse_spaces(indexed_spaces if isinstance(indexed_spaces, (str, type(None)))
+                                        else tuple(indexed_spaces))
     started = time.perf_counter()
     summary = EmbedSummary(dry_run=dry_run)
     selection = run_store.Selection(parse_date(since, "--since"), (strategy,) if isinstance(strategy, str) else tuple(strategy))
@@ -235,9 +251,14 @@ def embed_runs(
     with connection(url, autocommit=True) as conn:
         vector_store.lock(conn)
         try:
+            owner = vector_store.owns_tables(conn)
+            settings = _index_settings(conn, summary, (choose_spaces, chosen_spaces), index_min_vectors,
+                                       (choose_type, chosen_type), owner=owner, dry_run=dry_run)
             target, active = _target_version(conn, summary, rebuild=rebuild or refit or fit_until is not None,
                                              dry_run=dry_run, schema=schema, fit_until=fit_until)
             if target is None:
+                if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None):
+                    _match_graphs(conn, summary, settings, owner=owner, bulk=False, index_started=time.perf_counter())
                 summary.seconds = time.perf_counter() - started
                 return summary
             summary.version = target
@@ -247,25 +268,25 @@ def embed_runs(
                 summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
                 return summary
             stored_before = vector_store.stored_vector_count(conn, target)
-            owner = vector_store.owns_tables(conn)
             bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
             if bulk and not owner:
                 bulk = False
                 summary.notes.append("large backfill loaded with the HNSW indexes in place: dropping and rebuilding "
                                      "them needs the tables' owner")
-            if bulk:
-                vector_store.drop_hnsw_indexes(conn)
+            if owner:
+                # Graphs the rule does not want once this load is in (a space not indexed, or one that stays
+                # below the threshold) are dropped before it, so the load does not maintain them.
+                counts = graphs.vector_counts(conn)
+                after = {space: count + summary.pending for space, count in counts.items()}
+                unwanted = graphs.present(conn) - graphs.wanted(settings, after)
+                graphs.drop(conn, unwanted)
+                if any(counts[space] for space, _ in unwanted):  # (the empty graphs of a new schema go quietly)
+                    summary.notes.append(_dropped_note(unwanted, settings))
+            if bulk and graphs.present(conn):
+                graphs.drop(conn, graphs.present(conn))
                 summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
             _embed_pending(conn, url, target, selection, summary, batch_size, progress)
-            index_started = time.perf_counter()
-            missing = vector_store.missing_hnsw_indexes(conn)
-            if missing and not owner:
-                summary.notes.append(f"HNSW index(es) {', '.join(missing)} missing: searches use exact scans until "
-                                     "the tables' owner runs metaspace embed-runs")
-            elif missing:
-                vector_store.ensure_hnsw_indexes(conn)
-                summary.index_seconds = time.perf_counter() - index_started
-                summary.index_rebuilt = bulk
+            _match_graphs(conn, summary, settings, owner=owner, bulk=bulk, index_started=time.perf_counter())
             if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
                 vector_store.analyze(conn)
             if target != active and run_store.count_pending(conn, target, run_store.Selection()) == 0:
@@ -276,6 +297,60 @@ def embed_runs(
             vector_store.unlock(conn)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _index_settings(conn, summary: EmbedSummary, spaces: tuple[bool, tuple[str, ...] | None],
+                    min_vectors: int | None, graph_type: tuple[bool, str | None], *, owner: bool,
+                    dry_run: bool) -> graphs.IndexSettings:
+    """The stored choice of indexed spaces, updated with what this call was given (and stored, unless a
+    dry run). ``spaces`` and ``graph_type`` are (given, value): a value of None given is the default."""
+    settings = graphs.read_settings(conn)
+    if not spaces[0] and not graph_type[0] and min_vectors is None:
+        return settings
+    settings = graphs.IndexSettings(spaces[1] if spaces[0] else settings.indexed_spaces,
+                                    min_vectors if min_vectors is not None else settings.index_min_vectors,
+                                    graph_type[1] if graph_type[0] else settings.graph_type)
+    if dry_run:
+        summary.notes.append(f"would store {settings.describe()}")
+        return settings
+    if not owner:
+        raise MetaspaceError("choosing the indexed spaces builds and drops HNSW graphs, which needs the tables' "
+                             "owner: run this embed-runs as the role that ran metaspace migrate")
+    with conn.transaction():
+        graphs.save_settings(conn, settings)
+    summary.notes.append(f"stored for this database: {settings.describe()}")
+    return settings
+
+
+def _dropped_note(dropped: set[graphs.Graph], settings: graphs.IndexSettings) -> str:
+    return (f"HNSW graph(s) of {graphs.describe(dropped)} dropped: not wanted by the rule "
+            f"({settings.describe()}); a space without a graph answers by exact search")
+
+
+def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *, owner: bool, bulk: bool,
+                  index_started: float) -> None:
+    """Build the graphs the rule wants now (a space that crossed the threshold, a choice just made, a
+    backfill's rebuild) and drop those it does not; a writer that does not own the tables is told instead."""
+    counts = graphs.vector_counts(conn)
+    want = graphs.wanted(settings, counts)
+    have = graphs.present(conn)
+    if not owner:
+        summary.graphs = graphs.spaces_of(have)
+        if want - have:
+            summary.notes.append(f"HNSW graph(s) of {graphs.describe(want - have)} missing: searches there use "
+                                 "exact scans until the tables' owner runs metaspace embed-runs")
+        return
+    if have - want:
+        graphs.drop(conn, have - want)
+        summary.notes.append(_dropped_note(have - want, settings))
+    built = graphs.build(conn, want)
+    if built:
+        summary.index_seconds = time.perf_counter() - index_started
+        summary.index_rebuilt = bulk
+        if not bulk:
+            summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    summary.graphs = graphs.spaces_of(want)
+    summary.graph_types = {space: kind for space, kind in sorted(want)}
 
 
 def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema,

@@ -15,14 +15,14 @@ import io
 import json
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from metaspace.errors import MetaspaceError, VersionChanged
 from metaspace.names import BRANCHES, SPACES
 from metaspace.records import parse_date
-from metaspace.store import registry
+from metaspace.store import graphs, registry
 from metaspace.store import search as search_store
 from metaspace.store.connection import connection
 
@@ -229,6 +229,7 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
         version = active_version(conn)
         fitted_through = _fitted_through(conn, version)
         encoder = _Encoder(conn) if any(q.kind == "record" for q in queries) else None
+        exact_only = _exact_only_notes(conn)
         prepared = [(q, *(encoder.vector(q) if q.kind == "record" else (None, []))) for q in queries]
         for query, vector, notes in prepared:
             filters = search_store.Filters(query.as_of, _names(strategy), _names(config_id), scope)
@@ -241,7 +242,20 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
                         conn, v, k, query.space, filters, exact, version))
                 version, fitted_through = encoder.version, encoder.fitted_through
             note = fit_note(version, fitted_through, query.as_of)
-            yield Answer(query, rows, [*notes, note] if note else notes)
+            yield Answer(query, rows, [*notes, *exact_only(query.space), *([note] if note else [])])
+
+
+def _exact_only_notes(conn) -> Callable[[str], list[str]]:
+    """space -> the note that it has no HNSW graph because it is not indexed (asked once per space)."""
+    said: dict[str, list[str]] = {}
+
+    def notes(space: str) -> list[str]:
+        if space not in said:
+            note = graphs.exact_only_note(conn, space)
+            said[space] = [note] if note else []
+        return said[space]
+
+    return notes
 
 
 def _following_switches(conn, encoder: _Encoder, query: Query, vector, notes: list[str], ask):
@@ -298,6 +312,8 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
         with connection(database_url, autocommit=True) as conn:
             filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
             rows = search_store.search(conn, vector, k, target, filters, exact)
+            for note in _exact_only_notes(conn)(target):
+                warnings.warn(note, stacklevel=2)
         return _rows_or_frame(rows, as_frame)
     batch, items = _many(given[kind])
     queries = queries_from(kind, [(f"{kind}[{i}]" if batch else kind, item) for i, item in enumerate(items)],
@@ -330,6 +346,7 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
         resolved = keys.resolve_each(conn, objective, (q.as_of for q in queries), branch="outcome",
                                      option="objective")
         said: set[str] = set()
+        exact_only = _exact_only_notes(conn)
         encoder = _Encoder(conn)
         prepared = [(q, *encoder.vector(q)) for q in queries]
         for query, vector, notes in prepared:
@@ -345,7 +362,7 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                     strategies=_names(strategy), exact=exact, encoder_version=version, history=history,
                     horizon=horizon))
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
-            yield Answer(query, rows, [*notes, note] if note else notes)
+            yield Answer(query, rows, [*notes, *exact_only("env"), *([note] if note else [])])
 
 
 def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,

@@ -254,22 +254,25 @@ def test_engine_takes_the_urls_metaspace_takes(db_url: str) -> None:
         engine.dispose()
 
 
-def test_the_v2_functions_through_the_orm_answer_like_the_cli(sample_engine: Engine, sample_db: str,
-                                                              sample_history: list[dict]) -> None:
+@pytest.mark.parametrize("v", ["v2", "v3"])
+def test_the_versioned_functions_through_the_orm_answer_like_the_cli(sample_engine: Engine, sample_db: str,
+                                                                     sample_history: list[dict], v: str) -> None:
+    search_runs, neighbours, suggest_configs = (getattr(models, f"{name}_{v}") for name in
+                                                ("search_runs", "neighbours", "suggest_configs"))
     run = sample_history[4]
     with Session(sample_engine) as session:
         version = session.execute(text("SELECT historical_db.active_encoder_version_v1()")).scalar()
-        near = models.neighbours_v2(run["run_id"], k=5, space="env", encoder_version=version)
+        near = neighbours(run["run_id"], k=5, space="env", encoder_version=version)
         orm = [row.run_id for row in session.execute(select(near.c.run_id))]
         env = (select(models.RunVector.vector)
                .where(models.RunVector.space == "env", models.RunVector.run_id == run["run_id"],
                       models.RunVector.encoder_version == version).scalar_subquery())
-        hits = models.search_runs_v2(env, k=3, space="env", encoder_version=version, exact=True)
+        hits = search_runs(env, k=3, space="env", encoder_version=version, exact=True)
         assert session.execute(select(hits.c.run_id)).scalars().first() == run["run_id"]
-        suggestions = models.suggest_configs_v2(env, k=3, encoder_version=version)
+        suggestions = suggest_configs(env, k=3, encoder_version=version)
         assert session.execute(select(suggestions.c.config_id, suggestions.c.environments)).all()
         with pytest.raises(sqlalchemy.exc.DBAPIError, match="is active now"):
-            session.execute(select(models.search_runs_v2(env, k=3, encoder_version=version + 1).c.run_id)).all()
+            session.execute(select(search_runs(env, k=3, encoder_version=version + 1).c.run_id)).all()
     cli_rows = metaspace.search(run=run["run_id"], k=5, space="env", database_url=sample_db)
     assert orm == [row["run_id"] for row in cli_rows]
 

@@ -28,12 +28,13 @@ def _same_matches(sql_rows: list[tuple], cli_rows: list[dict]) -> None:
         assert row[4] == pytest.approx(expected["distance"], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(("kind", "space", "exact"), [
     ("record", "joint", True), ("record", "joint", False), ("env", "env", True), ("config", "config", True),
     ("outcome", "outcome", False), ("record", "env", True),
 ])
 def test_search_record_gives_the_rows_of_metaspace_search(sample_db, sample_history, tmp_path: Path, kind, space,
-                                                          exact) -> None:
+                                                          exact, version) -> None:
     runs = sample_history[100:103]
     inputs = [run if kind == "record" else run[kind] for run in runs]
     inputs[1] = {key: value for key, value in inputs[1].items() if key != "outcome"}  # imputed in joint
@@ -44,8 +45,8 @@ def test_search_record_gives_the_rows_of_metaspace_search(sample_db, sample_hist
                         "--database-url", sample_db, *flags)
     with connect(sample_db, autocommit=True) as conn:
         for item, expected in zip(inputs, answers, strict=True):
-            rows = conn.execute("SELECT * FROM historical_db.search_record_v1(%s, 7, %s, '2016-06-30', exact => %s)",
-                                (Jsonb(item), space, exact)).fetchall()
+            rows = conn.execute(f"SELECT * FROM historical_db.search_record_{version}(%s, 7, %s, '2016-06-30', "
+                                "exact => %s)", (Jsonb(item), space, exact)).fetchall()
             _same_matches(rows, expected)
 
 
@@ -82,6 +83,17 @@ def test_suggest_for_env_gives_the_rows_of_metaspace_suggest(sample_db, sample_h
             for row, want in zip(rows, expected):
                 assert row["config"] == want["config"] and row["runs"] == want["runs"]
                 assert row["score"] == pytest.approx(want["score"], rel=1e-5, abs=1e-9)
+
+
+def test_suggest_for_env_v1_and_v2_rank_alike_over_their_two_paths(sample_db, sample_history) -> None:
+    """v2 is v1 (suggest_configs_v2's ranking) over whichever graph the env space has: exact, the same rows."""
+    env = sample_history[3]["env"]
+    with connect(sample_db, autocommit=True) as conn:
+        v1, v2 = (conn.execute(f"SELECT config_id, score FROM historical_db.suggest_for_env_{version}(%s, 4, "
+                               "'2017-03-31', 'sharpe', exact => true)", (Jsonb(env),)).fetchall()
+                  for version in ("v1", "v2"))
+    assert v1 and [c for c, _ in v1] == [c for c, _ in v2]
+    assert [s for _, s in v1] == pytest.approx([s for _, s in v2], rel=1e-9)
 
 
 def test_a_record_dated_earlier_than_as_of_is_asked_as_of_its_own_date(sample_db, sample_history) -> None:

@@ -1,7 +1,7 @@
 """Suggestions centred on each config's own record: ``historical_db.suggest_configs_v4``.
 
 Revision ID: 0013_suggest_v4
-Revises: 0011_sql_encoders
+Revises: 0012_index_settings
 
 Installs ``sql/suggest_v4.sql`` beside versions 1 to 3 (kept for old clients): each config's local edge is
 shrunk toward its record over the history known at the date instead of toward the candidates' mean,
@@ -19,7 +19,7 @@ from pathlib import Path
 from alembic import op
 
 revision = "0013_suggest_v4"
-down_revision = "0011_sql_encoders"
+down_revision = "0012_index_settings"
 branch_labels = None
 depends_on = None
 
@@ -27,7 +27,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v4.sql": "1061dff97f15ed15fab5f79e1a167d957dfdbc6a658737c30abd673d47df17c5",
+    "suggest_v4.sql": "1468c7f125b0c2dfda9460e17aa49e1b3aeb015271e705471212c6750bf5c373",
 }
 
 

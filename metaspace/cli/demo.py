@@ -27,7 +27,7 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
     """Run the whole tour on a sample history: database, import, embed, search, suggest, picture.
 
     With no --database-url it uses a fresh `metaspace_demo` database on the embedded server, so your own
-    data is never touched. About a minute on a 2-core machine.
+    data is never touched. About half a minute on a 2-core machine.
 
     \b
     Example:

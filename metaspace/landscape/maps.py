@@ -25,9 +25,14 @@ def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np
             raise MetaspaceError("--method umap needs the umap extra: pip install 'metaspace[umap]'") from None
         return umap.UMAP(random_state=seed).fit_transform(vectors), ["UMAP 1", "UMAP 2"]
     centred = vectors.astype(np.float64) - vectors.mean(axis=0)
-    _, singular, vt = np.linalg.svd(centred[:: max(1, len(centred) // 50_000)], full_matrices=False)
-    share = singular**2 / max((singular**2).sum(), 1e-12)
-    coords = centred @ vt[:2].T
+    sample = centred[:: max(1, len(centred) // 50_000)]
+    # The principal axes from the 384 x 384 scatter matrix (eigh): the SVD's right singular vectors, at a
+    # tenth of its cost for 20,000 runs (an SVD of the runs themselves was 1.5 s of the demo).
+    spread, axes = np.linalg.eigh(sample.T @ sample)
+    spread, axes = np.clip(spread[::-1], 0, None), axes[:, ::-1]
+    axes = axes * np.where(axes[np.abs(axes).argmax(axis=0), range(axes.shape[1])] < 0, -1, 1)  # a fixed sign
+    share = spread / max(spread.sum(), 1e-12)
+    coords = centred @ axes[:, :2]
     return coords, [f"PC{i + 1} ({share[i]:.0%} of the spread)" for i in range(2)]
 
 

@@ -16,7 +16,8 @@ from metaspace.store.search import SUGGESTION_COLUMNS, _call
 
 # The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
 # with suggest_configs_v2's signature, named schema.function.
-RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v2"),
+# "v2" is the v2 ranking; suggest_configs_v3 computes it over whichever graph the env space has (revision 0012).
+RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v3"),
             "v4": ("historical_db", "suggest_configs_v4")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 

@@ -1,4 +1,4 @@
-"""Calls of the SQL search functions (sql/search_v1.sql, sql/suggest_v4.sql): the only Python that names them."""
+"""Calls of the SQL search functions (sql/search_v3.sql, sql/suggest_v4.sql): the only Python that names them."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
     the active one)."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.search_runs_v2(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.search_runs_v3(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s, %(version)s)",
         {"q": _float32(vector), "k": k, "space": space, "exact": exact, "version": version}
         | filters.params(),
@@ -73,7 +73,7 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.neighbours_v2(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.neighbours_v3(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
     )

@@ -44,7 +44,8 @@ CREATE TYPE historical_db.config_suggestion_v4 AS (
 
 -- Configs suggested for a target environment, as of a date (never a run dated after it).
 --
---   The `neighbours` nearest runs in env space (active encoder version, as of the date) are grouped into
+--   The `neighbours` nearest runs in env space (active encoder version, as of the date; nearest_runs_v2, the
+--   path of the v3 searches: the env space's graph, halfvec or float32, or the exact scan) are grouped into
 --   environments (one env object at one as_of_date). A config's relative objective in an environment is
 --   its objective minus the mean of the configs run there (where it ran alone: minus the neighbourhood's
 --   mean). Environments fall into blocks of one outcome window.
@@ -118,7 +119,7 @@ BEGIN
     RETURN QUERY
     WITH near AS (
         SELECT m.run_id, m.config_id, m.distance
-        FROM historical_db.nearest_runs_v1(env, neighbours, 'env', active, as_of, strategy_ids, NULL, NULL, exact) m
+        FROM historical_db.nearest_runs_v2(env, neighbours, 'env', active, as_of, strategy_ids, NULL, NULL, exact) m
     ), scored AS (
         SELECT n.run_id, coalesce(n.config_id, n.run_id) AS config_id, n.distance, r.config, r.as_of_date,
                jsonb_hash_extended(r.env, 0) AS env_key, (r.outcome #>> path)::double precision AS value,
