@@ -116,6 +116,7 @@ class Run(Base):
     __table_args__ = (
         Index("runs_as_of_date", "as_of_date"),
         Index("runs_strategy_id", "strategy_id", "as_of_date"),
+        Index("runs_config_as_of", text("coalesce(config_id, run_id)"), "as_of_date"),  # suggest_configs_v4's records
     )
 
     run_id: Mapped[str] = mapped_column(Text, primary_key=True)

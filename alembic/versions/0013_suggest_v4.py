@@ -11,7 +11,8 @@ database. Measured in docs/suggestions.md.
 
 The function pins ``search_path`` FROM CURRENT, so it is set first, as in 0005. Like every function, it is
 executable by PUBLIC, so the roles of 0008 can call it.
-Downgrading drops the function and its type; no data lives in them.
+An index on ``runs ((coalesce(config_id, run_id)), as_of_date)`` finds the candidates' runs. Downgrading
+drops the functions, the type and the index; no data lives in them.
 """
 
 from pathlib import Path
@@ -27,7 +28,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v4.sql": "1468c7f125b0c2dfda9460e17aa49e1b3aeb015271e705471212c6750bf5c373",
+    "suggest_v4.sql": "40aadf3c630be3b3f42314e40eb2c33f870fcefd7e4b6d5c928241dd674bb5b4",
 }
 
 
@@ -35,7 +36,13 @@ def _frozen(name: str) -> str:
     return (Path(__file__).parent / "frozen" / f"0013_{name}").read_text(encoding="utf-8")
 
 
+# The records read each candidate's latest runs known at a date.
+RUNS_BY_CONFIG = ("CREATE INDEX runs_config_as_of ON historical_db.runs "
+                  "((coalesce(config_id, run_id)), as_of_date)")
+
+
 def upgrade() -> None:
+    op.execute(RUNS_BY_CONFIG)
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("suggest_v4.sql"))
 
@@ -46,3 +53,4 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION historical_db.suggest_configs_v4(vector, integer, date, text, boolean, integer, "
                "integer, text[], boolean, text[], integer, integer, integer)")
     op.execute("DROP TYPE historical_db.config_suggestion_v4")
+    op.execute("DROP INDEX historical_db.runs_config_as_of")

@@ -49,8 +49,9 @@ CREATE TYPE historical_db.config_suggestion_v4 AS (
 --   environments (one env object at one as_of_date). A config's relative objective in an environment is
 --   its objective minus the mean of the configs run there (where it ran alone: minus the neighbourhood's
 --   mean). Environments fall into blocks of one outcome window.
---   history_objective: the config's relative objective over the latest `history` runs known at the date
---   (NULL: all of them), averaged per block, then over blocks; history_blocks: how many blocks.
+--   history_objective: the config's relative objective (against the other candidates run beside it) over
+--   the latest `history` runs of the candidates known at the date (NULL: all of them), averaged per block,
+--   then over blocks; history_blocks: how many blocks.
 --   relative_objective: its relative objective in the neighbourhood, weighted by env similarity (Gaussian
 --   kernel of the env distance, bandwidth the 10th percentile of the neighbour distances, weights below
 --   exp(-300) taken as that: they are nil, and PostgreSQL raises on an underflow), per block, then over blocks.
@@ -154,15 +155,20 @@ BEGIN
         SELECT l.config_id, sum(l.envs)::integer AS environments,
                sum(l.w * l.rel) / nullif(sum(l.w), 0) AS relative_objective
         FROM local_blocks l GROUP BY l.config_id
+    ), wanted AS (
+        -- The candidates: configs with min_runs or more neighbouring environments (and eligible, if given).
+        SELECT array_agg(e.config_id) AS ids FROM evidence e
+        WHERE e.environments >= min_runs AND (eligible_configs IS NULL OR e.config_id = ANY (eligible_configs))
     ), recent AS (
-        -- The history read for the records: the latest `history` runs known at the date, of the configs
-        -- met in the neighbourhood (latest first, run_id breaking ties, so the set never depends on later runs).
+        -- The history read for the records: the latest `history` runs known at the date, of the candidates
+        -- (latest first, run_id breaking ties, so the set never depends on later runs; the index on
+        -- (coalesce(config_id, run_id), as_of_date) finds them).
         SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key, coalesce(r.config_id, r.run_id) AS config_id,
                (r.outcome #>> path)::double precision AS value
         FROM historical_db.runs r
         WHERE (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
           AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
-          AND coalesce(r.config_id, r.run_id) = ANY ((SELECT array_agg(DISTINCT s.config_id) FROM scored s)::text[])
+          AND coalesce(r.config_id, r.run_id) = ANY ((SELECT w.ids FROM wanted w)::text[])
         ORDER BY r.as_of_date DESC, r.run_id DESC
         LIMIT history
     ), history_cells AS (
