@@ -86,7 +86,7 @@ def main() -> None:
     import psycopg
 
     import metaspace
-    from metaspace.queries import _Encoder, queries_from
+    from metaspace.queries import HISTORY_RUNS, _Encoder, queries_from
     from metaspace.sample import sample_runs
     from metaspace.store import search as search_store
     from metaspace.store.connection import connection, resolve_url
@@ -114,14 +114,15 @@ def main() -> None:
             lambda: search_store.neighbours(conn, run_id, 5, "joint", no_filter, False), args.repeat)
         suggest_sql = _median_call_ms(lambda: search_store.suggest(
             conn, env_vector, k=5, as_of=None, objective="outcome.sharpe", higher_is_better=True,
-            neighbours=1000, min_runs=3, strategies=(), exact=False, encoder_version=encoder.version), args.repeat)
+            neighbours=1000, min_runs=3, strategies=(), exact=False, history=HISTORY_RUNS, horizon=None,
+            encoder_version=encoder.version), args.repeat)
     vector_text = "[" + ",".join(f"{x:.8g}" for x in env_vector) + "]"
 
     python = sys.executable
     metaspace_cli = shutil.which("metaspace", path=str(Path(python).parent)) or "metaspace"
-    neighbours_call = ("SELECT * FROM historical_db.neighbours_v2(%s, 5, 'joint', NULL, NULL, NULL, NULL, false)",
+    neighbours_call = ("SELECT * FROM historical_db.neighbours_v3(%s, 5, 'joint', NULL, NULL, NULL, NULL, false)",
                        run_id)
-    suggest_call = ("SELECT * FROM historical_db.suggest_configs_v2(%s::vector, 5, NULL, 'outcome.sharpe', true, "
+    suggest_call = ("SELECT * FROM historical_db.suggest_configs_v4(%s::vector, 5, NULL, 'outcome.sharpe', true, "
                     "1000, 3, NULL, false)", vector_text)
     _median_ms([metaspace_cli, "search", "--run", run_id, "-k", "5"], 2, env)  # the server's caches warm
 

@@ -118,6 +118,7 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         if key.note:
             notes.append(key.note)
         path = list(key.path)
+        given_horizon = horizon  # v4 counts evidence in blocks of it; without it, of the runs' own windows
         if horizon is None:
             longest = evaluation_store.test_window_horizon(conn, until_date)
             if longest is None:
@@ -143,7 +144,7 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
                            direction=1.0 if higher_is_better else -1.0)
         rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
                                  higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                                 ranking=ranking)
+                                 ranking=ranking, horizon=given_horizon)
         tops = _replay(conn, url, points, lag, rank, progress)
         decisions = [_decide(point, point.as_of_date - lag, top,
                              history.best_so_far(point.as_of_date - lag, point.configs), higher_is_better)

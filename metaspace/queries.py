@@ -323,7 +323,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     return _answered(answers, batch, as_frame)
 
 
-HISTORY_RUNS = 20_000  # suggest_configs_v4's default: each config's record is read from the latest runs known
+HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
 
 
 def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
@@ -331,8 +331,8 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                  history: int | None = HISTORY_RUNS, horizon: int | None = None,
                  database_url: str | None = None) -> Iterator[Answer]:
     """Suggested configs for each env query, in input order. ``objective`` is an outcome key (``sharpe``,
-    ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``. ``history``: each
-    config's record is read from the latest N runs known at the date (None: all of them); ``horizon``: days
+    ``outcome.perf.sharpe``); by default, the one numeric outcome key named ``sharpe``. ``history``: the
+    configs' records read the latest N runs known at the date, shared among the candidates (None: all); ``horizon``: days
     of one outcome window, the block in which evidence is counted (None: read from the runs' test_start)."""
     from metaspace import keys
 

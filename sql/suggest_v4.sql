@@ -46,12 +46,13 @@ CREATE TYPE historical_db.config_suggestion_v4 AS (
 --
 --   The `neighbours` nearest runs in env space (active encoder version, as of the date; nearest_runs_v2, the
 --   path of the v3 searches: the env space's graph, halfvec or float32, or the exact scan) are grouped into
---   environments (one env object at one as_of_date). A config's relative objective in an environment is
---   its objective minus the mean of the configs run there (where it ran alone: minus the neighbourhood's
---   mean). Environments fall into blocks of one outcome window.
---   history_objective: the config's relative objective (against the other candidates run beside it) over
---   the latest `history` runs of the candidates known at the date (NULL: all of them), averaged per block,
---   then over blocks; history_blocks: how many blocks.
+--   environments (one env object at one as_of_date). Candidates: configs with min_runs or more neighbouring
+--   environments (and in eligible_configs, if given). A candidate's relative objective in an environment is
+--   its objective minus the mean of the candidates run there (where it ran alone among them: minus their
+--   mean nearby). Environments fall into blocks of one outcome window.
+--   history_objective: the candidate's relative objective, on the same yardstick, over its latest runs
+--   known at the date (`history` runs shared equally among the candidates, whole dates; NULL: all of
+--   them), averaged per block, then over blocks; history_blocks: how many blocks.
 --   relative_objective: its relative objective in the neighbourhood, weighted by env similarity (Gaussian
 --   kernel of the env distance, bandwidth the 10th percentile of the neighbour distances, weights below
 --   exp(-300) taken as that: they are nil, and PostgreSQL raises on an underflow), per block, then over blocks.
@@ -65,7 +66,6 @@ CREATE TYPE historical_db.config_suggestion_v4 AS (
 --   edge_z: the local edge over the candidates' mean in standard errors, signed so that positive is better.
 --   deflated_confidence: Phi(score / sqrt(one environment's spread + posterior variance)), the probability
 --   that the config's objective in one new environment beats the candidates' mean there. 0.5 is a coin flip.
---   Candidates: configs with min_runs or more neighbouring environments (and in eligible_configs, if given).
 CREATE FUNCTION historical_db.suggest_configs_v4(
     env vector, k integer DEFAULT 5, as_of date DEFAULT NULL, objective text DEFAULT 'sharpe',
     higher_is_better boolean DEFAULT true, neighbours integer DEFAULT 1000, min_runs integer DEFAULT 3,
@@ -74,6 +74,8 @@ CREATE FUNCTION historical_db.suggest_configs_v4(
 ) RETURNS SETOF historical_db.config_suggestion_v4
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path FROM CURRENT
+-- Planned for each call's own arguments: a generic plan of the records' read (after five calls) was 3x slower.
+SET plan_cache_mode = 'force_custom_plan'
 AS $fn$
 DECLARE
     path text[];
@@ -142,11 +144,18 @@ BEGIN
         -- One piece of evidence per config and environment, however often it ran there.
         SELECT s.as_of_date, s.env_key, s.config_id, avg(s.value) AS value, min(s.distance) AS distance
         FROM scored s GROUP BY s.as_of_date, s.env_key, s.config_id
+    ), wanted AS (
+        -- The candidates: configs seen in min_runs or more neighbouring environments (and eligible, if given).
+        SELECT c.config_id FROM cells c
+        WHERE eligible_configs IS NULL OR c.config_id = ANY (eligible_configs)
+        GROUP BY c.config_id HAVING count(*) >= min_runs
     ), relative AS (
+        -- Each candidate against the other candidates run in the same environment (the configs a pick is
+        -- made among, and the same yardstick as the records below); alone there, against their mean nearby.
         SELECT c.config_id, floor((c.as_of_date - date '2000-01-03')::double precision / b.block_days) AS block,
                c.value - CASE WHEN count(*) OVER e >= 2 THEN avg(c.value) OVER e ELSE avg(c.value) OVER () END AS rel,
                exp(-least(0.5 * (c.distance / b.h) ^ 2, 300)) AS w
-        FROM cells c CROSS JOIN bandwidth b
+        FROM cells c JOIN wanted USING (config_id) CROSS JOIN bandwidth b
         WINDOW e AS (PARTITION BY c.as_of_date, c.env_key)
     ), local_blocks AS (
         SELECT r.config_id, r.block, sum(r.w * r.rel) / nullif(sum(r.w), 0) AS rel, sum(r.w) AS w, count(*) AS envs
@@ -155,22 +164,23 @@ BEGIN
         SELECT l.config_id, sum(l.envs)::integer AS environments,
                sum(l.w * l.rel) / nullif(sum(l.w), 0) AS relative_objective
         FROM local_blocks l GROUP BY l.config_id
-    ), wanted AS (
-        -- The candidates: configs with min_runs or more neighbouring environments (and eligible, if given).
-        SELECT array_agg(e.config_id) AS ids FROM evidence e
-        WHERE e.environments >= min_runs AND (eligible_configs IS NULL OR e.config_id = ANY (eligible_configs))
     ), recent AS (
-        -- The history read for the records: the latest `history` runs known at the date, of the candidates
-        -- (latest first, run_id breaking ties, so the set never depends on later runs; the index on
-        -- (coalesce(config_id, run_id), as_of_date) finds them).
-        SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key, coalesce(r.config_id, r.run_id) AS config_id,
-               (r.outcome #>> path)::double precision AS value
-        FROM historical_db.runs r
-        WHERE (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
-          AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
-          AND coalesce(r.config_id, r.run_id) = ANY ((SELECT w.ids FROM wanted w)::text[])
-        ORDER BY r.as_of_date DESC, r.run_id DESC
-        LIMIT history
+        -- The history read for the records: each candidate's latest runs known at the date, history runs in
+        -- all (shared equally), whole dates (a date's runs are all kept or all left: never chosen by how
+        -- their run_ids sort), found on the index on (coalesce(config_id, run_id), as_of_date).
+        SELECT h.*
+        FROM wanted w
+        CROSS JOIN LATERAL (
+            SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key, w.config_id,
+                   (r.outcome #>> path)::double precision AS value
+            FROM historical_db.runs r
+            WHERE coalesce(r.config_id, r.run_id) = w.config_id
+              AND (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
+              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+            ORDER BY r.as_of_date DESC
+            FETCH FIRST (coalesce(ceil(history::double precision / (SELECT count(*) FROM wanted))::bigint,
+                               9223372036854775807)) ROWS WITH TIES
+        ) h
     ), history_cells AS (
         SELECT h.as_of_date, h.env_key, h.config_id, avg(h.value) AS value
         FROM recent h GROUP BY h.as_of_date, h.env_key, h.config_id
@@ -244,8 +254,9 @@ BEGIN
                     ELSE 1 / (1 / p.prior_tau2 + c.record_blocks / p.bs2) END AS base_var
         FROM candidate c CROSS JOIN prior_fit p JOIN local_noise ln ON ln.config_id = c.config_id
     ), departure AS (
-        -- tau2 of the local departures: their mean square over the candidates less its noise part.
-        SELECT greatest(avg((s.rel - s.base) ^ 2) - avg(s.local_var), 1e-6 * avg(s.local_var)) AS tau2
+        -- tau2 of the local departures: their mean square over the candidates less its noise part (the local
+        -- estimate's and the base's: a config without a record has only the candidates' mean as its base).
+        SELECT greatest(avg((s.rel - s.base) ^ 2) - avg(s.local_var + s.base_var), 1e-6 * avg(s.local_var)) AS tau2
         FROM shrunk s
     ), posterior AS (
         SELECT s.*, d.tau2 / (d.tau2 + s.local_var) AS lambda

@@ -303,3 +303,68 @@ def test_suggest_answers_when_most_neighbours_share_the_query_environment(signal
     env_record = next(r for r in _history(1, signal=True) if r["run_id"] == "R1_0080_TREND")["env"]
     [answer] = metaspace.suggest([env_record], k=4, neighbours=7, min_runs=1, database_url=signal_db)
     assert {row["config_id"] for row in answer} == set(CONFIGS)
+
+
+def _three_and_a_loner(seed: int = 9, weeks: int = 40) -> list[dict]:
+    """A is 0.4 better than B, C 5 worse, all run together every week under a shared shock; D runs alone in
+    an environment of its own each week, so it never has a record."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(weeks):
+        decision = START + dt.timedelta(days=7 * i)
+        env = {"trend": round(float(rng.normal()), 4), "realized_vol": round(float(rng.uniform(0.1, 0.3)), 4)}
+        shock = float(rng.normal())
+        for config, edge in (("A", 0.4), ("B", 0.0), ("C", -5.0), ("D", 0.0)):
+            records.append({
+                "run_id": f"T{i:04d}_{config}", "config_id": config, "strategy_id": config,
+                "as_of_date": (decision + dt.timedelta(days=WINDOW)).isoformat(),
+                "test_start": (decision + dt.timedelta(days=1)).isoformat(), "config": {"name": config},
+                "env": {**env, "solo": 1} if config == "D" else env,
+                "outcome": {"sharpe": round(shock + edge + float(rng.normal(0.0, 0.1)), 4)}})
+    return records
+
+
+@pytest.fixture(scope="module")
+def loner_db(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory):
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(psycopg.conninfo.conninfo_to_dict(template_url)["dbname"])))
+    url = make_conninfo(server_url, dbname=name)
+    _load(url, _three_and_a_loner(), tmp_path_factory.mktemp("loner"))
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_suggest_v4_judges_the_local_result_and_the_record_against_the_same_configs(loner_db: str) -> None:
+    """The local result was measured against every config run in the environment (C included) and the record
+    against the candidates only: the offset between them looked like an environment effect (local_weight
+    0.99 with eligible A and B, 0.00 with A, B and C)."""
+    with connect(loner_db, autocommit=True) as conn:
+        env = _env(conn, "T0039_A")
+        two = _v4(conn, env, eligible_configs=["A", "B"], exact=True)
+        three = _v4(conn, env, eligible_configs=["A", "B", "C"], exact=True)
+    for rows in (two, three):
+        assert all(row["local_weight"] < 0.5 for row in rows.values())
+        for row in rows.values():  # the same yardstick: nothing here depends on the environment
+            assert row["relative_objective"] == pytest.approx(row["history_objective"], abs=0.15)
+    assert two["A"]["history_objective"] == pytest.approx(0.2, abs=0.1)
+    assert list(two) == ["A", "B"] and list(three) == ["A", "B", "C"]
+
+
+def test_suggest_v4_a_config_without_a_record_leaves_the_others_weights_alone(loner_db: str) -> None:
+    with connect(loner_db, autocommit=True) as conn:
+        env = _env(conn, "T0039_A")
+        without = _v4(conn, env, eligible_configs=["A", "B", "C"], exact=True, neighbours=200)
+        with_loner = _v4(conn, env, eligible_configs=["A", "B", "C", "D"], exact=True, neighbours=200)
+    assert with_loner["D"]["history_blocks"] == 0
+    for config in ("A", "B", "C"):
+        assert with_loner[config]["local_weight"] == pytest.approx(without[config]["local_weight"], abs=0.1)
+
+
+def test_suggest_v4_history_keeps_whole_dates_whatever_the_run_ids(loner_db: str) -> None:
+    """history => 2 once kept two of the last date's three runs, chosen by how their run_ids sort."""
+    with connect(loner_db, autocommit=True) as conn:
+        rows = _v4(conn, _env(conn, "T0039_A"), eligible_configs=["A", "B", "C"], exact=True, history=2)
+    assert all(row["history_blocks"] == 1 for row in rows.values())

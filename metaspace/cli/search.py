@@ -163,7 +163,8 @@ class _HistoryRuns(click.ParamType):
 @click.option("--strategy", "strategy", multiple=True, metavar="ID", help="Only runs of this strategy (repeatable).")
 @click.option("--exact", is_flag=True, help="Take the evidence by exact search.")
 @click.option("--history", type=_HistoryRuns(), default=HISTORY_RUNS, show_default=True,
-              help="Each config's record is read from the latest N runs known at the date (all: every one).")
+              help="The configs' records read the latest N runs known at the date, shared among the candidates "
+              "(all: every run).")
 @click.option("--horizon", type=click.IntRange(1), metavar="DAYS",
               help="Days of one outcome window, the block evidence is counted in (default: from test_start).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "optuna"]), default="table", show_default=True,

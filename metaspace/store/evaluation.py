@@ -108,11 +108,12 @@ def _ranking_function(ranking: str) -> sql.Composable:
 
 def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt.date, objective: str,
                     higher_is_better: bool, neighbours: int, min_runs: int, ranking: str = "v4",
-                    exact: bool = False) -> list[dict[str, Any]]:
+                    exact: bool = False, horizon: int | None = None) -> list[dict[str, Any]]:
     """The suggestions for the point's env as of ``as_of``, among the configs tried there, best first.
 
     v2 and its variants restrict the candidates in SQL (``eligible_configs``); v1 has no such argument, so it
-    ranks every config and the eligible ones are kept in its order."""
+    ranks every config and the eligible ones are kept in its order. ``horizon`` (days of one outcome
+    window) reaches v4, which counts evidence in blocks of it."""
     env = sql.SQL(
         "(SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env' "
         "AND b.encoder_version = historical_db.active_encoder_version_v1())")
@@ -128,7 +129,10 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
     statement = sql.SQL(
         "SELECT * FROM {fn}({env}, k => %(k)s, as_of => %(as_of)s, objective => %(objective)s, "
         "higher_is_better => %(higher)s, neighbours => %(neighbours)s, min_runs => %(min_runs)s, "
-        "exact => %(exact)s, eligible_configs => %(eligible)s)").format(fn=_ranking_function(ranking), env=env)
-    cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs)})
+        "exact => %(exact)s, eligible_configs => %(eligible)s{horizon})").format(
+            fn=_ranking_function(ranking), env=env,
+            horizon=sql.SQL(", horizon => %(horizon)s" if ranking == "v4" else ""))
+    cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs),
+                                               "horizon": horizon})
     columns = [d.name for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]

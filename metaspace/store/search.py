@@ -82,8 +82,8 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
 
 def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date | None, objective: str,
             higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
-            exact: bool, encoder_version: int | None = None, history: int | None = 20_000,
-            horizon: int | None = None) -> list[dict[str, Any]]:
+            exact: bool, history: int | None, horizon: int | None,
+            encoder_version: int | None = None) -> list[dict[str, Any]]:
     """suggest_configs_v4; ``encoder_version`` (the version ``env`` was encoded with) fails fast if it is
     no longer the active one."""
     rows = _call(
