@@ -59,18 +59,23 @@ def _load(url: str, records: list[dict], tmp_path: Path, name: str = "runs.jsonl
     pipeline.embed_runs(database_url=url)
 
 
-@pytest.fixture(scope="module")
-def signal_db(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory):
-    """A history with a real edge (90 weekly decisions), shared by the module's read-only tests."""
+def _loaded_database(server_url: str, template_url: str, records: list[dict], tmp_path: Path):
+    """A database of its own (from the migrated template) holding ``records``, embedded; dropped after."""
     name = f"e_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(psycopg.conninfo.conninfo_to_dict(template_url)["dbname"])))
     url = make_conninfo(server_url, dbname=name)
-    _load(url, _history(1, signal=True), tmp_path_factory.mktemp("signal"))
+    _load(url, records, tmp_path)
     yield url
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def signal_db(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """A history with a real edge (90 weekly decisions), shared by the module's read-only tests."""
+    yield from _loaded_database(server_url, template_url, _history(1, signal=True), tmp_path_factory.mktemp("signal"))
 
 
 # -- the numbers of one decision ------------------------------------------------------------------
@@ -326,15 +331,7 @@ def _three_and_a_loner(seed: int = 9, weeks: int = 40) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def loner_db(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory):
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(psycopg.conninfo.conninfo_to_dict(template_url)["dbname"])))
-    url = make_conninfo(server_url, dbname=name)
-    _load(url, _three_and_a_loner(), tmp_path_factory.mktemp("loner"))
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    yield from _loaded_database(server_url, template_url, _three_and_a_loner(), tmp_path_factory.mktemp("loner"))
 
 
 def test_suggest_v4_judges_the_local_result_and_the_record_against_the_same_configs(loner_db: str) -> None:
