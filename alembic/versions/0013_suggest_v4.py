@@ -28,7 +28,7 @@ depends_on = None
 # them, and the released sql/ files, against these checksums.
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v4.sql": "0cb7805383fb6f389e82d087cbdab265e05362a5c5aa20ff530e4c8873998e22",
+    "suggest_v4.sql": "43daf69b93ee88558006adb6cf87970cf131024e5253c781631c45e68970e68e",
 }
 
 

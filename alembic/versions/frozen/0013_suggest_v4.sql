@@ -6,10 +6,10 @@
 -- What changed from v2 and v3, and why:
 -- * The centre is the config's own record. v2 shrank each config's local edge toward the mean of the
 --   candidates; where the neighbourhood says little, that is a coin flip. v4 shrinks it toward what the
---   config earned, relative to the others run beside it, over the history known at the date (the evidence
---   behind a desk's best-so-far config). Where the environment decides the winner, the local departures
---   from that record are large and consistent, and they come through; where they are noise, the record
---   stands. On the real corpora this turned "no reliable edge" into a lead clear of zero.
+--   config earned, relative to the other candidates run beside it, over the history known at the date
+--   (the evidence behind a desk's best-so-far config). Where the environment decides the winner, the local
+--   departures from that record are large and consistent, and they come through; where they are noise,
+--   the record stands. On the real corpora this turned "no reliable edge" into a lead clear of zero.
 -- * Evidence is counted in blocks of one outcome window, not environments: two environments whose outcome
 --   windows overlap share most of their market days, so they are one piece of evidence, not two. The
 --   window is the runs' own (as_of_date minus their test_start extra field), or `horizon` days if given.
