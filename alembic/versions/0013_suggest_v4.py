@@ -11,13 +11,14 @@ database. Measured in docs/suggestions.md.
 
 The function pins ``search_path`` FROM CURRENT, so it is set first, as in 0005. Like every function, it is
 executable by PUBLIC, so the roles of 0008 can call it.
-An index on ``runs ((coalesce(config_id, run_id)), as_of_date)`` finds the candidates' runs. Downgrading
+An index on ``runs ((coalesce(config_id, run_id)), as_of_date)`` finds the candidates' runs (built
+CONCURRENTLY under ``metaspace migrate --concurrently``, as in 0004, so writers are not blocked). Downgrading
 drops the functions, the type and the index; no data lives in them.
 """
 
 from pathlib import Path
 
-from alembic import op
+from alembic import context, op
 
 revision = "0013_suggest_v4"
 down_revision = "0012_index_settings"
@@ -42,7 +43,11 @@ RUNS_BY_CONFIG = ("CREATE INDEX runs_config_as_of ON historical_db.runs "
 
 
 def upgrade() -> None:
-    op.execute(RUNS_BY_CONFIG)
+    if context.config.attributes.get("concurrently"):  # metaspace migrate --concurrently: writers go on
+        with context.get_context().autocommit_block():
+            op.execute(RUNS_BY_CONFIG.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+    else:
+        op.execute(RUNS_BY_CONFIG)
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("suggest_v4.sql"))
 
