@@ -5,6 +5,7 @@ and suggest_configs_v2, on the module's sample history (3,000 runs)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -457,3 +458,207 @@ def test_suggest_encoder_version_must_be_the_active_one(sconn, stored, probe, fu
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
         _suggest(sconn, env, function, encoder_version=active + 1)
     assert raised.value.sqlstate == "55000"
+
+
+# -- suggest_configs_v4, recomputed from its documented formula -------------------------------------
+
+
+def _percentile_cont(values: list[float], q: float) -> float:
+    return float(np.quantile(np.array(values, dtype=np.float64), q))  # linear interpolation, as PostgreSQL's
+
+
+def _percentile_disc(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[max(int(np.ceil(q * len(ordered))) - 1, 0)]
+
+
+def _key(env: dict) -> str:
+    return json.dumps(env, sort_keys=True)
+
+
+def _window_days(record: dict) -> int | None:
+    try:
+        start = dt.date.fromisoformat(record["test_start"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (dt.date.fromisoformat(record["as_of_date"]) - start).days
+
+
+def _block(day: dt.date, block_days: int) -> int:
+    return (day - dt.date(2000, 1, 3)).days // block_days
+
+
+def _reference_suggest_v4(data: Stored, records: dict[str, dict], env: np.ndarray, *, k: int = 5,
+                          as_of: dt.date | None = None, objective: str = "sharpe", higher_is_better: bool = True,
+                          neighbours: int = 1000, min_runs: int = 3, strategy_ids: list[str] | None = None,
+                          eligible_configs: list[str] | None = None, history: int | None = 20000,
+                          horizon: int | None = None) -> list[dict[str, Any]]:
+    """suggest_configs_v4 as its header and docs/suggestions.md state it, in plain Python: each candidate's
+    record (relative to the other candidates, in blocks of one outcome window, shrunk to their mean), moved by
+    local_weight toward its kernel-weighted relative result in the neighbourhood."""
+    direction = 1.0 if higher_is_better else -1.0
+    path = objective.removeprefix("outcome.").split(".")
+    config_of = {run_id: r.get("config_id") or run_id for run_id, r in records.items()}
+    scored = []
+    for run_id, distance in _brute(data, env, neighbours, as_of=as_of, strategy_ids=strategy_ids):
+        value = _value(records[run_id], path)
+        if value is not None:
+            scored.append({"run_id": run_id, "config_id": config_of[run_id], "distance": distance, "value": value,
+                           "day": dt.date.fromisoformat(records[run_id]["as_of_date"]),
+                           "env": _key(records[run_id]["env"]), "window": _window_days(records[run_id])})
+    h = max(_percentile_cont([s["distance"] for s in scored], 0.1), 1e-9)
+    windows = [s["window"] for s in scored if s["window"] is not None and s["window"] > 0]
+    block_days = horizon or max(1, _percentile_disc(windows, 0.5) if windows else 1)
+
+    def weight(distance: float) -> float:
+        return float(np.exp(-min(0.5 * (distance / h) ** 2, 300)))
+
+    cells: dict[tuple, list[dict]] = defaultdict(list)  # one piece of evidence per config and environment
+    for s in scored:
+        cells[(s["day"], s["env"], s["config_id"])].append(s)
+    cell_rows = [{"day": day, "env": e, "config_id": c, "value": float(np.mean([s["value"] for s in ss])),
+                  "distance": min(s["distance"] for s in ss)} for (day, e, c), ss in cells.items()]
+    count = defaultdict(int)
+    for c in cell_rows:
+        if eligible_configs is None or c["config_id"] in eligible_configs:
+            count[c["config_id"]] += 1
+    wanted = {c for c, n in count.items() if n >= min_runs}
+
+    mine = [c for c in cell_rows if c["config_id"] in wanted]
+    overall = float(np.mean([c["value"] for c in mine]))
+    by_env = defaultdict(list)
+    for c in mine:
+        by_env[(c["day"], c["env"])].append(c["value"])
+    local_blocks: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for c in mine:
+        beside = by_env[(c["day"], c["env"])]
+        rel = c["value"] - (float(np.mean(beside)) if len(beside) >= 2 else overall)
+        local_blocks[c["config_id"]][_block(c["day"], block_days)].append((rel, weight(c["distance"])))
+    local = {}
+    for config_id, blocks in local_blocks.items():
+        parts = [(sum(w * r for r, w in b) / sum(w for _, w in b), sum(w for _, w in b), len(b))
+                 for b in blocks.values()]
+        local[config_id] = {"blocks": parts, "envs": [r for b in blocks.values() for r, _ in b],
+                            "rel": sum(w * r for r, w, _ in parts) / sum(w for _, w, _ in parts),
+                            "environments": sum(n for _, _, n in parts)}
+
+    share = None if history is None else int(np.ceil(history / len(wanted)))
+    recent = []
+    for config_id in wanted:  # each candidate's latest runs known at the date, whole dates
+        runs = sorted((r for run_id, r in records.items() if config_of[run_id] == config_id
+                       and (as_of is None or dt.date.fromisoformat(r["as_of_date"]) <= as_of)
+                       and _value(r, path) is not None
+                       and (strategy_ids is None or r["strategy_id"] in strategy_ids)),
+                      key=lambda r: r["as_of_date"], reverse=True)
+        if share is not None and len(runs) > share:
+            runs = [r for r in runs if r["as_of_date"] >= runs[share - 1]["as_of_date"]]
+        recent += [(config_id, r) for r in runs]
+    history_cells: dict[tuple, list[float]] = defaultdict(list)
+    for config_id, r in recent:
+        history_cells[(r["as_of_date"], _key(r["env"]), config_id)].append(_value(r, path))
+    history_env = defaultdict(list)
+    for (day, e, config_id), values in history_cells.items():
+        history_env[(day, e)].append((config_id, float(np.mean(values))))
+    history_blocks: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (day, _), members in history_env.items():
+        if len(members) >= 2:
+            centre = float(np.mean([v for _, v in members]))
+            for config_id, v in members:
+                history_blocks[config_id][_block(dt.date.fromisoformat(day), block_days)].append(v - centre)
+    record = {c: [float(np.mean(b)) for b in blocks.values()] for c, blocks in history_blocks.items()}
+    between = sum(sum((x - np.mean(xs)) ** 2 for x in xs) for xs in record.values())
+    dof = sum(len(xs) for xs in record.values()) - len(record)
+    block_s2 = between / dof if dof > 0 else None
+
+    candidates = sorted(c for c in wanted if local[c]["environments"] >= min_runs)
+    rel = {c: direction * local[c]["rel"] for c in candidates}
+    prior = {c: direction * float(np.mean(record[c])) for c in candidates if c in record}
+
+    def pooled(pieces: list[tuple[str, float]]) -> float | None:
+        dof = len(pieces) - len({c for c, _ in pieces})
+        return sum((direction * x - rel[c]) ** 2 for c, x in pieces) / dof if dof > 0 else None
+
+    one_env_s2 = pooled([(c, r) for c in candidates for r in local[c]["envs"]])
+    local_s2 = pooled([(c, r) for c in candidates for r, _, _ in local[c]["blocks"]])
+
+    def first(*values: float | None) -> float:
+        return next((v for v in values if v is not None), 0.0)
+
+    es2 = max(first(one_env_s2), 1e-12)
+    ls2 = max(first(local_s2, block_s2, one_env_s2), 1e-12)
+    bs2 = max(first(block_s2, local_s2, one_env_s2), 1e-12)
+    prior_centre = float(np.mean(list(prior.values()))) if prior else None
+    centre = float(np.mean(list(rel.values())))
+    spread = (float(np.var(list(prior.values()), ddof=1)) - float(np.mean([bs2 / len(record[c]) for c in prior]))
+              if len(prior) >= 2 else None)
+    prior_tau2 = max(first(spread, -np.inf), 1e-6 * bs2)
+    rows = {}
+    for c in candidates:
+        w = np.array([w for _, w, _ in local[c]["blocks"]])
+        local_var = max(ls2 * float((w**2).sum() / w.sum() ** 2), 1e-12)
+        if c in prior:
+            blocks = len(record[c])
+            base = prior_centre + (prior[c] - prior_centre) * prior_tau2 / (prior_tau2 + bs2 / blocks)
+            base_var = 1 / (1 / prior_tau2 + blocks / bs2)
+        else:
+            base, base_var = centre, prior_tau2
+        rows[c] = {"local_var": local_var, "base": base, "base_var": base_var}
+    tau2 = max(float(np.mean([(rel[c] - r["base"]) ** 2 for c, r in rows.items()]))
+               - float(np.mean([r["local_var"] + r["base_var"] for r in rows.values()])),
+               1e-6 * float(np.mean([r["local_var"] for r in rows.values()])))
+    for c, r in rows.items():
+        r["local_weight"] = tau2 / (tau2 + r["local_var"])
+        r["expected"] = r["base"] + r["local_weight"] * (rel[c] - r["base"])
+        r["posterior_var"] = (1 - r["local_weight"]) ** 2 * r["base_var"] + r["local_weight"] * r["local_var"]
+    mean_expected = float(np.mean([r["expected"] for r in rows.values()]))
+    out = []
+    for c, r in rows.items():
+        edge = r["expected"] - mean_expected
+        members = [s for s in scored if s["config_id"] == c]
+        weights = np.array([weight(s["distance"]) for s in members])
+        values = np.array([s["value"] for s in members])
+        best = min(members, key=lambda s: (-direction * s["value"], s["run_id"]))
+        out.append({
+            "config_id": c, "score": direction * edge, "edge": edge, "runs": len(members),
+            "weighted_objective": float((weights * values).sum() / weights.sum()),
+            "mean_distance": float(np.mean([s["distance"] for s in members])),
+            "objective_mean": float(values.mean()),
+            "objective_std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "best_run_id": best["run_id"], "best_objective": best["value"],
+            "edge_z": (rel[c] - centre) / np.sqrt(r["local_var"]),
+            "deflated_confidence": statistics.NormalDist().cdf(edge / np.sqrt(es2 + r["posterior_var"])),
+            "candidates": len(candidates), "environments": local[c]["environments"],
+            "relative_objective": direction * rel[c],
+            "history_objective": direction * prior[c] if c in prior else None,
+            "history_blocks": len(record.get(c, [])), "local_weight": r["local_weight"],
+        })
+    return sorted(out, key=lambda s: (-s["edge"], s["config_id"]))[:k]
+
+
+V4_COMPARED = ("config_id", "runs", "best_run_id", "candidates", "environments", "history_blocks")
+V4_APPROX = APPROX + ("relative_objective", "history_objective", "local_weight")
+
+
+@pytest.mark.parametrize("arguments", [
+    {},
+    {"k": 40, "min_runs": 1, "neighbours": 300},
+    {"as_of": dt.date(2006, 3, 31), "k": 10},
+    {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
+    {"history": 400, "horizon": 30, "k": 12},
+    {"history": None, "strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"], "min_runs": 2, "k": 12},
+    {"eligible_configs": "every third", "k": 100},
+], ids=["defaults", "min_runs-neighbours", "as_of", "lower-is-better", "history-horizon", "all-history-strategies",
+        "eligible"])
+def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, probe, arguments) -> None:
+    env = _env(stored, probe["run_id"])
+    if arguments.get("eligible_configs") == "every third":
+        every = _suggest(sconn, env, "suggest_configs_v4", k=1000, exact=True)
+        arguments = arguments | {"eligible_configs": [r["config_id"] for r in every[::3]]}
+    rows = _suggest(sconn, env, "suggest_configs_v4", exact=True, **arguments)
+    expected = _reference_suggest_v4(stored["env"], records, env, **arguments)
+    assert len(rows) >= 2 and any(0 < r["local_weight"] < 1 for r in rows), arguments  # both parts at work
+    assert [tuple(r[c] for c in V4_COMPARED) for r in rows] == [tuple(e[c] for c in V4_COMPARED) for e in expected]
+    for row, want in zip(rows, expected):
+        for column in V4_APPROX:
+            expected_value = want[column] if want[column] is None else pytest.approx(want[column], rel=1e-4, abs=1e-6)
+            assert row[column] == expected_value, (column, row["config_id"])
