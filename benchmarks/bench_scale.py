@@ -5,6 +5,7 @@
     python benchmarks/bench_scale.py --reuse NAME --stage tail                 # 2a. as-of tail: today + remedies
     python benchmarks/bench_scale.py --reuse NAME --stage prefix               # 2b. as-of prefix graphs + two rules
     python benchmarks/bench_scale.py --reuse NAME --stage prefix --threshold 20000   # rule A's other threshold
+    python benchmarks/bench_scale.py --reuse NAME --stage product              # 2c. the product after 0014
     python benchmarks/bench_scale.py --reuse NAME --stage growth               # 3. 100k / 300k / 1M curve
 
 The database is built by ``bench_search``'s loader (N sample runs imported and embedded, then extra joint
@@ -393,6 +394,66 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, plain:
     print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
 
 
+# 2c. the product, after revision 0014 -------------------------------------------------------------------
+
+PRODUCT = "SELECT distance FROM historical_db.search_runs_v3(%(q)s, 10, 'joint', %(d)s)"
+PRODUCT_WALK = ("SELECT run_id FROM historical_db.run_vectors_v1 r WHERE r.space = 'joint' AND r.encoder_version = "
+                "%(v)s AND r.as_of_date <= %(d)s ORDER BY r.vector <-> %(q)s LIMIT 10")
+
+
+def _product(conn, queries, kths, day) -> dict:
+    latencies, recalls = [], []
+    for q, kth in zip(queries, kths):
+        ms, rows = _timed(conn, PRODUCT, {"q": q, "d": day})
+        latencies.append(ms)
+        recalls.append(min(K, sum(1 for r in rows if r[0] <= kth * (1 + 1e-5) + 1e-9)) / K)
+    return {"recall": statistics.mean(recalls), "p50": _p(latencies, 50), "p95": _p(latencies, 95), "short": 0}
+
+
+def stage_product(conn, truth: Truth, queries, count: int) -> None:
+    """What metaspace itself does after revision 0014: embed-runs' prefix graphs (built here by the same
+    function, ``graphs.sync_prefix_graphs``) and ``search_runs_v3`` (nearest_runs_v2's new body), at every
+    as-of share, against the unfiltered p95 of the same function in the same run."""
+    from metaspace.store import graphs
+
+    n = len(truth.ids)
+    settings = graphs.read_settings(conn)
+    started = time.perf_counter()
+    built, dropped = graphs.sync_prefix_graphs(conn, settings)
+    print(f"\nprefix graphs: {len(built)} built, {len(dropped)} dropped in {time.perf_counter() - started:.0f} s "
+          f"(asof_exact_runs {settings.exact_runs:,})")
+    full = _size(conn, f"historical_db.{VECTOR_INDEX}")
+    total = 0
+    for levels in graphs.present_prefix(conn).values():
+        for prefix in levels:
+            size = _size(conn, f"historical_db.{prefix.name}")
+            total += size
+            print(f"  {prefix.name}: as of {prefix.as_of} {size / 1e6:.0f} MB")
+    print(f"  together {total / 1e6:.0f} MB = {total / full:.2f}x the joint graph ({full / 1e6:.0f} MB)")
+    conn.execute("ANALYZE historical_db.joint_embeddings")
+    version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+    reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                             (f"historical_db.{VECTOR_INDEX}",)).fetchone()[0]
+    threshold = min(50000, max(1000, int(np.ceil(np.sqrt(5.3 * K * reltuples)))), settings.exact_runs * K // 10)
+    kths_all = [truth.nearest(q, n) for q in queries]
+    for q in queries[:10]:
+        conn.execute(PRODUCT, {"q": q, "d": None}).fetchall()
+    limit = _product(conn, queries, kths_all, None)
+    print(f"\n## the product: search_runs_v3 after 0014, {n:,} joint vectors; the limit: unfiltered recall "
+          f"{limit['recall']:.3f}, p50 {limit['p50']:.2f} ms, p95 {limit['p95']:.2f} ms -> target p95 <= "
+          f"{3 * limit['p95']:.2f} ms; exact below {threshold:,} runs as of the date")
+    print(HEADER)
+    qs = queries[:count]
+    for share in SELECTIVITY:
+        cut = truth.cut(share)
+        day = truth.date(cut)
+        kths = [truth.nearest(q, cut) for q in qs]
+        path = "exact" if cut < threshold else _plan(conn, PRODUCT_WALK, {"q": qs[0], "d": day, "v": version})
+        _row("search_runs_v3", cut / n, cut, _product(conn, qs, kths, day), limit["p95"], path)
+    after = _product(conn, queries, kths_all, None)
+    print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
+
+
 # 3. growth -----------------------------------------------------------------------------------------------
 
 def stage_growth(conn, truth: Truth, queries, sizes: tuple[int, ...]) -> None:
@@ -451,7 +512,7 @@ def main() -> None:
     parser.add_argument("--plain-threshold", type=int, default=30_000,
                         help="the same for the rule without prefix graphs (measured after they are dropped)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--stage", action="append", choices=("halfvec", "tail", "prefix", "growth"))
+    parser.add_argument("--stage", action="append", choices=("halfvec", "tail", "prefix", "product", "growth"))
     parser.add_argument("--sizes", default="100000,300000,1000000")
     parser.add_argument("--leave", action="store_true", help="leave the extra indexes in place")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
@@ -475,6 +536,8 @@ def main() -> None:
                     stage_halfvec(conn, truth, queries, args.leave)
                 elif stage == "tail":
                     stage_tail(conn, truth, queries, args.tail_queries)
+                elif stage == "product":
+                    stage_product(conn, truth, queries, args.tail_queries)
                 elif stage == "prefix":
                     stage_prefix(conn, truth, queries, args.tail_queries, args.threshold, args.plain_threshold,
                                  args.leave)

@@ -309,7 +309,8 @@ def _index_settings(conn, summary: EmbedSummary, spaces: tuple[bool, tuple[str, 
         return settings
     settings = graphs.IndexSettings(spaces[1] if spaces[0] else settings.indexed_spaces,
                                     min_vectors if min_vectors is not None else settings.index_min_vectors,
-                                    graph_type[1] if graph_type[0] else settings.graph_type)
+                                    graph_type[1] if graph_type[0] else settings.graph_type,
+                                    settings.asof_exact_runs)
     if dry_run:
         summary.notes.append(f"would store {settings.describe()}")
         return settings
@@ -344,11 +345,14 @@ def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *
         graphs.drop(conn, have - want)
         summary.notes.append(_dropped_note(have - want, settings))
     built = graphs.build(conn, want)
-    if built:
+    prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    if built or prefixes:
         summary.index_seconds = time.perf_counter() - index_started
         summary.index_rebuilt = bulk
-        if not bulk:
-            summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    if built and not bulk:
+        summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    if prefixes:
+        summary.notes.append(f"as-of prefix graph(s) built: {graphs.describe_prefix(prefixes)}")
     summary.graphs = graphs.spaces_of(want)
     summary.graph_types = {space: kind for space, kind in sorted(want)}
 
