@@ -397,14 +397,15 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, plain:
 # 2c. the product, after revision 0014 -------------------------------------------------------------------
 
 PRODUCT = "SELECT distance FROM historical_db.search_runs_v3(%(q)s, 10, 'joint', %(d)s)"
+BEFORE = "SELECT distance FROM historical_db.search_runs_v1(%(q)s, 10, 'joint', %(d)s)"  # the rule before 0014
 PRODUCT_WALK = ("SELECT run_id FROM historical_db.run_vectors_v1 r WHERE r.space = 'joint' AND r.encoder_version = "
                 "%(v)s AND r.as_of_date <= %(d)s ORDER BY r.vector <-> %(q)s LIMIT 10")
 
 
-def _product(conn, queries, kths, day) -> dict:
+def _product(conn, queries, kths, day, statement: str = PRODUCT) -> dict:
     latencies, recalls = [], []
     for q, kth in zip(queries, kths):
-        ms, rows = _timed(conn, PRODUCT, {"q": q, "d": day})
+        ms, rows = _timed(conn, statement, {"q": q, "d": day})
         latencies.append(ms)
         recalls.append(min(K, sum(1 for r in rows if r[0] <= kth * (1 + 1e-5) + 1e-9)) / K)
     return {"recall": statistics.mean(recalls), "p50": _p(latencies, 50), "p95": _p(latencies, 95), "short": 0}
@@ -413,7 +414,10 @@ def _product(conn, queries, kths, day) -> dict:
 def stage_product(conn, truth: Truth, queries, count: int) -> None:
     """What metaspace itself does after revision 0014: embed-runs' prefix graphs (built here by the same
     function, ``graphs.sync_prefix_graphs``) and ``search_runs_v3`` (nearest_runs_v2's new body), at every
-    as-of share, against the unfiltered p95 of the same function in the same run."""
+    as-of share, against the unfiltered p95 of the same function measured in the same run (after a warm-up
+    pass over every share, and again at the end: the ratio is to the lower of the two, the stricter target).
+    ``search_runs_v1`` beside it keeps the rule of before (exact below sqrt(5.3 k N) runs, over rows in load
+    order), with the same graphs present."""
     from metaspace.store import graphs
 
     n = len(truth.ids)
@@ -427,31 +431,42 @@ def stage_product(conn, truth: Truth, queries, count: int) -> None:
     for levels in graphs.present_prefix(conn).values():
         for prefix in levels:
             size = _size(conn, f"historical_db.{prefix.name}")
-            total += size
+            total += size * (prefix.space == "joint")
             print(f"  {prefix.name}: as of {prefix.as_of} {size / 1e6:.0f} MB")
-    print(f"  together {total / 1e6:.0f} MB = {total / full:.2f}x the joint graph ({full / 1e6:.0f} MB)")
+    print(f"  joint ones together {total / 1e6:.0f} MB = {total / full:.2f}x the joint graph ({full / 1e6:.0f} MB)")
     conn.execute("ANALYZE historical_db.joint_embeddings")
     version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
     reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
                              (f"historical_db.{VECTOR_INDEX}",)).fetchone()[0]
     threshold = min(50000, max(1000, int(np.ceil(np.sqrt(5.3 * K * reltuples)))), settings.exact_runs * K // 10)
-    kths_all = [truth.nearest(q, n) for q in queries]
-    for q in queries[:10]:
-        conn.execute(PRODUCT, {"q": q, "d": None}).fetchall()
-    limit = _product(conn, queries, kths_all, None)
-    print(f"\n## the product: search_runs_v3 after 0014, {n:,} joint vectors; the limit: unfiltered recall "
-          f"{limit['recall']:.3f}, p50 {limit['p50']:.2f} ms, p95 {limit['p95']:.2f} ms -> target p95 <= "
-          f"{3 * limit['p95']:.2f} ms; exact below {threshold:,} runs as of the date")
-    print(HEADER)
     qs = queries[:count]
+    shares = []
     for share in SELECTIVITY:
         cut = truth.cut(share)
         day = truth.date(cut)
-        kths = [truth.nearest(q, cut) for q in qs]
+        shares.append((cut, day, [truth.nearest(q, cut) for q in qs]))
+        for q in qs:  # warm-up: every graph and page this share reads, as a running service has them
+            conn.execute(PRODUCT, {"q": q, "d": day}).fetchall()
+    kths_all = [truth.nearest(q, n) for q in queries]
+    limit = _product(conn, queries, kths_all, None)
+    print(f"\n## the product: search_runs_v3 after 0014, {n:,} joint vectors; the limit: unfiltered recall "
+          f"{limit['recall']:.3f}, p50 {limit['p50']:.2f} ms, p95 {limit['p95']:.2f} ms; exact below "
+          f"{threshold:,} runs as of the date")
+    rows = []
+    for cut, day, kths in shares:
         path = "exact" if cut < threshold else _plan(conn, PRODUCT_WALK, {"q": qs[0], "d": day, "v": version})
-        _row("search_runs_v3", cut / n, cut, _product(conn, qs, kths, day), limit["p95"], path)
+        rows.append((cut, path, _product(conn, qs, kths, day), _product(conn, qs, kths, day, BEFORE)))
     after = _product(conn, queries, kths_all, None)
-    print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
+    bound = min(limit["p95"], after["p95"])
+    print(f"unfiltered limit again at the end: recall {after['recall']:.3f}, p50 {after['p50']:.2f} ms, p95 "
+          f"{after['p95']:.2f} ms -> target p95 <= 3 x {bound:.2f} = {3 * bound:.2f} ms, recall >= 0.95")
+    print("| as-of share | runs | path (plan) | search_runs_v3 recall | p50 ms | p95 ms | x limit | meets "
+          "| before (search_runs_v1) recall | p95 ms | x limit |\n" + "| --- " * 11 + "|")
+    for cut, path, now, old in rows:
+        ok = "yes" if now["recall"] >= 0.95 and now["p95"] <= 3 * bound else "**no**"
+        print(f"| {cut / n:.2%} | {cut:,} | {path} | {now['recall']:.3f} | {now['p50']:.2f} | {now['p95']:.2f} | "
+              f"{now['p95'] / bound:.1f}x | {ok} | {old['recall']:.3f} | {old['p95']:.2f} | {old['p95'] / bound:.1f}x |",
+              flush=True)
 
 
 # 3. growth -----------------------------------------------------------------------------------------------

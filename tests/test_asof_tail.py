@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from metaspace import pipeline
+from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
 from metaspace.sample import write_runs
 from metaspace.store import graphs, migrate
@@ -39,10 +41,8 @@ def tail_db(server_url: str, template_url: str, sample_history: list[dict],
     path = write_runs(sample_history, tmp_path_factory.mktemp("tail") / "runs.jsonl.gz")
     name = f"a_{uuid.uuid4().hex[:12]}"
     url = _create(server_url, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        graphs.save_settings(conn, graphs.IndexSettings(asof_exact_runs=EXACT_RUNS))
     pipeline.import_runs([str(path)], database_url=url)
-    pipeline.embed_runs(database_url=url, index_min_vectors=0)
+    pipeline.embed_runs(database_url=url, index_min_vectors=0, asof_exact_runs=EXACT_RUNS)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     yield url
@@ -171,11 +171,13 @@ def test_prefix_graphs_are_rebuilt_once_the_history_has_grown_past_their_plan() 
 def test_prefix_graphs_follow_the_space_graph_kind_and_go_with_it(db_url: str, sample_history: list[dict],
                                                                   tmp_path) -> None:
     path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        graphs.save_settings(conn, graphs.IndexSettings(asof_exact_runs=100))
     pipeline.import_runs([str(path)], database_url=db_url)
-    summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint")
-    assert any("as-of prefix graph(s) built: joint as of" in note for note in summary.notes), summary.notes
+    result = CliRunner().invoke(cli, ["--database-url", db_url, "embed-runs", "--index-min-vectors", "0",
+                                      "--indexed-spaces", "joint", "--asof-exact-runs", "100"])
+    assert result.exit_code == 0, result.output
+    assert "as-of prefix graph(s) built: joint as of" in result.output
+    with psycopg.connect(db_url) as conn:
+        assert graphs.read_settings(conn).asof_exact_runs == 100
     with psycopg.connect(db_url) as conn:
         assert [p.name for p in graphs.present_prefix(conn)[("joint", "vector")]] == ["asof_joint_vector_1",
                                                                                       "asof_joint_vector_2"]
