@@ -107,6 +107,20 @@ def test_a_selective_as_of_search_walks_the_smallest_prefix_graph_covering_its_d
     assert len(rows) == 10 and all(r[1] is not None for r in rows)
 
 
+def test_a_halfvec_space_walks_its_halfvec_prefix_graph(tail_db: str) -> None:
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        assert [p.name for p in graphs.present_prefix(conn)[("env", "halfvec")]][2] == "asof_env_halfvec_3"
+        day = _date_leaving(conn, 120)
+        q = conn.execute("SELECT vector::text FROM historical_db.branch_embeddings WHERE branch = 'env' "
+                         "ORDER BY run_id LIMIT 1").fetchone()[0]
+        before = _index_scans(conn)
+        rows = conn.execute("SELECT run_id, distance FROM historical_db.search_runs_v3(%s::vector, 10, 'env', %s)",
+                            (q, day)).fetchall()
+        used = {name for name, scans in _index_scans(conn).items() if scans > before.get(name, 0)}
+    assert "asof_env_halfvec_3" in used and "branch_embeddings_env_halfvec_hnsw" not in used, used
+    assert len(rows) == 10 and [r[1] for r in rows] == sorted(r[1] for r in rows)
+
+
 def test_below_the_smallest_prefix_graph_the_answer_is_the_exact_one(tail_db: str) -> None:
     with psycopg.connect(tail_db, autocommit=True) as conn:
         day = _date_leaving(conn, EXACT_RUNS - 10)
