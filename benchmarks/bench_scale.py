@@ -9,10 +9,12 @@
     python benchmarks/bench_scale.py --reuse NAME --stage growth               # 3. 100k / 300k / 1M curve
 
 The database is built by ``bench_search``'s loader (N sample runs imported and embedded, then extra joint
-vectors of further sample runs by binary COPY). The product's SQL is never changed: every remedy is raw SQL
-on scratch tables and indexes in a ``bench_scale`` schema of the benchmark database (the product table
+vectors of further sample runs by binary COPY), and ``--reuse`` migrates it to this checkout's head first.
+The stages halfvec, tail and prefix never change the product's SQL: every remedy is raw SQL on scratch
+tables and indexes in a ``bench_scale`` schema of the benchmark database (the product table
 ``historical_db.joint_embeddings`` gains only extra indexes, which ``--stage prefix`` and ``halfvec`` drop
-again unless ``--leave``). The exact answers are computed in numpy (float64 distances) from a binary
+again unless ``--leave``). ``--stage product`` measures the product itself: it builds the as-of prefix
+graphs as ``embed-runs`` does (and leaves them, like embed-runs) and times ``search_runs_v3``. The exact answers are computed in numpy (float64 distances) from a binary
 COPY of all joint vectors, so recall@10 is against the true float32-vector answer, ties counted as found.
 Every figure is printed beside the limit measured in the same run.
 """
