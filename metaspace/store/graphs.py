@@ -252,10 +252,6 @@ class PrefixGraph:
         return f"asof_{self.space}_{self.kind}_{self.level}"
 
 
-def prefix_name(space: str, kind: str, level: int) -> str:
-    return f"asof_{space}_{kind}_{level}"
-
-
 def present_prefix(conn: psycopg.Connection) -> dict[Graph, list[PrefixGraph]]:
     """The prefix graphs there are, by (space, kind), largest first, with the date of each."""
     found: dict[Graph, list[PrefixGraph]] = {}
