@@ -5,13 +5,16 @@
     python benchmarks/bench_scale.py --reuse NAME --stage tail                 # 2a. as-of tail: today + remedies
     python benchmarks/bench_scale.py --reuse NAME --stage prefix               # 2b. as-of prefix graphs + two rules
     python benchmarks/bench_scale.py --reuse NAME --stage prefix --threshold 20000   # rule A's other threshold
+    python benchmarks/bench_scale.py --reuse NAME --stage product              # 2c. the product after 0014
     python benchmarks/bench_scale.py --reuse NAME --stage growth               # 3. 100k / 300k / 1M curve
 
 The database is built by ``bench_search``'s loader (N sample runs imported and embedded, then extra joint
-vectors of further sample runs by binary COPY). The product's SQL is never changed: every remedy is raw SQL
-on scratch tables and indexes in a ``bench_scale`` schema of the benchmark database (the product table
+vectors of further sample runs by binary COPY), and ``--reuse`` migrates it to this checkout's head first.
+The stages halfvec, tail and prefix never change the product's SQL: every remedy is raw SQL on scratch
+tables and indexes in a ``bench_scale`` schema of the benchmark database (the product table
 ``historical_db.joint_embeddings`` gains only extra indexes, which ``--stage prefix`` and ``halfvec`` drop
-again unless ``--leave``). The exact answers are computed in numpy (float64 distances) from a binary
+again unless ``--leave``). ``--stage product`` measures the product itself: it builds the as-of prefix
+graphs as ``embed-runs`` does (and leaves them, like embed-runs) and times ``search_runs_v3``. The exact answers are computed in numpy (float64 distances) from a binary
 COPY of all joint vectors, so recall@10 is against the true float32-vector answer, ties counted as found.
 Every figure is printed beside the limit measured in the same run.
 """
@@ -46,6 +49,9 @@ SELECTIVITY = (0.001, 0.003, 0.0065, 0.01, 0.019, 0.03, 0.057, 0.10, 0.17, 0.30,
 EXACT_UP_TO = 0.10  # exact variants above this many runs cost > 200 ms a query: not measured
 PREFIXES = (0.5, 0.5 / 3, 0.5 / 9, 0.5 / 27, 0.5 / 81)  # as-of prefix graphs, each a third of the last
 RERANK = 4 * K
+# The product's own edges at 1,000,000 runs and asof_exact_runs 2,000: the exact path's largest case (just
+# below 2,000 runs) and the smallest prefix graph's emptiest walk (just above its date: a third matches)
+PRODUCT_SHARES = tuple(sorted((*SELECTIVITY, 0.0019, 0.0022)))
 
 
 class Truth:
@@ -393,6 +399,81 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, plain:
     print(f"unfiltered limit again at the end: p50 {after['p50']:.2f} ms, p95 {after['p95']:.2f} ms")
 
 
+# 2c. the product, after revision 0014 -------------------------------------------------------------------
+
+PRODUCT = "SELECT distance FROM historical_db.search_runs_v3(%(q)s, 10, 'joint', %(d)s)"
+BEFORE = "SELECT distance FROM historical_db.search_runs_v1(%(q)s, 10, 'joint', %(d)s)"  # the rule before 0014
+PRODUCT_WALK = ("SELECT run_id FROM historical_db.run_vectors_v1 r WHERE r.space = 'joint' AND r.encoder_version = "
+                "%(v)s AND r.as_of_date <= %(d)s ORDER BY r.vector <-> %(q)s LIMIT 10")
+
+
+def _product(conn, queries, kths, day, statement: str = PRODUCT) -> dict:
+    latencies, recalls = [], []
+    for q, kth in zip(queries, kths):
+        ms, rows = _timed(conn, statement, {"q": q, "d": day})
+        latencies.append(ms)
+        recalls.append(min(K, sum(1 for r in rows if r[0] <= kth * (1 + 1e-5) + 1e-9)) / K)
+    return {"recall": statistics.mean(recalls), "p50": _p(latencies, 50), "p95": _p(latencies, 95), "short": 0}
+
+
+def stage_product(conn, truth: Truth, queries, count: int) -> None:
+    """What metaspace itself does after revision 0014: embed-runs' prefix graphs (built here by the same
+    function, ``graphs.sync_prefix_graphs``) and ``search_runs_v3`` (nearest_runs_v2's new body), at every
+    as-of share, against the unfiltered p95 of the same function measured in the same run (after a warm-up
+    pass over every share, and again at the end: the ratio is to the lower of the two, the stricter target).
+    ``search_runs_v1`` beside it keeps the rule of before (exact below sqrt(5.3 k N) runs, over rows in load
+    order), with the same graphs present."""
+    from metaspace.store import graphs
+
+    n = len(truth.ids)
+    settings = graphs.read_settings(conn)
+    started = time.perf_counter()
+    built, dropped = graphs.sync_prefix_graphs(conn, settings)
+    print(f"\nprefix graphs: {len(built)} built, {len(dropped)} dropped in {time.perf_counter() - started:.0f} s "
+          f"(asof_exact_runs {settings.exact_runs:,})")
+    full = _size(conn, f"historical_db.{VECTOR_INDEX}")
+    total = 0
+    for levels in graphs.present_prefix(conn).values():
+        for prefix in levels:
+            size = _size(conn, f"historical_db.{prefix.name}")
+            total += size * (prefix.space == "joint")
+            print(f"  {prefix.name}: as of {prefix.as_of} {size / 1e6:.0f} MB")
+    print(f"  joint ones together {total / 1e6:.0f} MB = {total / full:.2f}x the joint graph ({full / 1e6:.0f} MB)")
+    conn.execute("ANALYZE historical_db.joint_embeddings")
+    version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+    reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                             (f"historical_db.{VECTOR_INDEX}",)).fetchone()[0]
+    threshold = min(50000, max(1000, int(np.ceil(np.sqrt(5.3 * K * reltuples)))), settings.exact_runs * K // 10)
+    qs = queries[:count]
+    shares = []
+    for share in PRODUCT_SHARES:
+        cut = truth.cut(share)
+        day = truth.date(cut)
+        shares.append((cut, day, [truth.nearest(q, cut) for q in qs]))
+        for q in qs:  # warm-up: every graph and page this share reads, as a running service has them
+            conn.execute(PRODUCT, {"q": q, "d": day}).fetchall()
+    kths_all = [truth.nearest(q, n) for q in queries]
+    limit = _product(conn, queries, kths_all, None)
+    print(f"\n## the product: search_runs_v3 after 0014, {n:,} joint vectors; the limit: unfiltered recall "
+          f"{limit['recall']:.3f}, p50 {limit['p50']:.2f} ms, p95 {limit['p95']:.2f} ms; exact below "
+          f"{threshold:,} runs as of the date")
+    rows = []
+    for cut, day, kths in shares:
+        path = "exact" if cut < threshold else _plan(conn, PRODUCT_WALK, {"q": qs[0], "d": day, "v": version})
+        rows.append((cut, path, _product(conn, qs, kths, day), _product(conn, qs, kths, day, BEFORE)))
+    after = _product(conn, queries, kths_all, None)
+    bound = min(limit["p95"], after["p95"])
+    print(f"unfiltered limit again at the end: recall {after['recall']:.3f}, p50 {after['p50']:.2f} ms, p95 "
+          f"{after['p95']:.2f} ms -> target p95 <= 3 x {bound:.2f} = {3 * bound:.2f} ms, recall >= 0.95")
+    print("| as-of share | runs | path (plan) | search_runs_v3 recall | p50 ms | p95 ms | x limit | meets "
+          "| before (search_runs_v1) recall | p95 ms | x limit |\n" + "| --- " * 11 + "|")
+    for cut, path, now, old in rows:
+        ok = "yes" if now["recall"] >= 0.95 and now["p95"] <= 3 * bound else "**no**"
+        print(f"| {cut / n:.2%} | {cut:,} | {path} | {now['recall']:.3f} | {now['p50']:.2f} | {now['p95']:.2f} | "
+              f"{now['p95'] / bound:.1f}x | {ok} | {old['recall']:.3f} | {old['p95']:.2f} | {old['p95'] / bound:.1f}x |",
+              flush=True)
+
+
 # 3. growth -----------------------------------------------------------------------------------------------
 
 def stage_growth(conn, truth: Truth, queries, sizes: tuple[int, ...]) -> None:
@@ -451,7 +532,7 @@ def main() -> None:
     parser.add_argument("--plain-threshold", type=int, default=30_000,
                         help="the same for the rule without prefix graphs (measured after they are dropped)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--stage", action="append", choices=("halfvec", "tail", "prefix", "growth"))
+    parser.add_argument("--stage", action="append", choices=("halfvec", "tail", "prefix", "product", "growth"))
     parser.add_argument("--sizes", default="100000,300000,1000000")
     parser.add_argument("--leave", action="store_true", help="leave the extra indexes in place")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
@@ -475,6 +556,8 @@ def main() -> None:
                     stage_halfvec(conn, truth, queries, args.leave)
                 elif stage == "tail":
                     stage_tail(conn, truth, queries, args.tail_queries)
+                elif stage == "product":
+                    stage_product(conn, truth, queries, args.tail_queries)
                 elif stage == "prefix":
                     stage_prefix(conn, truth, queries, args.tail_queries, args.threshold, args.plain_threshold,
                                  args.leave)

@@ -219,7 +219,8 @@ def embed_runs(
     strategy: str | Iterable[str] = (), limit: int | None = None, dry_run: bool = False, batch_size: int = 5_000,
     schema: Mapping[str, Any] | None = None, fit_until: str | dt.date | None = None,
     indexed_spaces: str | Iterable[str] | None = None, index_min_vectors: int | None = None,
-    graph_type: str | None = None, progress: Callable[[int, int], None] | None = None,
+    asof_exact_runs: int | None = None, graph_type: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EmbedSummary:
     """Embed the stored runs that lack a vector for the active encoder version (fitting one if none).
 
@@ -233,11 +234,18 @@ def embed_runs(
     spaces get an HNSW graph, from how many vectors, and of which kind; the choice is stored in the database
     and every later embed-runs builds and drops graphs to match it (``store/graphs.py`` has the defaults).
     A space without a graph answers by exact search.
+
+    ``asof_exact_runs`` (stored the same way) sets how far down the as-of prefix graphs of each indexed space
+    go: to dates leaving about that many runs, below which an as-of search answers exactly (default 2,000,
+    for k = 10; ``store/graphs.py``). Every embed-runs rebuilds a space's prefix graphs once the history has
+    outgrown them.
     """
     if batch_size < 1:
         raise MetaspaceError(f"batch_size (--batch-size) must be 1 or more, got {batch_size}")
     if index_min_vectors is not None and index_min_vectors < 0:
         raise MetaspaceError(f"index_min_vectors (--index-min-vectors) must be 0 or more, got {index_min_vectors}")
+    if asof_exact_runs is not None and asof_exact_runs < 1:
+        raise MetaspaceError(f"asof_exact_runs (--asof-exact-runs) must be 1 or more, got {asof_exact_runs}")
     choose_spaces = indexed_spaces is not None  # ("default" chooses the default rule again)
     choose_type = graph_type is not None
     chosen_type = graphs.parse_graph_type(graph_type)
@@ -253,11 +261,13 @@ def embed_runs(
         try:
             owner = vector_store.owns_tables(conn)
             settings = _index_settings(conn, summary, (choose_spaces, chosen_spaces), index_min_vectors,
-                                       (choose_type, chosen_type), owner=owner, dry_run=dry_run)
+                                       (choose_type, chosen_type), owner=owner, dry_run=dry_run,
+                                       asof_exact_runs=asof_exact_runs)
             target, active = _target_version(conn, summary, rebuild=rebuild or refit or fit_until is not None,
                                              dry_run=dry_run, schema=schema, fit_until=fit_until)
             if target is None:
-                if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None):
+                if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None
+                                    or asof_exact_runs is not None):
                     _match_graphs(conn, summary, settings, owner=owner, bulk=False, index_started=time.perf_counter())
                 summary.seconds = time.perf_counter() - started
                 return summary
@@ -301,15 +311,16 @@ def embed_runs(
 
 def _index_settings(conn, summary: EmbedSummary, spaces: tuple[bool, tuple[str, ...] | None],
                     min_vectors: int | None, graph_type: tuple[bool, str | None], *, owner: bool,
-                    dry_run: bool) -> graphs.IndexSettings:
+                    dry_run: bool, asof_exact_runs: int | None = None) -> graphs.IndexSettings:
     """The stored choice of indexed spaces, updated with what this call was given (and stored, unless a
     dry run). ``spaces`` and ``graph_type`` are (given, value): a value of None given is the default."""
     settings = graphs.read_settings(conn)
-    if not spaces[0] and not graph_type[0] and min_vectors is None:
+    if not spaces[0] and not graph_type[0] and min_vectors is None and asof_exact_runs is None:
         return settings
     settings = graphs.IndexSettings(spaces[1] if spaces[0] else settings.indexed_spaces,
                                     min_vectors if min_vectors is not None else settings.index_min_vectors,
-                                    graph_type[1] if graph_type[0] else settings.graph_type)
+                                    graph_type[1] if graph_type[0] else settings.graph_type,
+                                    asof_exact_runs if asof_exact_runs is not None else settings.asof_exact_runs)
     if dry_run:
         summary.notes.append(f"would store {settings.describe()}")
         return settings
@@ -344,11 +355,14 @@ def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *
         graphs.drop(conn, have - want)
         summary.notes.append(_dropped_note(have - want, settings))
     built = graphs.build(conn, want)
-    if built:
+    prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    if built or prefixes:
         summary.index_seconds = time.perf_counter() - index_started
         summary.index_rebuilt = bulk
-        if not bulk:
-            summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    if built and not bulk:
+        summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
+    if prefixes:
+        summary.notes.append(f"as-of prefix graph(s) built: {graphs.describe_prefix(prefixes)}")
     summary.graphs = graphs.spaces_of(want)
     summary.graph_types = {space: kind for space, kind in sorted(want)}
 

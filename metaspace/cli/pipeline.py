@@ -74,6 +74,9 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
 @click.option("--index-min-vectors", type=click.IntRange(min=0), metavar="N",
               help="Build a space's HNSW graph only once it holds N vectors (default 10000; below it the exact "
                    "scan answers in milliseconds); stored like --indexed-spaces.")
+@click.option("--asof-exact-runs", type=click.IntRange(min=1), metavar="N",
+              help="As-of prefix graphs go down to dates leaving about N runs of a space, and a search as of an "
+                   "earlier date answers exactly (default 2000, for k = 10); stored like --indexed-spaces.")
 @click.option("--graph-type", type=click.Choice(["halfvec", "vector", "default"]),
               help="The kind of HNSW graph: halfvec (0.57x the memory, recall within 0.005) or vector (float32) for "
                    "every space; default: halfvec, and float32 for joint (the graph the plain "
@@ -85,8 +88,8 @@ def import_runs_command(paths: tuple[str, ...], rejects: str | None, strict: boo
 @domain_errors
 def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategy: tuple[str, ...], limit: int | None,
                        schema: str | None, fit_until: str | None, indexed_spaces: str | None,
-                       index_min_vectors: int | None, graph_type: str | None, dry_run: bool, batch_size: int,
-                       fmt: str) -> None:
+                       index_min_vectors: int | None, asof_exact_runs: int | None, graph_type: str | None,
+                       dry_run: bool, batch_size: int, fmt: str) -> None:
     """Embed the stored runs that lack a vector (fitting the encoders first when none is registered).
 
     Writes the joint vector (META_CONFIG_ENV_V0, joint-meta-config-env-v1) and the config, env and outcome
@@ -109,7 +112,8 @@ def embed_runs_command(rebuild: bool, refit: bool, since: str | None, strategy: 
         summary = embed_runs(database_url=database_url(), refit=refit, rebuild=rebuild, since=since,
                                  strategy=strategy, limit=limit, dry_run=dry_run, batch_size=batch_size,
                                  schema=overrides, fit_until=fit_until, indexed_spaces=indexed_spaces,
-                                 index_min_vectors=index_min_vectors, graph_type=graph_type,
+                                 index_min_vectors=index_min_vectors, asof_exact_runs=asof_exact_runs,
+                                 graph_type=graph_type,
                                  progress=with_total(bar))
     for note in summary.notes:
         click.echo(note, err=True)

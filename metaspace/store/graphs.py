@@ -16,13 +16,36 @@ the exact scan answers a k = 10 search in about 10-30 ms (docs/benchmarks.md, "W
 
 A space without a graph still answers, by exact search (``nearest_runs_v2`` finds no graph and scans); a
 search in a space that is not indexed says so.
+
+**As-of prefix graphs** (issue 14, the selective as-of tail). A graph walk filtered to the runs known as of
+an early date visits about k / share nodes, so at 1,000,000 runs a date leaving 0.3-2% of them took
+30-55 ms at p95 where an unfiltered walk takes a few. Each space with a graph therefore also gets partial
+copies of it, ``asof_<space>_<kind>_<level>`` (``WHERE as_of_date <= D``): level 1 at the date leaving
+half of the space's vectors, each next level at the date leaving a third of the one before, down to
+``asof_exact_runs`` (default ``DEFAULT_ASOF_EXACT_RUNS``); the dates are read from the space's as-of dates
+when they are built. The planner walks the smallest copy covering a query's date, where at least about a
+third of the rows match; below the smallest copy ``nearest_runs_v2`` (sql/nearest_runs_asof_v1.sql) scans
+exactly. They cost about 0.75x the space's graph in memory and build time (docs/benchmarks.md).
+
+Runs added later stay correct with them: a run dated after a copy's date is not in it, and a query's date
+decides which copy it may use. Runs arriving in date order leave the copies as they are while the space
+grows; a backfill of old runs makes them bigger. Either way their shares drift from the plan, and
+``sync_prefix_graphs`` (every embed-runs) rebuilds a space's copies once a level holds more than sqrt(3)
+times more or fewer runs than the plan for today's history, or the plan has another number of levels
+(so the rebuilds of a growing history cost a bounded multiple of the last one).
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import itertools
+import math
+import re
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from metaspace.errors import MetaspaceError
@@ -30,6 +53,8 @@ from metaspace.names import SCHEMA, SPACES
 from metaspace.store.sqlfiles import statements
 
 DEFAULT_MIN_VECTORS = 10_000
+DEFAULT_ASOF_EXACT_RUNS = 2_000
+PREFIX_STEP = 3  # each prefix graph holds a third of the runs of the one above it
 LARGE_SCALE = 1_000_000
 LARGE_SCALE_SPACES = ("joint", "env")
 GRAPH_TYPES = ("vector", "halfvec")
@@ -53,6 +78,11 @@ class IndexSettings:
     indexed_spaces: tuple[str, ...] | None = None
     index_min_vectors: int | None = None
     graph_type: str | None = None
+    asof_exact_runs: int | None = None
+
+    @property
+    def exact_runs(self) -> int:
+        return DEFAULT_ASOF_EXACT_RUNS if self.asof_exact_runs is None else self.asof_exact_runs
 
     @property
     def min_vectors(self) -> int:
@@ -73,7 +103,9 @@ class IndexSettings:
         spaces = ", ".join(self.indexed_spaces) if self.indexed_spaces is not None else (
             f"all four below {LARGE_SCALE:,} joint vectors, then {' and '.join(LARGE_SCALE_SPACES)}")
         kind = self.graph_type or "halfvec, float32 for joint"
-        return f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors; graphs: {kind}"
+        prefix = "" if self.asof_exact_runs is None else f"; as-of prefix graphs down to {self.exact_runs:,} runs"
+        return (f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors; graphs: {kind}"
+                f"{prefix}")
 
 
 def parse_spaces(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
@@ -108,13 +140,14 @@ def read_settings(conn: psycopg.Connection) -> IndexSettings:
     stored = dict(conn.execute(f"SELECT name, value FROM {SCHEMA}.settings").fetchall())  # noqa: S608
     spaces = stored.get("indexed_spaces")
     return IndexSettings(tuple(spaces) if spaces is not None else None, stored.get("index_min_vectors"),
-                         stored.get("graph_type"))
+                         stored.get("graph_type"), stored.get("asof_exact_runs"))
 
 
 def save_settings(conn: psycopg.Connection, settings: IndexSettings) -> None:
     """Store the choice (None: forget it, back to the default)."""
     for name, value in (("indexed_spaces", None if settings.indexed_spaces is None else list(settings.indexed_spaces)),
-                        ("index_min_vectors", settings.index_min_vectors), ("graph_type", settings.graph_type)):
+                        ("index_min_vectors", settings.index_min_vectors), ("graph_type", settings.graph_type),
+                        ("asof_exact_runs", settings.asof_exact_runs)):
         if value is None:
             conn.execute(f"DELETE FROM {SCHEMA}.settings WHERE name = %s", (name,))  # noqa: S608
         else:
@@ -156,7 +189,10 @@ def describe(graphs: set[Graph]) -> str:
 
 
 def drop(conn: psycopg.Connection, graphs: set[Graph]) -> None:
+    """Drop these graphs, and their as-of prefix graphs."""
+    prefixes = present_prefix(conn) if graphs else {}
     for graph in sorted(graphs):
+        drop_prefix(conn, prefixes.get(graph, []))
         conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{INDEX_NAMES[graph]}")
 
 
@@ -193,3 +229,133 @@ def exact_only_note(conn: psycopg.Connection, space: str) -> str | None:
     return (f"the {space} space has no HNSW graph ({why}): answered by exact search; "
             f"metaspace embed-runs --indexed-spaces {','.join(sorted({*indexed, space}, key=SPACES.index))} "
             "builds one")
+
+
+# As-of prefix graphs ---------------------------------------------------------------------------------------
+
+PREFIX_NAME = re.compile(r"^asof_(joint|config|env|outcome)_(vector|halfvec)_([0-9]+)$")
+PREFIX_DATE = re.compile(r"as_of_date <= '([0-9]{4}-[0-9]{2}-[0-9]{2})'::date")
+
+
+@dataclass(frozen=True)
+class PrefixGraph:
+    """A partial copy of a space's graph over the vectors known as of ``as_of``; ``runs`` of them."""
+
+    space: str
+    kind: str
+    level: int
+    as_of: dt.date
+    runs: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"asof_{self.space}_{self.kind}_{self.level}"
+
+
+def present_prefix(conn: psycopg.Connection) -> dict[Graph, list[PrefixGraph]]:
+    """The prefix graphs there are, by (space, kind), largest first, with the date of each."""
+    found: dict[Graph, list[PrefixGraph]] = {}
+    for name, predicate in conn.execute(
+            "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname LIKE 'asof!_%%' ESCAPE '!'", (SCHEMA,)).fetchall():
+        named, dated = PREFIX_NAME.match(name), PREFIX_DATE.search(predicate or "")
+        if named and dated:
+            space, kind, level = named.group(1), named.group(2), int(named.group(3))
+            found.setdefault((space, kind), []).append(
+                PrefixGraph(space, kind, level, dt.date.fromisoformat(dated.group(1))))
+    return {graph: sorted(levels, key=lambda p: p.level) for graph, levels in found.items()}
+
+
+def as_of_histogram(conn: psycopg.Connection, space: str) -> list[tuple[dt.date, int]]:
+    """(as-of date, vectors of that date) of the vectors a space's graph holds, oldest first."""
+    if space == "joint":
+        query = (f"SELECT as_of_date, count(*) FROM {SCHEMA}.joint_embeddings "  # noqa: S608
+                 "WHERE vector IS NOT NULL AND as_of_date IS NOT NULL GROUP BY 1 ORDER BY 1")
+        return conn.execute(query).fetchall()
+    query = (f"SELECT as_of_date, count(*) FROM {SCHEMA}.branch_embeddings "  # noqa: S608
+             "WHERE branch = %s AND as_of_date IS NOT NULL GROUP BY 1 ORDER BY 1")
+    return conn.execute(query, (space,)).fetchall()
+
+
+def plan_prefix(histogram: list[tuple[dt.date, int]], space: str, kind: str, exact_runs: int) -> list[PrefixGraph]:
+    """The prefix graphs a space should have: at the dates leaving 1/2, 1/6, 1/18, ... of its vectors, while
+    a level would hold at least ``exact_runs`` (the smallest then holds between it and three times it).
+    A date holding many runs can make two levels one, or leave none short of all of them; those are skipped."""
+    cumulative = list(itertools.accumulate(count for _, count in histogram))
+    total = cumulative[-1] if cumulative else 0
+    levels: list[PrefixGraph] = []
+    target = total / 2
+    while target >= max(exact_runs, 1):
+        at = bisect.bisect_left(cumulative, target)
+        seen = cumulative[at]
+        if seen < total and (not levels or seen < levels[-1].runs):
+            levels.append(PrefixGraph(space, kind, len(levels) + 1, histogram[at][0], seen))
+        target /= PREFIX_STEP
+    return levels
+
+
+def _runs_as_of(histogram: list[tuple[dt.date, int]], day: dt.date) -> int:
+    return sum(count for d, count in histogram if d <= day)
+
+
+def prefix_stale(have: list[PrefixGraph], plan: list[PrefixGraph], histogram: list[tuple[dt.date, int]]) -> bool:
+    """Whether a space's prefix graphs have drifted from the plan for today's history: another number of
+    levels, or a level holding more than sqrt(3) times more or fewer runs than planned."""
+    if len(have) != len(plan):
+        return True
+    for old, new in zip(have, plan):
+        runs = _runs_as_of(histogram, old.as_of)
+        if runs == 0 or abs(math.log(runs / new.runs)) > math.log(PREFIX_STEP) / 2:
+            return True
+    return False
+
+
+def prefix_ddl(prefix: PrefixGraph) -> sql.Composed:
+    """CREATE INDEX for one prefix graph: the space's graph (same kind, same parameters) over the vectors
+    known as of its date. The date is a literal taken from the database's own as-of dates."""
+    column = sql.SQL("vector vector_l2_ops" if prefix.kind == "vector" else "(vector::halfvec(384)) halfvec_l2_ops")
+    table = sql.SQL("joint_embeddings" if prefix.space == "joint" else "branch_embeddings")
+    where = sql.SQL("as_of_date <= {}").format(sql.Literal(prefix.as_of))
+    if prefix.space != "joint":
+        where = sql.SQL("branch = {} AND ").format(sql.Literal(prefix.space)) + where
+    return sql.SQL("CREATE INDEX {name} ON {schema}.{table} USING hnsw ({column}) "
+                   "WITH (m = 16, ef_construction = 64) WHERE {where}").format(
+        name=sql.Identifier(prefix.name), schema=sql.Identifier(SCHEMA), table=table, column=column, where=where)
+
+
+def drop_prefix(conn: psycopg.Connection, prefixes: list[PrefixGraph]) -> None:
+    for prefix in prefixes:
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(prefix.name)))
+
+
+def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tuple[list[PrefixGraph], list[PrefixGraph]]:
+    """Give every space that has a graph the prefix graphs of its kind that today's history calls for:
+    drop those of spaces without a graph (or of another kind), and rebuild a space's set where it has
+    drifted (``prefix_stale``). Returns (built, dropped)."""
+    have = present_prefix(conn)
+    graphs = present(conn)
+    walked = {space: "halfvec" if (space, "halfvec") in graphs else "vector"  # what nearest_runs_v2 walks
+              for space in spaces_of(graphs)}
+    built: list[PrefixGraph] = []
+    dropped: list[PrefixGraph] = []
+    for (space, kind), levels in have.items():
+        if walked.get(space) != kind:
+            drop_prefix(conn, levels)
+            dropped += levels
+    for space, kind in walked.items():
+        histogram = as_of_histogram(conn, space)
+        plan = plan_prefix(histogram, space, kind, settings.exact_runs)
+        old = have.get((space, kind), [])
+        if not prefix_stale(old, plan, histogram):
+            continue
+        drop_prefix(conn, old)
+        dropped += old
+        for prefix in plan:
+            conn.execute(prefix_ddl(prefix))
+        built += plan
+    return built, dropped
+
+
+def describe_prefix(prefixes: list[PrefixGraph]) -> str:
+    return ", ".join(f"{p.space} as of {p.as_of.isoformat()} ({p.runs:,} runs)" for p in prefixes)

@@ -1,0 +1,231 @@
+"""The selective as-of tail (issue 14, revision 0014): embed-runs builds as-of prefix graphs, and a search as
+of an early date walks the smallest one covering its date instead of scanning the runs it leaves, with the
+same answers where it is exact and none that depend on later runs. Real PostgreSQL with pgvector; the
+thresholds are scaled down (``asof_exact_runs`` = 50 over 3,000 runs) so the paths of a million-run history
+are taken here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from metaspace import pipeline
+from metaspace.cli import cli
+from metaspace.errors import MetaspaceError
+from metaspace.sample import write_runs
+from metaspace.store import graphs, migrate
+
+EXACT_RUNS = 50
+
+
+def _create(server_url: str, name: str) -> str:
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE metaspace_test_template").format(sql.Identifier(name)))
+    return make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture(scope="module")
+def tail_db(server_url: str, template_url: str, sample_history: list[dict],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """3,000 sample runs, every space indexed, prefix graphs down to 50 runs."""
+    from psycopg import sql
+
+    path = write_runs(sample_history, tmp_path_factory.mktemp("tail") / "runs.jsonl.gz")
+    name = f"a_{uuid.uuid4().hex[:12]}"
+    url = _create(server_url, name)
+    pipeline.import_runs([str(path)], database_url=url)
+    pipeline.embed_runs(database_url=url, index_min_vectors=0, asof_exact_runs=EXACT_RUNS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _date_leaving(conn: psycopg.Connection, runs: int) -> dt.date:
+    """The as-of date that leaves about ``runs`` joint vectors."""
+    return conn.execute("SELECT as_of_date FROM historical_db.joint_embeddings ORDER BY as_of_date "
+                        "OFFSET %s LIMIT 1", (runs - 1,)).fetchone()[0]
+
+
+def _index_scans(conn: psycopg.Connection) -> dict[str, int]:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return dict(conn.execute("SELECT indexrelname, idx_scan FROM pg_stat_user_indexes "
+                             "WHERE schemaname = 'historical_db'").fetchall())
+
+
+def _queries(conn: psycopg.Connection, count: int) -> list[str]:
+    return [v for (v,) in conn.execute("SELECT vector::text FROM historical_db.joint_embeddings "
+                                       "ORDER BY entity_scope->>'run_id' DESC LIMIT %s", (count,)).fetchall()]
+
+
+SEARCH = "SELECT run_id, distance FROM historical_db.search_runs_v3(%s::vector, 10, 'joint', %s, exact => %s)"
+
+
+def test_embed_runs_builds_prefix_graphs_at_dates_leaving_a_third_of_the_level_above(tail_db: str) -> None:
+    with psycopg.connect(tail_db) as conn:
+        prefixes = graphs.present_prefix(conn)
+        total = conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0]
+        assert set(prefixes) == {("joint", "vector"), ("config", "halfvec"), ("env", "halfvec"),
+                                 ("outcome", "halfvec")}
+        joint = prefixes[("joint", "vector")]
+        assert [p.name for p in joint] == [f"asof_joint_vector_{level}" for level in range(1, len(joint) + 1)]
+        runs = [conn.execute("SELECT count(*) FROM historical_db.joint_embeddings WHERE as_of_date <= %s",
+                             (p.as_of,)).fetchone()[0] for p in joint]
+        definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'asof_joint_vector_1'"
+                                  ).fetchone()[0]
+    assert "USING hnsw (vector vector_l2_ops)" in definition and "WHERE (as_of_date <= '" in definition
+    targets = [total / 2 / 3 ** level for level in range(len(joint))]
+    assert len(joint) == 4 and runs == sorted(runs, reverse=True)  # 1,500, 500, 167, 56 of 3,000
+    assert all(target <= count < target + 5 for target, count in zip(targets, runs)), (runs, targets)
+    assert EXACT_RUNS <= runs[-1] < 3 * EXACT_RUNS
+
+
+def test_a_selective_as_of_search_walks_the_smallest_prefix_graph_covering_its_date(tail_db: str) -> None:
+    """The defect of issue 14: below T = sqrt(5.3 k N) (at least 1,000 runs) nearest_runs_v2 scanned every run
+    known as of the date, wherever they lay; with prefix graphs it walks the one holding the date."""
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        level = {p.level: p for p in graphs.present_prefix(conn)[("joint", "vector")]}
+        day = _date_leaving(conn, 120)  # between the 56-run and the 167-run graphs
+        assert level[4].as_of < day <= level[3].as_of
+        q = _queries(conn, 1)[0]
+        before = _index_scans(conn)
+        rows = conn.execute(SEARCH, (q, day, False)).fetchall()
+        after = _index_scans(conn)
+    used = {name for name, scans in after.items() if scans > before.get(name, 0)}
+    assert "asof_joint_vector_3" in used, used
+    assert not used & {"joint_embeddings_vector_hnsw", "asof_joint_vector_1", "asof_joint_vector_2"}, used
+    assert len(rows) == 10 and all(r[1] is not None for r in rows)
+
+
+def test_a_halfvec_space_walks_its_halfvec_prefix_graph(tail_db: str) -> None:
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        assert [p.name for p in graphs.present_prefix(conn)[("env", "halfvec")]][2] == "asof_env_halfvec_3"
+        day = _date_leaving(conn, 120)
+        q = conn.execute("SELECT vector::text FROM historical_db.branch_embeddings WHERE branch = 'env' "
+                         "ORDER BY run_id LIMIT 1").fetchone()[0]
+        before = _index_scans(conn)
+        rows = conn.execute("SELECT run_id, distance FROM historical_db.search_runs_v3(%s::vector, 10, 'env', %s)",
+                            (q, day)).fetchall()
+        used = {name for name, scans in _index_scans(conn).items() if scans > before.get(name, 0)}
+    assert "asof_env_halfvec_3" in used and "branch_embeddings_env_halfvec_hnsw" not in used, used
+    assert len(rows) == 10 and [r[1] for r in rows] == sorted(r[1] for r in rows)
+
+
+def test_below_the_smallest_prefix_graph_the_answer_is_the_exact_one(tail_db: str) -> None:
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        day = _date_leaving(conn, EXACT_RUNS - 10)
+        for q in _queries(conn, 5):
+            before = _index_scans(conn)
+            answer = conn.execute(SEARCH, (q, day, False)).fetchall()
+            walked = {name for name, scans in _index_scans(conn).items()
+                      if scans > before.get(name, 0) and ("hnsw" in name or name.startswith("asof_"))}
+            assert answer == conn.execute(SEARCH, (q, day, True)).fetchall() and walked == set()
+
+
+def test_walked_answers_find_the_exact_neighbours(tail_db: str) -> None:
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        for runs in (80, 300, 900):
+            day = _date_leaving(conn, runs)
+            found = total = 0
+            for q in _queries(conn, 10):
+                walked = conn.execute(SEARCH, (q, day, False)).fetchall()
+                exact = conn.execute(SEARCH, (q, day, True)).fetchall()
+                kth = exact[-1][1] + 1e-9
+                assert all(r[1] is not None for r in walked) and len(walked) == 10
+                found += min(10, sum(1 for r in walked if r[1] <= kth))
+                total += 10
+            assert found / total >= 0.9, runs
+
+
+def test_as_of_answers_do_not_depend_on_runs_dated_after_the_date(tail_db: str, sample_history: list[dict],
+                                                                   tmp_path) -> None:
+    """Later runs never enter a prefix graph dated before them, so the walk as of an early date is the same
+    walk, on the same graph, with or without them."""
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        day = _date_leaving(conn, 120)
+        queries = _queries(conn, 5)
+        before = [conn.execute(SEARCH, (q, day, False)).fetchall() for q in queries]
+        prefixes = graphs.present_prefix(conn)
+    later = [dict(run, run_id=f"LATER_{run['run_id']}") for run in sample_history[-60:] if run["as_of_date"] > day.isoformat()]
+    assert later
+    pipeline.import_runs([str(write_runs(later, tmp_path / "later.jsonl.gz"))], database_url=tail_db)
+    pipeline.embed_runs(database_url=tail_db)
+    with psycopg.connect(tail_db, autocommit=True) as conn:
+        assert graphs.present_prefix(conn) == prefixes  # a few later runs: no level drifted, nothing rebuilt
+        after = [conn.execute(SEARCH, (q, day, False)).fetchall() for q in queries]
+        conn.execute("DELETE FROM historical_db.joint_embeddings WHERE entity_scope->>'run_id' LIKE 'LATER!_%%' "
+                     "ESCAPE '!'")
+    assert after == before
+
+
+def test_prefix_graphs_are_rebuilt_once_the_history_has_grown_past_their_plan() -> None:
+    day = dt.date(2020, 1, 1)
+    history = [(day + dt.timedelta(days=i), 10) for i in range(300)]  # 3,000 runs, 10 a day
+    plan = graphs.plan_prefix(history, "joint", "vector", 50)
+    assert [p.runs for p in plan] == [1500, 500, 170, 60] and not graphs.prefix_stale(plan, plan, history)
+    grown = history + [(day + dt.timedelta(days=300 + i), 10) for i in range(150)]  # 1.5x, all later
+    assert not graphs.prefix_stale(plan, graphs.plan_prefix(grown, "joint", "vector", 50), grown)
+    doubled = history + [(day + dt.timedelta(days=300 + i), 10) for i in range(300)]  # 2x > sqrt(3)x
+    assert graphs.prefix_stale(plan, graphs.plan_prefix(doubled, "joint", "vector", 50), doubled)
+    backfill = [(d, count * 3) for d, count in history[:100]] + history[100:]  # old runs added: level 1 grows
+    assert graphs.prefix_stale(plan, graphs.plan_prefix(backfill, "joint", "vector", 50), backfill)
+    assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # 1,500 < 2,000: no prefix graph
+
+
+def test_prefix_graphs_follow_the_space_graph_kind_and_go_with_it(db_url: str, sample_history: list[dict],
+                                                                  tmp_path) -> None:
+    path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
+    pipeline.import_runs([str(path)], database_url=db_url)
+    result = CliRunner().invoke(cli, ["--database-url", db_url, "embed-runs", "--index-min-vectors", "0",
+                                      "--indexed-spaces", "joint", "--asof-exact-runs", "100"])
+    assert result.exit_code == 0, result.output
+    assert "as-of prefix graph(s) built: joint as of" in result.output
+    with psycopg.connect(db_url) as conn:
+        assert graphs.read_settings(conn).asof_exact_runs == 100
+    with psycopg.connect(db_url) as conn:
+        assert [p.name for p in graphs.present_prefix(conn)[("joint", "vector")]] == ["asof_joint_vector_1",
+                                                                                      "asof_joint_vector_2"]
+    pipeline.embed_runs(database_url=db_url, graph_type="halfvec")
+    with psycopg.connect(db_url) as conn:
+        assert set(graphs.present_prefix(conn)) == {("joint", "halfvec")}
+    pipeline.embed_runs(database_url=db_url, indexed_spaces="env")
+    with psycopg.connect(db_url) as conn:
+        assert set(graphs.present_prefix(conn)) == {("env", "halfvec")}
+
+
+def test_0014_downgrades_to_the_old_path_rule_and_back_without_losing_a_row(db_url: str, sample_history: list[dict],
+                                                                             tmp_path) -> None:
+    path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
+    pipeline.import_runs([str(path)], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint")
+    body = ("SELECT pg_get_functiondef('historical_db.nearest_runs_v2(vector, integer, text, integer, date, text[], "
+            "text[], jsonb, boolean)'::regprocedure)")
+    counts = "SELECT (SELECT count(*) FROM historical_db.runs), (SELECT count(*) FROM historical_db.joint_embeddings)"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows_before = conn.execute(counts).fetchone()
+        assert "asof_exact_runs" in conn.execute(body).fetchone()[0]
+        graphs.save_settings(conn, graphs.IndexSettings(asof_exact_runs=100))
+    with pytest.raises(MetaspaceError, match="asof_exact_runs"):
+        migrate.downgrade(db_url, "0013_suggest_v4")
+    migrate.downgrade(db_url, "0013_suggest_v4", allow_data_loss=True)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        old = conn.execute(body).fetchone()[0]
+        assert "asof_exact_runs" not in old and "sqrt(5.3 * k" in old
+        assert conn.execute(counts).fetchone() == rows_before
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO historical_db.settings (name, value) VALUES ('asof_exact_runs', '100')")
+    migrate.upgrade(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert "asof_exact_runs" in conn.execute(body).fetchone()[0]
+        assert conn.execute(counts).fetchone() == rows_before
+        assert graphs.read_settings(conn).asof_exact_runs is None
