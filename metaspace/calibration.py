@@ -71,7 +71,12 @@ class _Reversed(str):
 
 
 def _normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2))
+    """historical_db.normal_cdf_v1 (Abramowitz and Stegun 7.1.26), so that a replayed confidence is the SQL's."""
+    if x < -38 or x > 38:
+        return 0.0 if x < 0 else 1.0
+    t = 1 / (1 + 0.3275911 * abs(x) / math.sqrt(2.0))
+    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    return 0.5 * (1 + math.copysign(1.0, x) * (1 - poly * math.exp(-(x * x) / 2))) if x else 0.5
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ never depends on a decision realised after D. ``suggest_for_env_v4`` is the same
 
 Self-contained on purpose (written beside 0014, which another change adds; the chain is re-linked when
 both are merged): it touches nothing 0014 does. The functions pin ``search_path`` FROM CURRENT, so it is
-set first, as in 0005. Downgrading drops the functions, the type and the table: the calibrations are
-derived data (a replay writes them again), and no run, vector or version is touched.
+set first, as in 0005. Downgrading drops the functions, the type and the table; it refuses while the table
+holds calibrations unless ``allow_data_loss`` is set (a replay can write them again, but they are what
+past answers were given with).
 """
 
 from pathlib import Path
 
-from alembic import op
+from alembic import context, op
 
 revision = "0015_suggest_calibration"
 down_revision = "0013_suggest_v4"
@@ -66,6 +67,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if not (context.is_offline_mode() or context.config.attributes.get("allow_data_loss")):
+        stored = op.get_bind().exec_driver_sql("SELECT count(*) FROM historical_db.suggest_calibrations").scalar()
+        if stored:
+            raise RuntimeError(f"historical_db.suggest_calibrations holds {stored} calibrations that this downgrade "
+                               "would drop; pass --allow-data-loss to metaspace migrate to drop them")
     op.execute("DROP FUNCTION historical_db.suggest_for_env_v4(jsonb, integer, date, text, boolean, integer, integer, "
                "text[], boolean, integer, integer)")
     op.execute("DROP FUNCTION historical_db.suggest_configs_v5(vector, integer, date, text, boolean, integer, "
