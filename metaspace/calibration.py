@@ -99,11 +99,11 @@ def calibrated_confidence(raw: float, knots_from: tuple[float, ...], knots_to: t
     return float(np.interp(raw, knots_from, knots_to))
 
 
-def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray,
-                 prior_strength: float = PRIOR_STRENGTH) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray, prior_strength: float = PRIOR_STRENGTH,
+                 prior_toward: float | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Knots of a non-decreasing map from raw confidence to the weighted frequency of a hit (pool adjacent
-    violators), each pooled bin drawn toward its own raw confidence by ``prior_strength`` pseudo-decisions
-    and pooled again where that broke the order. With prior_strength 0 and frequencies that already rise
+    violators), each pooled bin drawn toward its own raw confidence (or ``prior_toward``) by
+    ``prior_strength`` pseudo-decisions and pooled again where that broke the order. With prior_strength 0 and frequencies that already rise
     with the raw confidence, the knots are those frequencies."""
     order = np.argsort(raw, kind="stable")
     values, first = np.unique(raw[order], return_index=True)
@@ -111,7 +111,8 @@ def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray,
     blocks = [[float(x), float(y), float(wt)] for x, y, wt in
               zip(values, np.add.reduceat((weights * hits)[order], first) / w, w)]  # [mean raw, rate, weight]
     blocks = _pool(blocks)
-    blocks = [[x, (y * wt + prior_strength * x) / (wt + prior_strength), wt + prior_strength] for x, y, wt in blocks]
+    blocks = [[x, (y * wt + prior_strength * (x if prior_toward is None else prior_toward)) / (wt + prior_strength),
+               wt + prior_strength] for x, y, wt in blocks]
     blocks = _pool(blocks)
     return tuple(b[0] for b in blocks), tuple(min(max(b[1], 0.0), 1.0) for b in blocks)
 
@@ -138,8 +139,9 @@ class OnlineCalibration:
 
     def __init__(self, horizon: int, *, scales: tuple[float, ...] = LOCAL_SCALES,
                  half_life_horizons: float = HALF_LIFE_HORIZONS, min_decisions: int = MIN_DECISIONS,
-                 prior_strength: float = PRIOR_STRENGTH):
-        self.scales = scales
+                 prior_strength: float = PRIOR_STRENGTH, per_block: bool = False, prior_toward: float | None = None):
+        self.scales, self.horizon = scales, max(1, horizon)
+        self.per_block, self.prior_toward = per_block, prior_toward
         self.half_life = max(1.0, half_life_horizons * horizon)
         self.min_decisions, self.prior_strength = min_decisions, prior_strength
         self.pending: list[tuple[dt.date, _Realised]] = []  # outcome known on that date
@@ -165,11 +167,15 @@ class OnlineCalibration:
     def _fit(self, day: dt.date) -> Calibration:
         ages = day.toordinal() - np.array([r.decision_day for r in self.realised], dtype=float)
         weights = 0.5 ** (ages / self.half_life)
+        if self.per_block:  # decisions less than an outcome window apart share their outcome days: one unit
+            blocks = np.array([r.decision_day for r in self.realised]) // self.horizon
+            weights = weights / np.unique(blocks, return_counts=True)[1][np.unique(blocks, return_inverse=True)[1]]
         gains = np.array([r.gains for r in self.realised])
         means = weights @ gains / weights.sum()
         best = max(range(len(self.scales)), key=lambda i: (round(float(means[i]), 12), self.scales[i]))
         raw = np.array([r.raw[best] for r in self.realised])
-        knots_from, knots_to = isotonic_map(raw, (gains[:, best] > 0).astype(float), weights, self.prior_strength)
+        knots_from, knots_to = isotonic_map(raw, (gains[:, best] > 0).astype(float), weights, self.prior_strength,
+                                            self.prior_toward)
         settings = {"local_scales": list(self.scales), "mean_gains": [round(float(m), 6) for m in means],
                     "half_life_days": self.half_life, "prior_strength": self.prior_strength,
                     "min_decisions": self.min_decisions}
