@@ -103,8 +103,8 @@ def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray, prior_s
                  prior_toward: float | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Knots of a non-decreasing map from raw confidence to the weighted frequency of a hit (pool adjacent
     violators), each pooled bin drawn toward its own raw confidence (or ``prior_toward``) by
-    ``prior_strength`` pseudo-decisions and pooled again where that broke the order. With prior_strength 0 and frequencies that already rise
-    with the raw confidence, the knots are those frequencies."""
+    ``prior_strength`` pseudo-decisions and pooled again where that broke the order. With prior_strength 0
+    and frequencies that already rise with the raw confidence, the knots are those frequencies."""
     order = np.argsort(raw, kind="stable")
     values, first = np.unique(raw[order], return_index=True)
     w = np.add.reduceat(weights[order], first)
