@@ -4,11 +4,13 @@ neighbourhood stopped predicting, and what evaluate measures is what the SQL ans
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,11 +22,13 @@ from metaspace.calibration import (
     calibrated_confidence,
     isotonic_map,
 )
+from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
 from metaspace.store import migrate
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import decision_points, ranked_eligible
 from tests.test_evaluate import START, WINDOW, _history, _load, _loaded_database
+from tests.test_roles import _login
 
 # -- the map ----------------------------------------------------------------------------------------
 
@@ -280,3 +284,27 @@ def test_downgrade_keeps_stored_calibrations_unless_told(db_url: str, tmp_path: 
     with connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == runs
         assert conn.execute("SELECT count(*) FROM historical_db.suggest_calibrations").fetchone()[0] == 0
+
+
+def test_a_writer_login_stores_calibrations_and_suggest_then_answers_with_them(server_url: str, db_url: str,
+                                                                              tmp_path: Path) -> None:
+    records = _history(7, signal=True, dates=50)
+    _load(db_url, records, tmp_path)
+    env, as_of = records[-1]["env"], records[-1]["as_of_date"]
+    with pytest.warns(UserWarning, match="no calibration of outcome.sharpe"):
+        before = metaspace.suggest(env=env, k=4, as_of=as_of, objective="sharpe", database_url=db_url)
+    assert before and before[0]["calibrated_until"] is None
+    logins = _login(server_url, db_url, "metaspace_writer")
+    writer = next(logins)
+    try:
+        result = CliRunner().invoke(cli, ["--database-url", writer, "evaluate", "--save-calibration"])
+        assert result.exit_code == 0, result.output
+        assert "stored" in result.output
+    finally:
+        next(logins, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = metaspace.suggest(env=env, k=4, as_of=as_of, objective="sharpe", database_url=db_url)
+    assert not [w for w in caught if "no calibration" in str(w.message)]
+    assert after[0]["calibrated_until"] is not None
+    assert dt.date.fromisoformat(as_of) >= after[0]["calibrated_until"]

@@ -55,6 +55,17 @@ CREATE TABLE historical_db.suggest_calibrations (
         cardinality(confidence_from) = cardinality(confidence_to) AND cardinality(confidence_from) >= 1)
 )
 """
+# metaspace_writer (0008) stores calibrations (evaluate --save-calibration); readers read them by the schema's
+# default privileges, as every table.
+WRITER = """
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_writer') THEN
+        GRANT SELECT, INSERT, DELETE ON historical_db.suggest_calibrations TO metaspace_writer;
+    END IF;
+END
+$grant$
+"""
 COMMENT = ("COMMENT ON TABLE historical_db.suggest_calibrations IS 'suggest_configs_v5''s calibrations, one per "
            "objective, direction, encoder version and date fitted on (metaspace evaluate --save-calibration)'")
 
@@ -62,6 +73,7 @@ COMMENT = ("COMMENT ON TABLE historical_db.suggest_calibrations IS 'suggest_conf
 def upgrade() -> None:
     op.execute(CALIBRATIONS)
     op.execute(COMMENT)
+    op.execute(WRITER)
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("suggest_v5.sql"))
 
