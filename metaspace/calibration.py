@@ -139,9 +139,11 @@ class OnlineCalibration:
 
     def __init__(self, horizon: int, *, scales: tuple[float, ...] = LOCAL_SCALES,
                  half_life_horizons: float = HALF_LIFE_HORIZONS, min_decisions: int = MIN_DECISIONS,
-                 prior_strength: float = PRIOR_STRENGTH, per_block: bool = False, prior_toward: float | None = None):
+                 prior_strength: float = PRIOR_STRENGTH, per_block: bool = False, prior_toward: float | None = None,
+                 context: dict[str, Any] | None = None):
         self.scales, self.horizon = scales, max(1, horizon)
         self.per_block, self.prior_toward = per_block, prior_toward
+        self.context = dict(context or {})  # what the replay was asked with, recorded with each fit
         self.half_life = max(1.0, half_life_horizons * horizon)
         self.min_decisions, self.prior_strength = min_decisions, prior_strength
         self.pending: list[tuple[dt.date, _Realised]] = []  # outcome known on that date
@@ -178,5 +180,5 @@ class OnlineCalibration:
                                             self.prior_toward)
         settings = {"local_scales": list(self.scales), "mean_gains": [round(float(m), 6) for m in means],
                     "half_life_days": self.half_life, "prior_strength": self.prior_strength,
-                    "min_decisions": self.min_decisions}
+                    "min_decisions": self.min_decisions, **self.context}
         return Calibration(day, float(self.scales[best]), knots_from, knots_to, len(self.realised), settings)

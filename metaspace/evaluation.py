@@ -158,6 +158,8 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         if ranking == "v5":
             tops = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
                                       higher_is_better=higher_is_better, notes=notes,
+                                      context={"neighbours": neighbours, "min_runs": min_runs,
+                                               "horizon": horizon, "horizon_given": given_horizon},
                                       save=functools.partial(evaluation_store.save_calibrations, conn,
                                                              objective=".".join(path),
                                                              higher_is_better=higher_is_better)
@@ -180,7 +182,7 @@ REPLAY_CONNECTIONS = 2  # decisions are independent queries: a second connection
 
 def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.timedelta,
                        rank: Callable[..., list[dict[str, Any]]], progress: Callable[[int, int], None] | None, *,
-                       horizon: int, higher_is_better: bool, notes: list[str],
+                       horizon: int, higher_is_better: bool, notes: list[str], context: dict[str, Any],
                        save: Callable[..., int] | None) -> list[dict[str, Any] | None]:
     """v5's top suggestion at each of ``points``: every decision known is replayed uncalibrated, oldest first,
     and each is answered with the calibration fitted on the decisions realised by its date, the one
@@ -188,7 +190,7 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
     from metaspace.calibration import Candidates, OnlineCalibration
 
     ranked_all = _replay(conn, url, every_point, lag, rank, progress)
-    online = OnlineCalibration(horizon)
+    online = OnlineCalibration(horizon, context=context)
     sign = 1.0 if higher_is_better else -1.0
     tops: dict[Any, dict[str, Any] | None] = {}
     for point, ranked in zip(every_point, ranked_all):

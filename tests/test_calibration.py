@@ -207,15 +207,16 @@ def test_what_evaluate_measured_is_what_suggest_configs_v5_answers(signal_db: st
     assert calibrated > len(result.decisions) // 2
 
 
-def test_the_replay_scores_other_local_scales_as_the_sql_does(signal_db: str) -> None:
+@pytest.mark.parametrize("higher", [True, False])
+def test_the_replay_scores_other_local_scales_as_the_sql_does(signal_db: str, higher: bool) -> None:
     with connect(signal_db) as conn:
         for point in decision_points(conn, ["sharpe"], None)[40::10]:
             day = point.as_of_date - dt.timedelta(days=WINDOW)
-            rows = ranked_eligible(conn, point, as_of=day, objective="sharpe", higher_is_better=True,
+            rows = ranked_eligible(conn, point, as_of=day, objective="sharpe", higher_is_better=higher,
                                    neighbours=1000, min_runs=3, ranking="v5")
-            candidates = Candidates.from_rows(rows, True)
+            candidates = Candidates.from_rows(rows, higher)
             for scale in (0.0, 0.25, 0.5, 1.0):
-                top = _sql_top(conn, point, day, local_scale=scale, calibrated=False)
+                top = _sql_top(conn, point, day, local_scale=scale, calibrated=False, higher_is_better=higher)
                 config, raw = candidates.pick(scale)
                 assert (config, raw) == (top["config_id"], pytest.approx(top["raw_confidence"], abs=1e-12))
 
