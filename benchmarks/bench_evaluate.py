@@ -131,19 +131,21 @@ HEADER = ("corpus | ranking | picked/decisions | chosen | random | best-so-far |
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", action="append", choices=CORPORA)
-    parser.add_argument("--ranking", action="append", help="v1, v2 or a variant name (default: all)")
+    parser.add_argument("--ranking", action="append", help="v1, v2, v4, v5 or a variant name (default: all)")
     parser.add_argument("--sample", type=int, default=None, help="replay N held-out decisions per corpus")
     parser.add_argument("--keep", action="store_true", help="keep the databases and reuse them")
     args = parser.parse_args(argv)
-    rankings = args.ranking or ["v1", *suggest_variants.VARIANTS, "v2"]
+    rankings = args.ranking or ["v1", *suggest_variants.VARIANTS, "v2", "v4", "v5"]
     lines = []
     for corpus in args.corpus or CORPORA:
         url, fresh = _database(corpus, args.keep)
         if fresh:
             _load(url, corpus)
+        else:
+            migrate.upgrade(url)  # a kept load gains the revisions made since
         suggest_variants.install(url)
         for ranking in rankings:
-            name = ranking if ranking in ("v1", "v2", "v4") else f"bench.{ranking}"
+            name = ranking if ranking in ("v1", "v2", "v4", "v5") else f"bench.{ranking}"
             result = evaluate(since=HELD_OUT_FROM[corpus], sample=args.sample, ranking=name, database_url=url)
             lines.append(_row(corpus, ranking, result))
             print(lines[-1], flush=True)

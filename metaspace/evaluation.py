@@ -92,7 +92,8 @@ def _fit_note_for(conn, first_decision: dt.date | None) -> str | None:
 
 def evaluate(*, objective: str | None = None, since: Any = None, until: Any = None, horizon: int | None = None,
              sample: int | None = None, higher_is_better: bool = True, neighbours: int = 1000, min_runs: int = 3,
-             seed: int = 0, plot: str | None = None, ranking: str = "v4", database_url: str | None = None,
+             seed: int = 0, plot: str | None = None, ranking: str | None = None, save_calibration: bool = False,
+             database_url: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
     """Replay the decisions in the store and score metaspace's top suggestion at each.
 
@@ -100,8 +101,11 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     date (evaluate as of it: nothing dated later is read). ``horizon``: days from a decision to its outcome
     (by default inferred from the runs' ``test_start`` field). ``sample``: replay only N decision points,
     drawn with ``seed``. ``plot``: write the reliability plot (PNG) there. ``ranking`` picks the SQL ranking
-    replayed (``v4``, ``v2``, ``v1``, or a function with suggest_configs_v2's arguments, for benchmarks).
-    ``progress(step, total)`` is called as decisions are replayed.
+    replayed (``v4`` by default, ``v5``, ``v2``, ``v1``, or a function with suggest_configs_v2's arguments, for
+    benchmarks). ``v5`` replays every decision known by ``until`` and calibrates as of each decision date on
+    the decisions realised by then (metaspace.calibration); ``save_calibration`` (v5, the default with it)
+    stores those calibrations, which suggest_configs_v5 then applies: what was measured is what suggest
+    answers. ``progress(step, total)`` is called as decisions are replayed.
     """
     started = time.perf_counter()
     since_date, until_date = parse_date(since, "since"), parse_date(until, "until")
@@ -109,6 +113,12 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         raise MetaspaceError(f"sample must be 1 or more, got {sample}")
     if horizon is not None and horizon < 0:
         raise MetaspaceError(f"horizon must be 0 or more days, got {horizon}")
+    ranking = ranking or ("v5" if save_calibration else "v4")
+    if save_calibration and ranking != "v5":
+        raise MetaspaceError(f"save_calibration calibrates ranking v5, not {ranking}")
+    if ranking == "v5" and sample is not None:
+        raise MetaspaceError("ranking v5 replays every decision (each calibration is fitted on all the decisions "
+                             "realised before it): leave out sample")
     if plot and not Path(plot).resolve().parent.is_dir():
         raise MetaspaceError(f"--plot {plot}: no such folder to write the picture in")
     notes: list[str] = []
@@ -129,9 +139,9 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
                          f"minus test_start, {longest} days) plus the decision day")
         else:
             notes.append(f"horizon {horizon} days, as given")
-        points = evaluation_store.decision_points(conn, path, until_date)
+        every_point = evaluation_store.decision_points(conn, path, until_date)
         lag = dt.timedelta(days=horizon)
-        points = [p for p in points if since_date is None or p.as_of_date - lag >= since_date]
+        points = [p for p in every_point if since_date is None or p.as_of_date - lag >= since_date]
         total_points = len(points)
         if sample is not None and sample < len(points):
             keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
@@ -145,7 +155,17 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
                                  higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
                                  ranking=ranking, horizon=given_horizon)
-        tops = _replay(conn, url, points, lag, rank, progress)
+        if ranking == "v5":
+            tops = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
+                                      higher_is_better=higher_is_better, notes=notes,
+                                      context={"neighbours": neighbours, "min_runs": min_runs,
+                                               "horizon": horizon, "horizon_given": given_horizon},
+                                      save=functools.partial(evaluation_store.save_calibrations, conn,
+                                                             objective=".".join(path),
+                                                             higher_is_better=higher_is_better)
+                                      if save_calibration else None)
+        else:
+            tops = [ranked[0] if ranked else None for ranked in _replay(conn, url, points, lag, rank, progress)]
         decisions = [_decide(point, point.as_of_date - lag, top,
                              history.best_so_far(point.as_of_date - lag, point.configs), higher_is_better)
                      for point, top in zip(points, tops)]
@@ -160,18 +180,57 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
 REPLAY_CONNECTIONS = 2  # decisions are independent queries: a second connection uses a second server core
 
 
+def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.timedelta,
+                       rank: Callable[..., list[dict[str, Any]]], progress: Callable[[int, int], None] | None, *,
+                       horizon: int, higher_is_better: bool, notes: list[str], context: dict[str, Any],
+                       save: Callable[..., int] | None) -> list[dict[str, Any] | None]:
+    """v5's top suggestion at each of ``points``: every decision known is replayed uncalibrated, oldest first,
+    and each is answered with the calibration fitted on the decisions realised by its date, the one
+    suggest_configs_v5 reads once ``save`` has stored them."""
+    from metaspace.calibration import Candidates, OnlineCalibration
+
+    ranked_all = _replay(conn, url, every_point, lag, rank, progress)
+    online = OnlineCalibration(horizon, context=context)
+    sign = 1.0 if higher_is_better else -1.0
+    tops: dict[Any, dict[str, Any] | None] = {}
+    for point, ranked in zip(every_point, ranked_all):
+        day = point.as_of_date - lag
+        fit = online.as_of(day)
+        if not ranked:
+            tops[point] = None
+            continue
+        candidates = Candidates.from_rows(ranked, higher_is_better)
+        values, random = dict(zip(point.configs, point.values)), float(np.mean(point.values))
+        picks = [candidates.pick(scale) for scale in online.scales]
+        online.add(day, point.as_of_date, np.array([sign * (values[c] - random) for c, _ in picks]),
+                   np.array([raw for _, raw in picks]))
+        config, raw = candidates.pick(fit.local_scale) if fit else candidates.pick(1.0)
+        tops[point] = {"config_id": config, "deflated_confidence": fit.confidence(raw) if fit else raw,
+                           "raw_confidence": raw}
+    last = online.fits[-1] if online.fits else None
+    notes.append(
+        f"v5: local scale and confidence map refitted as of each decision date on the decisions realised by then "
+        f"({len(online.fits):,} fits; decisions fading with a half-life of {online.half_life:.0f} days)"
+        + (f"; the last, fitted until {last.fitted_until}: local scale {last.local_scale:g} over "
+           f"{last.decisions:,} decisions" if last else f"; fewer than {online.min_decisions} realised: none fitted"))
+    if save is not None:
+        stored = save(fits=online.fits)
+        notes.append(f"stored {stored:,} calibrations: suggest_configs_v5 (metaspace suggest) applies the latest "
+                     "fitted on or before each answer's date")
+    return [tops[p] for p in points]
+
+
 def _replay(conn, url: str, points: list, lag: dt.timedelta, rank: Callable[..., list[dict[str, Any]]],
-            progress: Callable[[int, int], None] | None) -> list[dict[str, Any] | None]:
-    """The top suggestion at each decision point, in the points' order. The rankings are asked on
+            progress: Callable[[int, int], None] | None) -> list[list[dict[str, Any]]]:
+    """The suggestions at each decision point, best first, in the points' order. The rankings are asked on
     ``REPLAY_CONNECTIONS`` connections at once (each worker its own), since each is one independent read of
     the same snapshot-free tables; the answers are the same as asked one by one."""
-    tops: list[dict[str, Any] | None] = [None] * len(points)
+    tops: list[list[dict[str, Any]]] = [[] for _ in points]
     lock = threading.Lock()
 
     def work(share: range, own) -> None:
         for i in share:
-            ranked = rank(own, points[i], as_of=points[i].as_of_date - lag)
-            tops[i] = ranked[0] if ranked else None
+            tops[i] = rank(own, points[i], as_of=points[i].as_of_date - lag)
             if progress:
                 with lock:
                     progress(1, len(points))

@@ -68,7 +68,7 @@ __all__ = [
     "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
     "RunVector", "Setting", "engine", "metadata", "neighbours_v1", "neighbours_v2", "neighbours_v3", "search_runs_v1",
     "search_runs_v2", "search_runs_v3", "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v3",
-    "suggest_configs_v4", "views",
+    "suggest_configs_v4", "suggest_configs_v5", "SuggestCalibration", "views",
 ]
 
 _HNSW = {"postgresql_using": "hnsw", "postgresql_with": {"m": 16, "ef_construction": 64},
@@ -217,6 +217,30 @@ class Clustering(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     quality: Mapped[dict[str, Any]] = mapped_column(JSONB)
     runs: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SuggestCalibration(Base):
+    """How suggest_configs_v5 weighs the neighbourhood and maps its confidence, fitted on the decisions
+    realised by ``fitted_until`` (``metaspace evaluate --save-calibration``)."""
+
+    __tablename__ = "suggest_calibrations"
+    __table_args__ = (
+        PrimaryKeyConstraint("objective", "higher_is_better", "encoder_version", "fitted_until"),
+        {"comment": "suggest_configs_v5's calibrations, one per objective, direction, encoder version and date "
+                    "fitted on (metaspace evaluate --save-calibration)"},
+    )
+
+    objective: Mapped[str] = mapped_column(Text)
+    higher_is_better: Mapped[bool] = mapped_column(Boolean)
+    encoder_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="CASCADE"))
+    fitted_until: Mapped[dt.date] = mapped_column(Date)
+    local_scale: Mapped[float] = mapped_column(Double)
+    confidence_from: Mapped[list[float]] = mapped_column(ARRAY(Double))
+    confidence_to: Mapped[list[float]] = mapped_column(ARRAY(Double))
+    decisions: Mapped[int] = mapped_column(Integer)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -503,3 +527,28 @@ def suggest_configs_v4(env: Any, k: int | None = None, as_of: dt.date | str | No
                       neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
                       eligible_configs=eligible_configs, encoder_version=encoder_version, history=history,
                       horizon=horizon))
+
+
+def suggest_configs_v5(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                       objective: str | None = None, higher_is_better: bool | None = None,
+                       neighbours: int | None = None, min_runs: int | None = None,
+                       strategy_ids: list[str] | None = None, exact: bool | None = None,
+                       eligible_configs: list[str] | None = None, encoder_version: int | None = None,
+                       history: int | None = None, horizon: int | None = None, local_scale: float | None = None,
+                       calibrated: bool | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_configs_v5`` (sql/suggest_v5.sql): what ``metaspace suggest`` ranks by, with
+    the stored calibration as of the date. Columns as :func:`suggest_configs_v4`, plus the calibration's
+    parts (estimated_local_weight, local_scale, record_estimate, record_var, local_var, environment_var,
+    raw_confidence, calibrated_until)."""
+    params = (_SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
+              | {"history": Integer(), "horizon": Integer(), "local_scale": Double(), "calibrated": Boolean()})
+    columns = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double),
+               ("history_objective", Double), ("history_blocks", Integer), ("local_weight", Double),
+               ("estimated_local_weight", Double), ("local_scale", Double), ("record_estimate", Double),
+               ("record_var", Double), ("local_var", Double), ("environment_var", Double),
+               ("raw_confidence", Double), ("calibrated_until", Date))
+    return _call("suggest_configs_v5", params, columns,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
+                      eligible_configs=eligible_configs, encoder_version=encoder_version, history=history,
+                      horizon=horizon, local_scale=local_scale, calibrated=calibrated))

@@ -323,6 +323,9 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     return _answered(answers, batch, as_frame)
 
 
+UNCALIBRATED = ("no calibration of outcome.{objective} fitted by this date for the active encoder version: ranked "
+                "as suggest_configs_v4 ranks, with its uncalibrated confidence (metaspace evaluate "
+                "--save-calibration fits and stores calibrations)")
 HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
 
 
@@ -362,6 +365,10 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                     strategies=_names(strategy), exact=exact, encoder_version=version, history=history,
                     horizon=horizon))
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
+            uncalibrated = UNCALIBRATED.format(objective=".".join(key.path))
+            if rows and rows[0].get("calibrated_until") is None and uncalibrated not in said:
+                said.add(uncalibrated)
+                notes = [*notes, uncalibrated]
             yield Answer(query, rows, [*notes, *exact_only("env"), *([note] if note else [])])
 
 
@@ -370,7 +377,7 @@ def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_bet
             exact: bool = False, history: int | None = HISTORY_RUNS, horizon: int | None = None,
             database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
-    deflated confidence (README, "suggest_configs_v4"); the same options as ``metaspace suggest``. ``env``
+    deflated confidence (README, "suggest_configs_v5"); the same options as ``metaspace suggest``. ``env``
     may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
     batch, items = _many(env)
     queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],

@@ -75,7 +75,7 @@ def test_suggest_for_env_gives_the_rows_of_metaspace_suggest(sample_db, sample_h
                         "--database-url", sample_db, *flags)
     with connect(sample_db, autocommit=True) as conn:
         for env, expected in zip(envs, answers, strict=True):
-            cursor = conn.execute("SELECT * FROM historical_db.suggest_for_env_v3(%s, 4, '2017-03-31', 'sharpe', "
+            cursor = conn.execute("SELECT * FROM historical_db.suggest_for_env_v4(%s, 4, '2017-03-31', 'sharpe', "
                                   "exact => %s)", (Jsonb(env), exact))
             names = [column.name for column in cursor.description]
             rows = [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -40,10 +40,13 @@ SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of t
 @click.option("--min-runs", default=3, show_default=True, type=click.IntRange(1),
               help="Environments of evidence a config needs to be ranked.")
 @click.option("--plot", metavar="FILE.png", help="Write the reliability plot of deflated_confidence there.")
+@click.option("--save-calibration", is_flag=True,
+              help="Replay suggest_configs_v5, calibrated as of each decision date, and store the calibrations: "
+                   "metaspace suggest then applies them (replays every decision; not with --sample).")
 @format_option
 @domain_errors
 def evaluate_command(objective, higher_is_better, since, until, horizon, sample, seed, neighbours, min_runs, plot,
-                     fmt) -> None:
+                     save_calibration, fmt) -> None:
     """Replay history: would the top suggestion have beaten a random pick?
 
     A decision point is a set of runs sharing one env at one as_of_date: the configs actually tried there.
@@ -51,18 +54,22 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
     and the pick's realised objective is compared with the mean of the configs tried (a random pick), the
     best of them (the oracle) and the config with the best average so far (what every desk has). The
     verdict says whether any config has a reliable edge; --plot draws how well deflated_confidence is
-    calibrated.
+    calibrated. --save-calibration fits, as of each date, how far the neighbourhood may move each config's
+    record and what its confidence is worth, on the decisions realised by then, measures the policy so
+    calibrated, and stores the calibrations for metaspace suggest.
 
     \b
     Example:
         metaspace evaluate --since 2014-01-01
         metaspace evaluate --objective outcome.max_drawdown --lower-is-better --horizon 91 --sample 500
         metaspace evaluate --until 2019-12-31 --plot reliability.png --format json > evaluation.json
+        metaspace evaluate --save-calibration --since 2014-01-01
     """
     with progress_bar("decisions") as bar:
         result = evaluate(objective=objective, higher_is_better=higher_is_better, since=since, until=until,
                           horizon=horizon, sample=sample, seed=seed, neighbours=neighbours, min_runs=min_runs,
-                          plot=plot, database_url=database_url(), progress=with_total(bar))
+                          plot=plot, save_calibration=save_calibration, database_url=database_url(),
+                          progress=with_total(bar))
     if fmt == "json":
         echo_json(result.as_dict())
         return

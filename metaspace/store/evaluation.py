@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from metaspace.store.search import SUGGESTION_COLUMNS, _call
 
@@ -18,7 +19,7 @@ from metaspace.store.search import SUGGESTION_COLUMNS, _call
 # with suggest_configs_v2's signature, named schema.function.
 # "v2" is the v2 ranking; suggest_configs_v3 computes it over whichever graph the env space has (revision 0012).
 RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v3"),
-            "v4": ("historical_db", "suggest_configs_v4")}
+            "v4": ("historical_db", "suggest_configs_v4"), "v5": ("historical_db", "suggest_configs_v5")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
 # Runs that report the objective as a number and have an env vector of the active encoder version, known by
@@ -102,7 +103,7 @@ def _ranking_function(ranking: str) -> sql.Composable:
     if ranking in RANKINGS:
         return sql.Identifier(*RANKINGS[ranking])
     if not _QUALIFIED.match(ranking):
-        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2, v4 or schema.function")
+        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2, v4, v5 or schema.function")
     return sql.Identifier(*ranking.split("."))
 
 
@@ -113,7 +114,8 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
 
     v2 and its variants restrict the candidates in SQL (``eligible_configs``); v1 has no such argument, so it
     ranks every config and the eligible ones are kept in its order. ``horizon`` (days of one outcome
-    window) reaches v4, which counts evidence in blocks of it."""
+    window) reaches v4 and v5, which count evidence in blocks of it. v5 is asked uncalibrated, at v4's local
+    scale: its rows carry what a calibration is fitted on (the replay applies one itself, as of each date)."""
     env = sql.SQL(
         "(SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env' "
         "AND b.encoder_version = historical_db.active_encoder_version_v1())")
@@ -131,8 +133,28 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
         "higher_is_better => %(higher)s, neighbours => %(neighbours)s, min_runs => %(min_runs)s, "
         "exact => %(exact)s, eligible_configs => %(eligible)s{horizon})").format(
             fn=_ranking_function(ranking), env=env,
-            horizon=sql.SQL(", horizon => %(horizon)s" if ranking == "v4" else ""))
+            horizon=sql.SQL({"v4": ", horizon => %(horizon)s",
+                             "v5": ", horizon => %(horizon)s, local_scale => 1, calibrated => false"}.get(ranking, "")))
     cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs),
                                                "horizon": horizon})
     columns = [d.name for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
+                      fits: list[Any]) -> int:
+    """Replace the stored calibrations of this objective and direction, for the active encoder version, with
+    ``fits`` (metaspace.calibration.Calibration, one per date refitted on), in one transaction."""
+    with conn.transaction():
+        conn.execute(
+            "DELETE FROM historical_db.suggest_calibrations WHERE objective = %(objective)s "
+            "AND higher_is_better = %(higher)s AND encoder_version = historical_db.active_encoder_version_v1()",
+            {"objective": objective, "higher": higher_is_better})
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO historical_db.suggest_calibrations (objective, higher_is_better, encoder_version, "
+                "fitted_until, local_scale, confidence_from, confidence_to, decisions, settings) VALUES "
+                "(%s, %s, historical_db.active_encoder_version_v1(), %s, %s, %s, %s, %s, %s)",
+                [(objective, higher_is_better, f.fitted_until, f.local_scale, list(f.confidence_from),
+                  list(f.confidence_to), f.decisions, Jsonb(f.settings)) for f in fits])
+    return len(fits)

@@ -1,4 +1,4 @@
-"""Calls of the SQL search functions (sql/search_v3.sql, sql/suggest_v4.sql): the only Python that names them."""
+"""Calls of the SQL search functions (sql/search_v3.sql, sql/suggest_v5.sql): the only Python that names them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
                       "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates", "environments",
-                      "relative_objective", "history_objective", "history_blocks", "local_weight")
+                      "relative_objective", "history_objective", "history_blocks", "local_weight",
+                      "estimated_local_weight", "local_scale", "record_estimate", "record_var", "local_var",
+                      "environment_var", "raw_confidence", "calibrated_until")
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,11 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
             higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
             exact: bool, history: int | None, horizon: int | None,
             encoder_version: int | None = None) -> list[dict[str, Any]]:
-    """suggest_configs_v4; ``encoder_version`` (the version ``env`` was encoded with) fails fast if it is
-    no longer the active one."""
+    """suggest_configs_v5 (with the stored calibration as of the date, if any); ``encoder_version`` (the version
+    ``env`` was encoded with) fails fast if it is no longer the active one."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.suggest_configs_v4(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
+        "SELECT * FROM historical_db.suggest_configs_v5(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
         "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s, "
         "history => %(history)s, horizon => %(horizon)s)",
         {"env": _float32(env), "k": k, "as_of": as_of, "objective": objective,

@@ -1,0 +1,184 @@
+"""suggest_configs_v5's calibration, fitted on replayed past decisions: how far the neighbourhood moves each
+config's record (the local scale), and what a raw confidence is worth (a monotone map to the observed
+frequency that a pick beat the random pick).
+
+A calibration as of a date D is fitted only on decisions whose outcomes were known by D (their runs'
+as_of_date on or before D), each replayed as of its own decision date: nothing after D enters it. The
+replay of ``metaspace evaluate`` refits one at every decision date where new outcomes have come in and
+applies it to that date's decisions; ``--save-calibration`` stores every one it used, and
+``historical_db.suggest_configs_v5`` applies the latest stored on or before an answer's date, so what evaluate
+measured is what suggest answers. This module never touches the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Chosen before any held-out figure was seen (docs/suggestions.md, "Version 5"): the grid of local scales
+# (0 = the record alone, 1 = version 4), how fast old decisions fade (a half-life of this many outcome
+# windows: a regime change shows within a few years on daily data), how many realised decisions a fit
+# needs, and how many pseudo-decisions at the raw confidence each bin of the map starts from.
+LOCAL_SCALES = (0.0, 0.25, 0.5, 1.0)
+HALF_LIFE_HORIZONS = 12
+MIN_DECISIONS = 30
+PRIOR_STRENGTH = 10.0
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One decision's ranking inputs from suggest_configs_v5, signed so that higher is better."""
+
+    configs: tuple[str, ...]
+    base: np.ndarray
+    relative: np.ndarray
+    estimated_weight: np.ndarray
+    base_var: np.ndarray
+    local_var: np.ndarray
+    environment_var: float
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], higher_is_better: bool) -> Candidates:
+        sign = 1.0 if higher_is_better else -1.0
+        column = {name: np.array([float(r[name]) for r in rows]) for name in
+                  ("record_estimate", "relative_objective", "estimated_local_weight", "record_var", "local_var")}
+        return cls(tuple(r["config_id"] for r in rows), sign * column["record_estimate"],
+                   sign * column["relative_objective"], column["estimated_local_weight"], column["record_var"],
+                   column["local_var"], float(rows[0]["environment_var"]))
+
+    def pick(self, scale: float) -> tuple[str, float]:
+        """The top config at this local scale and its raw confidence: suggest_configs_v5's arithmetic."""
+        weight = scale * self.estimated_weight
+        expected = self.base + weight * (self.relative - self.base)
+        edge = expected - expected.mean()
+        posterior_var = (1 - weight) ** 2 * self.base_var + weight * self.local_var
+        best = max(range(len(self.configs)), key=lambda i: (edge[i], _Reversed(self.configs[i])))
+        return self.configs[best], _normal_cdf(edge[best] / math.sqrt(self.environment_var + posterior_var[best]))
+
+
+class _Reversed(str):
+    """A string that sorts backwards: ties on the edge go to the smaller config id, as in SQL."""
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
+
+
+def _normal_cdf(x: float) -> float:
+    """historical_db.normal_cdf_v1 (Abramowitz and Stegun 7.1.26), so that a replayed confidence is the SQL's."""
+    if x < -38 or x > 38:
+        return 0.0 if x < 0 else 1.0
+    t = 1 / (1 + 0.3275911 * abs(x) / math.sqrt(2.0))
+    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    return 0.5 * (1 + math.copysign(1.0, x) * (1 - poly * math.exp(-(x * x) / 2))) if x else 0.5
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One fit: the local scale and the confidence map (knots; linear between, flat beyond)."""
+
+    fitted_until: dt.date
+    local_scale: float
+    confidence_from: tuple[float, ...]
+    confidence_to: tuple[float, ...]
+    decisions: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def confidence(self, raw: float) -> float:
+        return calibrated_confidence(raw, self.confidence_from, self.confidence_to)
+
+
+def calibrated_confidence(raw: float, knots_from: tuple[float, ...], knots_to: tuple[float, ...]) -> float:
+    """historical_db.calibrated_confidence_v1 in Python: linear between the knots, the end values beyond."""
+    return float(np.interp(raw, knots_from, knots_to))
+
+
+def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray, prior_strength: float = PRIOR_STRENGTH,
+                 prior_toward: float | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots of a non-decreasing map from raw confidence to the weighted frequency of a hit (pool adjacent
+    violators), each pooled bin drawn toward its own raw confidence (or ``prior_toward``) by
+    ``prior_strength`` pseudo-decisions and pooled again where that broke the order. With prior_strength 0
+    and frequencies that already rise with the raw confidence, the knots are those frequencies."""
+    order = np.argsort(raw, kind="stable")
+    values, first = np.unique(raw[order], return_index=True)
+    w = np.add.reduceat(weights[order], first)
+    blocks = [[float(x), float(y), float(wt)] for x, y, wt in
+              zip(values, np.add.reduceat((weights * hits)[order], first) / w, w)]  # [mean raw, rate, weight]
+    blocks = _pool(blocks)
+    blocks = [[x, (y * wt + prior_strength * (x if prior_toward is None else prior_toward)) / (wt + prior_strength),
+               wt + prior_strength] for x, y, wt in blocks]
+    blocks = _pool(blocks)
+    return tuple(b[0] for b in blocks), tuple(min(max(b[1], 0.0), 1.0) for b in blocks)
+
+
+def _pool(blocks: list[list[float]]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for block in blocks:
+        out.append(list(block))
+        while len(out) > 1 and out[-2][1] >= out[-1][1]:
+            (x1, y1, w1), (x2, y2, w2) = out[-2], out[-1]
+            out[-2:] = [[(x1 * w1 + x2 * w2) / (w1 + w2), (y1 * w1 + y2 * w2) / (w1 + w2), w1 + w2]]
+    return out
+
+
+@dataclass
+class _Realised:
+    decision_day: int
+    gains: np.ndarray  # per local scale: the pick's objective above the random pick, signed
+    raw: np.ndarray  # per local scale: the pick's raw confidence
+
+
+class OnlineCalibration:
+    """Refit as of each decision date on the decisions realised by then (a replay feeds it in date order)."""
+
+    def __init__(self, horizon: int, *, scales: tuple[float, ...] = LOCAL_SCALES,
+                 half_life_horizons: float = HALF_LIFE_HORIZONS, min_decisions: int = MIN_DECISIONS,
+                 prior_strength: float = PRIOR_STRENGTH, per_block: bool = False, prior_toward: float | None = None,
+                 context: dict[str, Any] | None = None):
+        self.scales, self.horizon = scales, max(1, horizon)
+        self.per_block, self.prior_toward = per_block, prior_toward
+        self.context = dict(context or {})  # what the replay was asked with, recorded with each fit
+        self.half_life = max(1.0, half_life_horizons * horizon)
+        self.min_decisions, self.prior_strength = min_decisions, prior_strength
+        self.pending: list[tuple[dt.date, _Realised]] = []  # outcome known on that date
+        self.realised: list[_Realised] = []
+        self.current: Calibration | None = None
+        self.fits: list[Calibration] = []
+
+    def add(self, decision_date: dt.date, outcome_date: dt.date, gains: np.ndarray, raw: np.ndarray) -> None:
+        """A decision replayed (as of its decision date), to be used once its outcome is known."""
+        self.pending.append((outcome_date, _Realised(decision_date.toordinal(), gains, raw)))
+
+    def as_of(self, day: dt.date) -> Calibration | None:
+        """The calibration in force on ``day``: refitted if outcomes came in since the last fit."""
+        known = [r for when, r in self.pending if when <= day]
+        if known:
+            self.pending = [(when, r) for when, r in self.pending if when > day]
+            self.realised.extend(known)
+            if len(self.realised) >= self.min_decisions:
+                self.current = self._fit(day)
+                self.fits.append(self.current)
+        return self.current
+
+    def _fit(self, day: dt.date) -> Calibration:
+        ages = day.toordinal() - np.array([r.decision_day for r in self.realised], dtype=float)
+        weights = 0.5 ** (ages / self.half_life)
+        if self.per_block:  # decisions less than an outcome window apart share their outcome days: one unit
+            blocks = np.array([r.decision_day for r in self.realised]) // self.horizon
+            weights = weights / np.unique(blocks, return_counts=True)[1][np.unique(blocks, return_inverse=True)[1]]
+        gains = np.array([r.gains for r in self.realised])
+        means = weights @ gains / weights.sum()
+        best = max(range(len(self.scales)), key=lambda i: (round(float(means[i]), 12), self.scales[i]))
+        raw = np.array([r.raw[best] for r in self.realised])
+        knots_from, knots_to = isotonic_map(raw, (gains[:, best] > 0).astype(float), weights, self.prior_strength,
+                                            self.prior_toward)
+        settings = {"local_scales": list(self.scales), "mean_gains": [round(float(m), 6) for m in means],
+                    "half_life_days": self.half_life, "prior_strength": self.prior_strength,
+                    "min_decisions": self.min_decisions, **self.context}
+        return Calibration(day, float(self.scales[best]), knots_from, knots_to, len(self.realised), settings)
