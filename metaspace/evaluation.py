@@ -81,6 +81,16 @@ class EvaluationResult:
         return out
 
 
+def _answered_as_suggest(conn, objective: str, higher_is_better: bool) -> str:
+    stored, latest = evaluation_store.stored_calibrations(conn, objective=objective,
+                                                          higher_is_better=higher_is_better)
+    if not stored:
+        return (f"ranked as metaspace suggest answers: no calibration of {objective} is stored, so v4's ranking "
+                "(evaluate --save-calibration fits and stores one)")
+    return (f"ranked as metaspace suggest answers: suggest_configs_v5 with the {stored:,} stored calibrations "
+            f"of {objective}, each decision with the latest fitted by its date (the last until {latest})")
+
+
 def _fit_note_for(conn, first_decision: dt.date | None) -> str | None:
     """What the replay should say of the encoder: every decision's env vector comes from the active version,
     whose scaling may have seen runs after the earliest decision (fit one with embed-runs --fit-until)."""
@@ -101,8 +111,10 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     date (evaluate as of it: nothing dated later is read). ``horizon``: days from a decision to its outcome
     (by default inferred from the runs' ``test_start`` field). ``sample``: replay only N decision points,
     drawn with ``seed``. ``plot``: write the reliability plot (PNG) there. ``ranking`` picks the SQL ranking
-    replayed (``v4`` by default, ``v5``, ``v2``, ``v1``, or a function with suggest_configs_v2's arguments, for
-    benchmarks). ``v5`` replays every decision known by ``until`` and calibrates as of each decision date on
+    replayed: by default ``suggest``, what ``metaspace suggest`` answers (suggest_configs_v5 with the
+    calibrations stored as of each decision date; with none stored, v4's answers), or ``v5``, ``v4``, ``v2``,
+    ``v1``, or a function with suggest_configs_v2's arguments, for benchmarks. ``v5`` replays every decision
+    known by ``until`` and calibrates as of each decision date on
     the decisions realised by then (metaspace.calibration); ``save_calibration`` (v5, the default with it)
     stores those calibrations, which suggest_configs_v5 then applies: what was measured is what suggest
     answers. ``progress(step, total)`` is called as decisions are replayed.
@@ -113,7 +125,7 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         raise MetaspaceError(f"sample must be 1 or more, got {sample}")
     if horizon is not None and horizon < 0:
         raise MetaspaceError(f"horizon must be 0 or more days, got {horizon}")
-    ranking = ranking or ("v5" if save_calibration else "v4")
+    ranking = ranking or ("v5" if save_calibration else "suggest")
     if save_calibration and ranking != "v5":
         raise MetaspaceError(f"save_calibration calibrates ranking v5, not {ranking}")
     if ranking == "v5" and sample is not None:
@@ -147,6 +159,8 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
             keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
             points = [points[i] for i in keep]
             notes.append(f"replayed {sample:,} of {total_points:,} decision points, drawn with seed {seed}")
+        if ranking == "suggest":
+            notes.append(_answered_as_suggest(conn, ".".join(path), higher_is_better))
         fitted = _fit_note_for(conn, min((p.as_of_date - lag for p in points), default=None))
         if fitted:
             notes.append(fitted)

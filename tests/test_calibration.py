@@ -174,10 +174,32 @@ def test_v5_keeps_the_neighbourhood_where_it_predicts(signal_db: str) -> None:
 
 def test_v5_leans_on_the_record_where_the_neighbourhood_turned_anti_predictive(regime_db: str) -> None:
     since = (START + dt.timedelta(days=7 * 45)).isoformat()
-    v4 = metaspace.evaluate(database_url=regime_db, since=since)
+    v4 = metaspace.evaluate(database_url=regime_db, since=since, ranking="v4")
     v5 = metaspace.evaluate(save_calibration=True, database_url=regime_db, since=since)
     assert _last_fit(regime_db)[0] < 1.0  # less of the neighbourhood than v4 lets through
     assert v5.summary["chosen"]["mean"] > v4.summary["chosen"]["mean"]
+
+
+def test_a_plain_evaluate_measures_what_suggest_answers_once_calibrations_are_stored(db_url: str,
+                                                                                     tmp_path: Path) -> None:
+    """Before this, evaluate's default replayed v4 while suggest answered with the stored calibrations: a
+    user saw one policy's figures and acted on another's."""
+    _load(db_url, _regime_change(5), tmp_path)
+    since = (START + dt.timedelta(days=7 * 45)).isoformat()
+    before = metaspace.evaluate(database_url=db_url, since=since)
+    assert any("no calibration of sharpe is stored" in note for note in before.notes)
+    v5 = metaspace.evaluate(save_calibration=True, database_url=db_url, since=since)
+    after = metaspace.evaluate(database_url=db_url, since=since)
+    assert after.ranking == "suggest" and any("stored calibrations of sharpe" in n for n in after.notes)
+    assert [d.chosen_config for d in after.decisions] == [d.chosen_config for d in v5.decisions]
+    assert [d.confidence for d in after.decisions] == pytest.approx([d.confidence for d in v5.decisions], abs=1e-9)
+    assert after.summary["chosen"]["mean"] == pytest.approx(v5.summary["chosen"]["mean"])
+    assert after.summary["chosen"]["mean"] != pytest.approx(before.summary["chosen"]["mean"])
+    sampled = metaspace.evaluate(database_url=db_url, since=since, sample=8, seed=3)  # no full replay needed
+    chosen = {(d.as_of_date, d.random, d.oracle): d.chosen_config for d in v5.decisions}  # one per point
+    assert len(chosen) == len(v5.decisions) and len(sampled.decisions) == 8
+    assert [d.chosen_config for d in sampled.decisions] == [chosen[d.as_of_date, d.random, d.oracle]
+                                                            for d in sampled.decisions]
 
 
 def _sql_top(conn: psycopg.Connection, point, day: dt.date, **arguments) -> dict:

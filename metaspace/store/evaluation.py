@@ -19,7 +19,9 @@ from metaspace.store.search import SUGGESTION_COLUMNS, _call
 # with suggest_configs_v2's signature, named schema.function.
 # "v2" is the v2 ranking; suggest_configs_v3 computes it over whichever graph the env space has (revision 0012).
 RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v3"),
-            "v4": ("historical_db", "suggest_configs_v4"), "v5": ("historical_db", "suggest_configs_v5")}
+            "v4": ("historical_db", "suggest_configs_v4"), "v5": ("historical_db", "suggest_configs_v5"),
+            # what `metaspace suggest` answers: v5 with the calibrations stored as of each date (v4 without any)
+            "suggest": ("historical_db", "suggest_configs_v5")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
 # Runs that report the objective as a number and have an env vector of the active encoder version, known by
@@ -103,7 +105,7 @@ def _ranking_function(ranking: str) -> sql.Composable:
     if ranking in RANKINGS:
         return sql.Identifier(*RANKINGS[ranking])
     if not _QUALIFIED.match(ranking):
-        raise ValueError(f"unknown ranking {ranking!r}: use v1, v2, v4, v5 or schema.function")
+        raise ValueError(f"unknown ranking {ranking!r}: use suggest, v1, v2, v4, v5 or schema.function")
     return sql.Identifier(*ranking.split("."))
 
 
@@ -133,12 +135,21 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
         "higher_is_better => %(higher)s, neighbours => %(neighbours)s, min_runs => %(min_runs)s, "
         "exact => %(exact)s, eligible_configs => %(eligible)s{horizon})").format(
             fn=_ranking_function(ranking), env=env,
-            horizon=sql.SQL({"v4": ", horizon => %(horizon)s",
+            horizon=sql.SQL({"v4": ", horizon => %(horizon)s", "suggest": ", horizon => %(horizon)s",
                              "v5": ", horizon => %(horizon)s, local_scale => 1, calibrated => false"}.get(ranking, "")))
     cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs),
                                                "horizon": horizon})
     columns = [d.name for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def stored_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool) -> tuple[int, Any]:
+    """How many calibrations of this objective and direction are stored for the active encoder version, and
+    the date the latest was fitted until (None without any)."""
+    return conn.execute(
+        "SELECT count(*)::integer, max(fitted_until) FROM historical_db.suggest_calibrations "
+        "WHERE objective = %s AND higher_is_better = %s AND encoder_version = historical_db.active_encoder_version_v1()",
+        (objective, higher_is_better)).fetchone()
 
 
 def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
