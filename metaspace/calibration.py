@@ -127,11 +127,15 @@ def _pool(blocks: list[list[float]]) -> list[list[float]]:
     return out
 
 
+IDENTITY = ((0.0, 1.0), (0.0, 1.0))  # the map that keeps the raw confidence
+
+
 @dataclass
 class _Realised:
     decision_day: int
     gains: np.ndarray  # per local scale: the pick's objective above the random pick, signed
     raw: np.ndarray  # per local scale: the pick's raw confidence
+    mapped: np.ndarray  # per local scale: that raw confidence through the map fitted when it was decided
 
 
 class OnlineCalibration:
@@ -150,10 +154,12 @@ class OnlineCalibration:
         self.realised: list[_Realised] = []
         self.current: Calibration | None = None
         self.fits: list[Calibration] = []
+        self.fitted_map: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the last, adopted or not
 
     def add(self, decision_date: dt.date, outcome_date: dt.date, gains: np.ndarray, raw: np.ndarray) -> None:
         """A decision replayed (as of its decision date), to be used once its outcome is known."""
-        self.pending.append((outcome_date, _Realised(decision_date.toordinal(), gains, raw)))
+        mapped = np.interp(raw, *self.fitted_map) if self.fitted_map else np.asarray(raw, dtype=float)
+        self.pending.append((outcome_date, _Realised(decision_date.toordinal(), gains, raw, mapped)))
 
     def as_of(self, day: dt.date) -> Calibration | None:
         """The calibration in force on ``day``: refitted if outcomes came in since the last fit."""
@@ -176,9 +182,17 @@ class OnlineCalibration:
         means = weights @ gains / weights.sum()
         best = max(range(len(self.scales)), key=lambda i: (round(float(means[i]), 12), self.scales[i]))
         raw = np.array([r.raw[best] for r in self.realised])
-        knots_from, knots_to = isotonic_map(raw, (gains[:, best] > 0).astype(float), weights, self.prior_strength,
-                                            self.prior_toward)
+        hits = (gains[:, best] > 0).astype(float)
+        self.fitted_map = isotonic_map(raw, hits, weights, self.prior_strength, self.prior_toward)
+        # The map is used only while it has earned it: over the realised decisions, each confidence through the
+        # map fitted before that decision (never one that saw its outcome) must have beaten the raw confidence
+        # (weighted Brier score, recent decisions weighing more); otherwise the raw confidence stands.
+        mapped = np.array([r.mapped[best] for r in self.realised])
+        map_brier = float(weights @ (mapped - hits) ** 2 / weights.sum())
+        raw_brier = float(weights @ (raw - hits) ** 2 / weights.sum())
+        knots_from, knots_to = self.fitted_map if map_brier < raw_brier else IDENTITY
         settings = {"local_scales": list(self.scales), "mean_gains": [round(float(m), 6) for m in means],
                     "half_life_days": self.half_life, "prior_strength": self.prior_strength,
-                    "min_decisions": self.min_decisions, **self.context}
+                    "min_decisions": self.min_decisions, "map_brier": round(map_brier, 6),
+                    "raw_brier": round(raw_brier, 6), "map_used": map_brier < raw_brier, **self.context}
         return Calibration(day, float(self.scales[best]), knots_from, knots_to, len(self.realised), settings)

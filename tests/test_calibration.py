@@ -113,6 +113,41 @@ def test_the_local_scale_follows_which_scale_won_lately() -> None:
     assert online.as_of(START + dt.timedelta(days=7 * 260 + WINDOW)).local_scale == 0.0
 
 
+def _replay_confidences(online: OnlineCalibration, hits: list[bool], raw: list[float]) -> Calibration:
+    """Daily decisions, each asking for the calibration in force first (as the replay does), every scale's pick
+    at that day's ``raw`` confidence; ``hits``: whether it beat the random pick. Returns the last fit."""
+    for i, (hit, confidence) in enumerate(zip(hits, raw)):
+        day = START + dt.timedelta(days=i)
+        online.as_of(day)
+        online.add(day, day + dt.timedelta(days=1), np.full(len(online.scales), 0.3 if hit else -0.3),
+                   np.full(len(online.scales), confidence))
+    return online.as_of(START + dt.timedelta(days=len(hits) + 1))
+
+
+def test_the_map_is_used_where_it_has_beaten_the_raw_confidence() -> None:
+    online = OnlineCalibration(1)  # over-confident throughout: 0.9 said, half of the picks beat random
+    fit = _replay_confidences(online, [i % 2 == 0 for i in range(120)], [0.9] * 120)
+    assert fit.settings["map_used"] and fit.settings["map_brier"] < fit.settings["raw_brier"]
+    assert fit.confidence(0.9) < 0.7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_map_is_dropped_where_it_only_adds_noise_to_a_calibrated_confidence(seed: int) -> None:
+    """Before, the map fitted on the past was applied however it had fared: where the raw confidence already
+    says how often a pick wins, a map fitted on a few effective decisions (recent ones weigh most) only moved
+    it around, and made it worse."""
+    rng = np.random.default_rng(seed)
+    raw = rng.uniform(0.5, 0.95, 400)
+    online = OnlineCalibration(1)
+    _replay_confidences(online, list(rng.uniform(size=400) < raw), list(raw))
+    used = [fit.settings["map_used"] for fit in online.fits]
+    assert len(used) > 300 and sum(used) < 0.5 * len(used)  # the two score alike: most dates keep the raw one
+    for fit in online.fits:
+        assert fit.settings["map_used"] == (fit.settings["map_brier"] < fit.settings["raw_brier"])
+        if not fit.settings["map_used"]:
+            assert fit.confidence_from == (0.0, 1.0) == fit.confidence_to and fit.confidence(0.73) == 0.73
+
+
 def test_no_calibration_before_enough_decisions_are_realised() -> None:
     online = OnlineCalibration(WINDOW)
     _feed(online, np.random.default_rng(0), START, online.min_decisions - 1, better=2)
