@@ -161,3 +161,29 @@ def test_upgrade_fills_the_column_and_downgrade_loses_no_row(empty_db: str, conc
     assert "entity_scope ->> 'run_id'" in index
     migrate.upgrade(empty_db)
     assert _digest(empty_db) == before
+
+
+@pytest.mark.parametrize("concurrently", [False, True])
+def test_an_interrupted_concurrent_upgrade_completes_on_rerun(empty_db: str, concurrently: bool) -> None:
+    """--concurrently commits as it goes: a run stopped midway leaves the column, the trigger, some filled
+    rows and perhaps the new index; the next migrate, either way, finishes the job."""
+    migrate.upgrade(empty_db, BEFORE)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("INSERT INTO historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id) "
+                     "SELECT 'OTHER_V1', '2024-01-02', jsonb_build_object('run_id', 'R' || i), 'm' "
+                     "FROM generate_series(1, 30) i")
+        conn.execute("INSERT INTO historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id) "
+                     "VALUES ('MACRO_V2', '2024-01-02', '{}', 'm')")
+    before = _digest(empty_db)
+    with psycopg.connect(empty_db) as conn:  # what the first committed steps leave behind
+        conn.execute("ALTER TABLE historical_db.joint_embeddings ADD COLUMN run_id text")
+        conn.execute("UPDATE historical_db.joint_embeddings SET run_id = entity_scope ->> 'run_id' "
+                     "WHERE embedding_id <= 10")
+        conn.execute("CREATE UNIQUE INDEX joint_embeddings_one_per_run_0016 ON historical_db.joint_embeddings "
+                     "(joint_type, model_id, run_id, encoder_version) WHERE encoder_version IS NOT NULL")
+    migrate.upgrade(empty_db, concurrently=concurrently)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT count(*) FROM historical_db.joint_embeddings WHERE run_id IS NULL").fetchone()[0] == 0
+        assert conn.execute(DISAGREEING).fetchone()[0] == 0
+    assert _digest(empty_db) == before
+    assert migrate.status(empty_db).up_to_date

@@ -68,7 +68,7 @@ ONE_PER_RUN_BEFORE = ("CREATE UNIQUE INDEX joint_embeddings_one_per_run ON histo
                       "WHERE encoder_version IS NOT NULL")
 FILL = [
     """
-    CREATE FUNCTION historical_db.joint_embeddings_fill_run_id() RETURNS trigger
+    CREATE OR REPLACE FUNCTION historical_db.joint_embeddings_fill_run_id() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
     BEGIN
         NEW.run_id := coalesce(NEW.entity_scope ->> 'run_id', 'legacy:' || NEW.embedding_id);
@@ -131,7 +131,12 @@ def _fill_in_batches() -> int:
 
 
 def upgrade() -> None:
-    op.execute(f"ALTER TABLE {TABLE} ADD COLUMN run_id text")
+    # Every step may find itself done: an interrupted --concurrently run leaves the steps it committed.
+    op.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS run_id text")
+    op.execute(f"DROP TRIGGER IF EXISTS joint_embeddings_fill_run_id ON {TABLE}")
+    op.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS joint_embeddings_run_id_matches, "
+               "DROP CONSTRAINT IF EXISTS joint_embeddings_run_id_present")
+    op.execute("DROP INDEX IF EXISTS historical_db.joint_embeddings_one_per_run_0016")
     if context.config.attributes.get("concurrently") and not context.is_offline_mode():
         for statement in FILL:  # rows written from now on are filled as they come
             op.execute(statement)
@@ -151,8 +156,9 @@ def upgrade() -> None:
     else:
         op.execute("DROP INDEX historical_db.joint_embeddings_one_per_run")
         # A type change whose USING reads another column rewrites the table once, which is cheaper than an
-        # UPDATE of every row (no dead rows, no HNSW insert per row: the graphs are rebuilt in bulk).
-        op.execute(f"ALTER TABLE {TABLE} ALTER COLUMN run_id TYPE text USING {RUN_OF_ROW}, "
+        # UPDATE of every row (no dead rows, no HNSW insert per row: the graphs are rebuilt in bulk). Rows an
+        # interrupted --concurrently run filled keep their value.
+        op.execute(f"ALTER TABLE {TABLE} ALTER COLUMN run_id TYPE text USING coalesce(run_id, {RUN_OF_ROW}), "
                    f"ALTER COLUMN run_id SET NOT NULL, ADD CONSTRAINT joint_embeddings_run_id_matches {MATCHES}")
         for statement in FILL:  # (after the rewrite: a column a trigger names cannot change type)
             op.execute(statement)
@@ -179,7 +185,7 @@ def downgrade() -> None:
                "bytea)")
     op.execute("DROP INDEX historical_db.joint_embeddings_one_per_run")
     op.execute(ONE_PER_RUN_BEFORE)
-    op.execute(f"DROP TRIGGER joint_embeddings_fill_run_id ON {TABLE}")
+    op.execute(f"DROP TRIGGER IF EXISTS joint_embeddings_fill_run_id ON {TABLE}")  # a Citus user drops it
     op.execute("DROP FUNCTION historical_db.joint_embeddings_fill_run_id()")
     op.execute(f"ALTER TABLE {TABLE} DROP COLUMN run_id")
     op.execute(_frozen("pin_search_path_v1.sql"))
