@@ -23,12 +23,13 @@ now hand over to the new versions (``sql/writers_handover_v1.sql``); their calle
 
 The primary key stays ``embedding_id``: see docs/scaling.md for why, and what a Citus user runs instead.
 
-Cost on a large table. Plain ``metaspace migrate`` writes the column by rewriting the table once
-(``ALTER COLUMN ... TYPE text USING``: one pass, no dead rows, every index rebuilt in bulk, the table
-locked meanwhile). ``metaspace migrate --concurrently`` keeps readers and writers going: the column is
-filled in batches of 10,000 rows, each its own transaction (every updated row also enters the HNSW graph
-again, and leaves dead rows for VACUUM), the constraints are added NOT VALID and validated without
-blocking writes, and the new unique index is built CONCURRENTLY before the old one is dropped.
+Cost on a large table (measured: docs/scaling.md, "Cost, measured"). Plain ``metaspace migrate`` writes the
+column by rewriting the table once (``ALTER COLUMN ... TYPE text USING``: one pass, no dead rows, every
+index rebuilt in bulk, the table locked meanwhile). ``metaspace migrate --concurrently`` keeps readers and
+writers going: the joint HNSW graphs are dropped (searches answer by exact scan meanwhile), the column is
+filled in batches of 10,000 rows, each its own transaction, the graphs are built again CONCURRENTLY, the
+constraints are added NOT VALID and validated without blocking writes, and the new unique index is built
+CONCURRENTLY before the old one is dropped. Its filled rows leave dead row versions for VACUUM.
 
 Downgrading drops the column, the trigger and the new functions and gives back the expression index and the
 released store_run_v1, store_run_v2 and embed_pending_v1; no row is lost. It refuses, unless
@@ -110,6 +111,14 @@ def _frozen(name: str) -> str:
     return (FROZEN / f"0016_{name}").read_text(encoding="utf-8")
 
 
+def _graphs() -> dict[str, str]:
+    """The table's HNSW indexes and their definitions."""
+    return dict(op.get_bind().exec_driver_sql(
+        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "  # noqa: S608
+        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+        f"WHERE i.indrelid = '{TABLE}'::regclass AND a.amname = 'hnsw'").all())
+
+
 def _fill_in_batches() -> int:
     """Fill run_id in batches of BATCH rows along embedding_id, each batch its own transaction."""
     bind = op.get_bind()
@@ -141,7 +150,16 @@ def upgrade() -> None:
         for statement in FILL:  # rows written from now on are filled as they come
             op.execute(statement)
         with context.get_context().autocommit_block():  # metaspace migrate --concurrently: writers go on
+            # Every filled row is a new row version, which each HNSW graph would take in one insert at a time
+            # (measured: 9x the time of building the graph afresh, and the graph twice its size). So the
+            # graphs go while the rows are filled and are built again after, CONCURRENTLY; searches answer
+            # by exact scan meanwhile. (Stopped between the two, embed-runs builds the missing graphs.)
+            graphs = _graphs()
+            for name in graphs:
+                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             log.info("filled run_id of %d rows of %s", _fill_in_batches(), TABLE)
+            for definition in graphs.values():
+                op.execute(definition.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
             op.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT joint_embeddings_run_id_matches {MATCHES} NOT VALID, "
                        "ADD CONSTRAINT joint_embeddings_run_id_present CHECK (run_id IS NOT NULL) NOT VALID")
             op.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT joint_embeddings_run_id_matches")
