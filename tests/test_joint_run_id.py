@@ -187,3 +187,17 @@ def test_an_interrupted_concurrent_upgrade_completes_on_rerun(empty_db: str, con
         assert conn.execute(DISAGREEING).fetchone()[0] == 0
     assert _digest(empty_db) == before
     assert migrate.status(empty_db).up_to_date
+
+
+def test_downgrade_refuses_to_forget_a_run_id_a_writer_chose(db_url: str) -> None:
+    from metaspace.errors import MetaspaceError
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id, "
+                     "run_id) VALUES ('MACRO_V2', '2024-01-02', '{}', 'm', 'R1')")
+    with pytest.raises(MetaspaceError, match="1 row.* given a run_id by their writer"):
+        migrate.downgrade(db_url, BEFORE)
+    assert migrate.status(db_url).up_to_date
+    migrate.downgrade(db_url, BEFORE, allow_data_loss=True)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0] == 1

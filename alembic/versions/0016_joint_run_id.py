@@ -4,7 +4,7 @@ Revision ID: 0016_joint_run_id
 Revises: 0013_suggest_v4
 
 Citus places every row by a column of its own and enforces uniqueness only where the key includes that
-column (docs/scaling.md, "What must change first"). The run of a joint vector was the expression
+column (docs/scaling.md, "What changed first"). The run of a joint vector was the expression
 ``entity_scope ->> 'run_id'``; it becomes the column ``run_id text NOT NULL``:
 
 - filled from the scope; a row of another joint type whose scope names no run gets ``'legacy:' ||
@@ -154,7 +154,9 @@ def upgrade() -> None:
             # (measured: 9x the time of building the graph afresh, and the graph twice its size). So the
             # graphs go while the rows are filled and are built again after, CONCURRENTLY; searches answer
             # by exact scan meanwhile. (Stopped between the two, embed-runs builds the missing graphs.)
-            graphs = _graphs()
+            unfilled = op.get_bind().exec_driver_sql(
+                f"SELECT EXISTS (SELECT FROM {TABLE} WHERE run_id IS NULL)").scalar()  # noqa: S608
+            graphs = _graphs() if unfilled else {}  # (an empty table keeps its graphs)
             for name in graphs:
                 op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             log.info("filled run_id of %d rows of %s", _fill_in_batches(), TABLE)
