@@ -1,7 +1,7 @@
 """Fitted encoder versions as objects: a registered state from the store, built into the joint model.
 
 Cached per process (the last few): a registered version never changes. A database rebuilt under a running
-process is caught by store_run_v2's fingerprint check, after which :func:`forget_space` drops the entry.
+process is caught by store_run_v3's fingerprint check, after which :func:`forget_space` drops the entry.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ here on purpose. ``tests/test_models.py`` compares :data:`metadata` with a datab
 chain (tables, columns, types, nullability, indexes, foreign keys), so a revision that changes a table
 fails the tests until this module follows it. Check constraints and server defaults live in the
 migrations only. metaspace writes through its own commands and SQL functions (``import-runs``,
-``embed-runs``, ``historical_db.store_run_v2``), which keep its rules; the mappings do not.
+``embed-runs``, ``historical_db.store_run_v3``), which keep its rules; the mappings do not.
 
 The plain nearest-neighbour query, which uses the HNSW index::
 
@@ -85,15 +85,17 @@ metadata = Base.metadata
 
 
 class JointEmbedding(Base):
-    """One joint vector (or, in a converted table, a row of another joint type); the run is
-    ``entity_scope['run_id']``. ``vector_f32`` exists only in tables converted from the float32-bytes form
-    and is not mapped."""
+    """One joint vector (or, in a converted table, a row of another joint type). ``run_id`` is the run, equal
+    to ``entity_scope['run_id']`` where the scope has one (a CHECK); a row whose scope names no run holds
+    ``'legacy:' || embedding_id`` unless its writer gave one. It is the column a Citus cluster distributes the
+    table by (docs/scaling.md). ``vector_f32`` exists only in tables converted from the float32-bytes form and
+    is not mapped."""
 
     __tablename__ = "joint_embeddings"
     __table_args__ = (
         Index("joint_embeddings_vector_hnsw", "vector", **_HNSW),
-        Index("joint_embeddings_one_per_run", "joint_type", "model_id", text("(entity_scope ->> 'run_id')"),
-              "encoder_version", unique=True, postgresql_where=text("encoder_version IS NOT NULL")),
+        Index("joint_embeddings_one_per_run", "joint_type", "model_id", "run_id", "encoder_version", unique=True,
+              postgresql_where=text("encoder_version IS NOT NULL")),
         Index("joint_embeddings_type_date", "joint_type", "as_of_date"),
         Index("joint_embeddings_version_date", "encoder_version", "as_of_date",
               postgresql_where=text("encoder_version IS NOT NULL")),
@@ -107,6 +109,7 @@ class JointEmbedding(Base):
     vector: Mapped[Any | None] = mapped_column(VECTOR(DIMENSION))
     encoder_version: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("encoder_versions.version", ondelete="RESTRICT"))
+    run_id: Mapped[str] = mapped_column(Text)
 
 
 class Run(Base):

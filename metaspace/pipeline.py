@@ -460,7 +460,7 @@ def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
     """Store one new run and its vectors with the active encoder version, right after its backtest.
 
     One round trip once warm: the run is encoded here and stored with its four vectors by one call of
-    historical_db.store_run_v2 (the active version and the table's form are remembered per database and
+    historical_db.store_run_v3 (the active version and the table's form are remembered per database and
     looked up again only when a rebuild has switched versions). Returns the joint vector. Raises
     InvalidRecordError / MetaspaceError naming the field of a bad record.
     """

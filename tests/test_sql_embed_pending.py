@@ -34,8 +34,7 @@ def fitted_db(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 def _vectors(conn: psycopg.Connection, version: int) -> dict[str, dict[str, np.ndarray]]:
-    rows = conn.execute("SELECT run_id, 'joint', vector FROM historical_db.joint_embeddings j "
-                        "CROSS JOIN LATERAL (SELECT j.entity_scope ->> 'run_id') r (run_id) WHERE encoder_version = %s "
+    rows = conn.execute("SELECT run_id, 'joint', vector FROM historical_db.joint_embeddings WHERE encoder_version = %s "
                         "UNION ALL SELECT run_id, branch, vector FROM historical_db.branch_embeddings "
                         "WHERE encoder_version = %s", (version, version)).fetchall()
     out: dict[str, dict[str, np.ndarray]] = {}

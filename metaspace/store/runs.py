@@ -94,7 +94,7 @@ def forget_vectors(conn: psycopg.Connection, run_ids: list[str]) -> None:
     """Drop the vectors and quarantine entries of changed runs, so that embed-runs encodes them again."""
     conn.execute(
         "DELETE FROM historical_db.joint_embeddings WHERE encoder_version IS NOT NULL AND joint_type = %s "
-        "AND model_id = %s AND (entity_scope ->> 'run_id') = ANY(%s)",
+        "AND model_id = %s AND run_id = ANY(%s)",
         (JOINT_TYPE, JOINT_MODEL, run_ids),
     )
     conn.execute("DELETE FROM historical_db.branch_embeddings WHERE run_id = ANY(%s)", (run_ids,))
@@ -134,7 +134,7 @@ class Selection:
 def _pending_where(selection: Selection) -> str:
     clauses = [
         "NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j WHERE j.encoder_version = %(version)s "
-        "AND j.joint_type = %(joint_type)s AND j.model_id = %(model_id)s AND (j.entity_scope ->> 'run_id') = r.run_id)",
+        "AND j.joint_type = %(joint_type)s AND j.model_id = %(model_id)s AND j.run_id = r.run_id)",
         "NOT EXISTS (SELECT 1 FROM historical_db.embedding_quarantine q WHERE q.encoder_version = %(version)s "
         "AND q.run_id = r.run_id AND q.record_sha256 = r.record_sha256)",
     ]

@@ -1,5 +1,5 @@
 """Writing vectors: the bulk path (binary COPY into staging, one set-based insert), the online path
-(store_run_v2), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
+(store_run_v3), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
 
 from __future__ import annotations
 
@@ -107,15 +107,14 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
     conn.execute(
         f"""
         INSERT INTO historical_db.joint_embeddings
-            (joint_type, as_of_date, entity_scope, model_id, vector, encoder_version{legacy_column})
-        SELECT %(joint_type)s, m.as_of_date,
+            (run_id, joint_type, as_of_date, entity_scope, model_id, vector, encoder_version{legacy_column})
+        SELECT m.run_id, %(joint_type)s, m.as_of_date,
                jsonb_build_object('run_id', m.run_id, 'config_id', m.config_id, 'strategy_id', m.strategy_id,
                                   'source', %(source)s::text),
                %(model_id)s, v.vector, %(version)s{legacy_value}
         FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx {legacy_join}
         WHERE v.space = 0
-        ON CONFLICT (joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version)
-            WHERE encoder_version IS NOT NULL DO NOTHING
+        ON CONFLICT (joint_type, model_id, run_id, encoder_version) WHERE encoder_version IS NOT NULL DO NOTHING
         """,  # noqa: S608 (only fixed column names are interpolated)
         {"joint_type": JOINT_TYPE, "source": SOURCE, "model_id": JOINT_MODEL, "version": version},
     )
@@ -136,7 +135,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
 
 def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, version: int, fingerprint: str,
               vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
-    """One run and its four vectors in one statement (sql/store_run_v2.sql): the online path."""
+    """One run and its four vectors in one statement (sql/store_run_v3.sql): the online path."""
     joint = vectors["joint"]
     if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         # The caller's connection leaves committing to the caller: open its transaction first, so that the
@@ -145,7 +144,7 @@ def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, 
     try:
         with conn.transaction():  # a savepoint inside the caller's transaction; a transaction in autocommit
             conn.execute(
-                "SELECT historical_db.store_run_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "SELECT historical_db.store_run_v3(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
                  vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
             )
