@@ -96,6 +96,7 @@ class JointEmbedding(Base):
         Index("joint_embeddings_vector_hnsw", "vector", **_HNSW),
         Index("joint_embeddings_one_per_run", "joint_type", "model_id", "run_id", "encoder_version", unique=True,
               postgresql_where=text("encoder_version IS NOT NULL")),
+        Index("joint_embeddings_scope_run_id", text("(entity_scope ->> 'run_id')")),  # released lookups by scope
         Index("joint_embeddings_type_date", "joint_type", "as_of_date"),
         Index("joint_embeddings_version_date", "encoder_version", "as_of_date",
               postgresql_where=text("encoder_version IS NOT NULL")),

@@ -201,3 +201,42 @@ def test_downgrade_refuses_to_forget_a_run_id_a_writer_chose(db_url: str) -> Non
     migrate.downgrade(db_url, BEFORE, allow_data_loss=True)
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0] == 1
+
+
+def _index_scans(conn: psycopg.Connection, index: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE schemaname = 'historical_db' "
+                        "AND indexrelname = %s", (index,)).fetchone()[0]
+
+
+def test_the_released_lookups_by_the_scope_run_id_still_use_an_index(embedded_db: str) -> None:
+    """0016 first replaced the unique index on (entity_scope ->> 'run_id') by one on the column, and the
+    released neighbours functions, which find a run's vector by the expression, read every row instead."""
+    with connect(embedded_db, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")  # 66 rows: make the planner show which index it can use
+        run_id = conn.execute("SELECT min(run_id) FROM historical_db.runs").fetchone()[0]
+        before = _index_scans(conn, "joint_embeddings_scope_run_id")
+        for function in ("neighbours_v1", "neighbours_v2", "neighbours_v3"):
+            assert conn.execute(f"SELECT count(*) FROM historical_db.{function}(%s, 5)", (run_id,)).fetchone()[0] == 5
+        assert _index_scans(conn, "joint_embeddings_scope_run_id") >= before + 3
+
+
+def test_downgrade_keeps_execute_granted_on_the_released_writers(db_url: str) -> None:
+    role = "metaspace_test_granted_writer"
+    signature = "historical_db.store_run_v2(jsonb, text, integer, text, vector, vector, vector, vector, bytea)"
+    with connect(db_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        conn.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {role}")
+    try:
+        migrate.downgrade(db_url, BEFORE)
+        with connect(db_url, autocommit=True) as conn:
+            assert conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, signature)).fetchone()[0]
+        migrate.upgrade(db_url)
+        with connect(db_url, autocommit=True) as conn:
+            assert conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, signature)).fetchone()[0]
+    finally:
+        with connect(db_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

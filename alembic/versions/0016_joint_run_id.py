@@ -64,6 +64,12 @@ RUN_OF_ROW = "coalesce(entity_scope ->> 'run_id', 'legacy:' || embedding_id)"
 MATCHES = "CHECK (run_id = coalesce(entity_scope ->> 'run_id', run_id))"
 ONE_PER_RUN = ("CREATE UNIQUE INDEX {name} ON historical_db.joint_embeddings "
                "(joint_type, model_id, run_id, encoder_version) WHERE encoder_version IS NOT NULL")
+# The released search functions (neighbours_v1 to v3, search_record_v1/v2) find a run's joint vector by its
+# scope's run_id; the unique index on that expression was their way in, and without it each lookup read every
+# row of the version (74 ms at 200,000 rows, growing with the table). A plain index on the expression keeps
+# them fast (a Citus user may drop it with the functions that need it: docs/scaling.md).
+SCOPE_RUN = ("CREATE INDEX IF NOT EXISTS joint_embeddings_scope_run_id ON historical_db.joint_embeddings "
+             "((entity_scope ->> 'run_id'))")
 ONE_PER_RUN_BEFORE = ("CREATE UNIQUE INDEX joint_embeddings_one_per_run ON historical_db.joint_embeddings "
                       "(joint_type, model_id, (entity_scope ->> 'run_id'), encoder_version) "
                       "WHERE encoder_version IS NOT NULL")
@@ -171,6 +177,8 @@ def upgrade() -> None:
             op.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT joint_embeddings_run_id_present")
             op.execute(ONE_PER_RUN.replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1)
                        .format(name="joint_embeddings_one_per_run_0016"))
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS historical_db.joint_embeddings_scope_run_id")  # if invalid
+            op.execute(SCOPE_RUN.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
         op.execute("DROP INDEX historical_db.joint_embeddings_one_per_run")
         op.execute("ALTER INDEX historical_db.joint_embeddings_one_per_run_0016 RENAME TO joint_embeddings_one_per_run")
     else:
@@ -183,6 +191,7 @@ def upgrade() -> None:
         for statement in FILL:  # (after the rewrite: a column a trigger names cannot change type)
             op.execute(statement)
         op.execute(ONE_PER_RUN.format(name="joint_embeddings_one_per_run"))
+        op.execute(SCOPE_RUN)
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("store_run_v3.sql"))
     op.execute(_frozen("embed_pending_v2.sql"))
@@ -198,16 +207,16 @@ def downgrade() -> None:
             raise RuntimeError(f"{chosen} row(s) of {TABLE} whose scope names no run were given a run_id by their "
                                "writer, which this downgrade would forget; pass --allow-data-loss to metaspace "
                                "migrate")
-    for signature in HANDED_OVER:
-        op.execute(f"DROP FUNCTION {signature}")
     op.execute("DROP FUNCTION historical_db.embed_pending_v2(integer)")
     op.execute("DROP FUNCTION historical_db.store_run_v3(jsonb, text, integer, text, vector, vector, vector, vector, "
                "bytea)")
     op.execute("DROP INDEX historical_db.joint_embeddings_one_per_run")
+    op.execute("DROP INDEX IF EXISTS historical_db.joint_embeddings_scope_run_id")
     op.execute(ONE_PER_RUN_BEFORE)
     op.execute(f"DROP TRIGGER IF EXISTS joint_embeddings_fill_run_id ON {TABLE}")  # a Citus user drops it
     op.execute("DROP FUNCTION historical_db.joint_embeddings_fill_run_id()")
     op.execute(f"ALTER TABLE {TABLE} DROP COLUMN run_id")
     op.execute(_frozen("pin_search_path_v1.sql"))
-    for released in HANDED_OVER.values():
-        op.execute((FROZEN / released).read_text(encoding="utf-8"))
+    for released in HANDED_OVER.values():  # replaced, not dropped: EXECUTE granted on them by hand stays
+        op.execute((FROZEN / released).read_text(encoding="utf-8").replace(
+            "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
