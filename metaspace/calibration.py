@@ -162,14 +162,17 @@ class OnlineCalibration:
         self.pending.append((outcome_date, _Realised(decision_date.toordinal(), gains, raw, mapped)))
 
     def as_of(self, day: dt.date) -> Calibration | None:
-        """The calibration in force on ``day``: refitted if outcomes came in since the last fit."""
-        known = [r for when, r in self.pending if when <= day]
+        """The calibration in force on ``day``: refitted on each date since the last fit on which outcomes came
+        in, dated that date. (Not on ``day`` itself: which days a replay asks about depends on the decisions
+        there are, and so on runs dated after them; the dates outcomes come in on do not.)"""
+        known = sorted(((when, r) for when, r in self.pending if when <= day), key=lambda item: item[0])
         if known:
             self.pending = [(when, r) for when, r in self.pending if when > day]
-            self.realised.extend(known)
-            if len(self.realised) >= self.min_decisions:
-                self.current = self._fit(day)
-                self.fits.append(self.current)
+            for i, (when, realised) in enumerate(known):
+                self.realised.append(realised)
+                if (i + 1 == len(known) or known[i + 1][0] != when) and len(self.realised) >= self.min_decisions:
+                    self.current = self._fit(when)
+                    self.fits.append(self.current)
         return self.current
 
     def _fit(self, day: dt.date) -> Calibration:

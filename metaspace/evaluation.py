@@ -123,8 +123,8 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     since_date, until_date = parse_date(since, "since"), parse_date(until, "until")
     if sample is not None and sample < 1:
         raise MetaspaceError(f"sample must be 1 or more, got {sample}")
-    if horizon is not None and horizon < 0:
-        raise MetaspaceError(f"horizon must be 0 or more days, got {horizon}")
+    if horizon is not None and horizon < 1:
+        raise MetaspaceError(f"horizon must be 1 or more days, got {horizon}")
     ranking = ranking or ("v5" if save_calibration else "suggest")
     if save_calibration and ranking != "v5":
         raise MetaspaceError(f"save_calibration calibrates ranking v5, not {ranking}")
@@ -146,6 +146,11 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
             if longest is None:
                 raise MetaspaceError("give --horizon DAYS (days from a decision to its outcome's as_of_date): the "
                                      "runs carry no test_start date to infer it from")
+            if save_calibration:  # each stored calibration is applied as of its date: nothing later may shape it
+                raise MetaspaceError(
+                    f"--save-calibration needs --horizon DAYS: inferred, the horizon is read from every run known "
+                    f"(today the longest outcome window is {longest} days, so --horizon {longest + 1}), and the "
+                    f"calibrations stored for earlier dates would then depend on runs dated after them")
             horizon = longest + 1
             notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
                          f"minus test_start, {longest} days) plus the decision day")
@@ -221,6 +226,8 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
         config, raw = candidates.pick(fit.local_scale) if fit else candidates.pick(1.0)
         tops[point] = {"config_id": config, "deflated_confidence": fit.confidence(raw) if fit else raw,
                            "raw_confidence": raw}
+    if every_point:  # and on to the last outcome known, so that suggest as of today has the freshest fit
+        online.as_of(max(p.as_of_date for p in every_point))
     last = online.fits[-1] if online.fits else None
     notes.append(
         f"v5: local scale and confidence map refitted as of each decision date on the decisions realised by then "

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import metaspace
+from metaspace import pipeline
 from metaspace.calibration import (
     Calibration,
     Candidates,
@@ -24,6 +25,7 @@ from metaspace.calibration import (
 )
 from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
+from metaspace.sample import write_runs
 from metaspace.store import migrate
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import decision_points, ranked_eligible
@@ -201,7 +203,7 @@ def _last_fit(url: str) -> tuple:
 
 
 def test_v5_keeps_the_neighbourhood_where_it_predicts(signal_db: str) -> None:
-    result = metaspace.evaluate(save_calibration=True, database_url=signal_db)
+    result = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=signal_db)
     assert result.ranking == "v5" and result.reliable_edge
     assert _last_fit(signal_db)[0] > 0
     assert result.summary["chosen"]["mean"] > result.summary["baseline"]["mean"]
@@ -210,7 +212,7 @@ def test_v5_keeps_the_neighbourhood_where_it_predicts(signal_db: str) -> None:
 def test_v5_leans_on_the_record_where_the_neighbourhood_turned_anti_predictive(regime_db: str) -> None:
     since = (START + dt.timedelta(days=7 * 45)).isoformat()
     v4 = metaspace.evaluate(database_url=regime_db, since=since, ranking="v4")
-    v5 = metaspace.evaluate(save_calibration=True, database_url=regime_db, since=since)
+    v5 = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=regime_db, since=since)
     assert _last_fit(regime_db)[0] < 1.0  # less of the neighbourhood than v4 lets through
     assert v5.summary["chosen"]["mean"] > v4.summary["chosen"]["mean"]
 
@@ -223,18 +225,51 @@ def test_a_plain_evaluate_measures_what_suggest_answers_once_calibrations_are_st
     since = (START + dt.timedelta(days=7 * 45)).isoformat()
     before = metaspace.evaluate(database_url=db_url, since=since)
     assert any("no calibration of sharpe is stored" in note for note in before.notes)
-    v5 = metaspace.evaluate(save_calibration=True, database_url=db_url, since=since)
-    after = metaspace.evaluate(database_url=db_url, since=since)
+    v5 = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=db_url, since=since)
+    after = metaspace.evaluate(database_url=db_url, since=since, horizon=WINDOW)
     assert after.ranking == "suggest" and any("stored calibrations of sharpe" in n for n in after.notes)
     assert [d.chosen_config for d in after.decisions] == [d.chosen_config for d in v5.decisions]
     assert [d.confidence for d in after.decisions] == pytest.approx([d.confidence for d in v5.decisions], abs=1e-9)
     assert after.summary["chosen"]["mean"] == pytest.approx(v5.summary["chosen"]["mean"])
     assert after.summary["chosen"]["mean"] != pytest.approx(before.summary["chosen"]["mean"])
-    sampled = metaspace.evaluate(database_url=db_url, since=since, sample=8, seed=3)  # no full replay needed
+    sampled = metaspace.evaluate(database_url=db_url, since=since, sample=8, seed=3, horizon=WINDOW)  # no replay
     chosen = {(d.as_of_date, d.random, d.oracle): d.chosen_config for d in v5.decisions}  # one per point
     assert len(chosen) == len(v5.decisions) and len(sampled.decisions) == 8
     assert [d.chosen_config for d in sampled.decisions] == [chosen[d.as_of_date, d.random, d.oracle]
                                                             for d in sampled.decisions]
+
+
+def test_calibrations_stored_for_a_date_never_depend_on_runs_dated_after_it(db_url: str, empty_db: str,
+                                                                           tmp_path: Path) -> None:
+    """Found in review: with the horizon inferred from every run, later runs with a longer outcome window moved
+    every decision date of the replay, and so the calibrations stored for earlier dates (0.591 against 0.431 for
+    the same answer as of D). Now --save-calibration needs the horizon; given, the runs after D change nothing
+    stored for D or before, nor an answer as of D."""
+    history = _history(1, signal=True, dates=90)
+    day = dt.date.fromisoformat(history[len(history) * 2 // 3]["as_of_date"])
+    early = [r for r in history if dt.date.fromisoformat(r["as_of_date"]) <= day]
+    late = [dict(r, run_id=f"L{r['run_id']}", test_start=(dt.date.fromisoformat(r["as_of_date"])
+                                                          - dt.timedelta(days=90)).isoformat())
+            for r in history if dt.date.fromisoformat(r["as_of_date"]) > day]
+    migrate.upgrade(empty_db)
+    stored, answers = [], []
+    for url, records in ((db_url, early), (empty_db, early + late)):
+        pipeline.import_runs([str(write_runs(records, tmp_path / f"{len(records)}.jsonl"))], database_url=url)
+        pipeline.embed_runs(database_url=url, fit_until=day.isoformat())
+        with pytest.raises(MetaspaceError, match="--save-calibration needs --horizon"):
+            metaspace.evaluate(save_calibration=True, database_url=url)
+        metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=url)
+        with connect(url) as conn:
+            stored.append(conn.execute(
+                "SELECT fitted_until, local_scale, confidence_from, confidence_to, decisions "
+                "FROM historical_db.suggest_calibrations WHERE fitted_until <= %s ORDER BY 1", (day,)).fetchall())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            [answer] = metaspace.suggest([early[-1]["env"]], k=4, as_of=day.isoformat(), horizon=WINDOW,
+                                         database_url=url)
+        answers.append([(r["config_id"], r["deflated_confidence"], r["calibrated_until"]) for r in answer])
+    assert stored[0] and stored[0] == stored[1]
+    assert answers[0] == answers[1] and answers[0][0][2] is not None
 
 
 def _sql_top(conn: psycopg.Connection, point, day: dt.date, **arguments) -> dict:
@@ -250,14 +285,15 @@ def _sql_top(conn: psycopg.Connection, point, day: dt.date, **arguments) -> dict
 
 
 def test_what_evaluate_measured_is_what_suggest_configs_v5_answers(signal_db: str) -> None:
-    result = metaspace.evaluate(save_calibration=True, database_url=signal_db)
+    result = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=signal_db)
     with connect(signal_db) as conn:
         points = {p.as_of_date.isoformat(): p for p in decision_points(conn, ["sharpe"], None)}
         calibrated = 0
         for decision in result.decisions:
             if decision.chosen_config is None:
                 continue
-            top = _sql_top(conn, points[decision.as_of_date], dt.date.fromisoformat(decision.decision_date))
+            top = _sql_top(conn, points[decision.as_of_date], dt.date.fromisoformat(decision.decision_date),
+                           horizon=WINDOW)
             assert top["config_id"] == decision.chosen_config, decision
             assert top["deflated_confidence"] == pytest.approx(decision.confidence, abs=1e-9)
             calibrated += top["calibrated_until"] is not None
@@ -330,7 +366,7 @@ def test_save_calibration_needs_v5_and_every_decision(signal_db: str) -> None:
 
 def test_downgrade_keeps_stored_calibrations_unless_told(db_url: str, tmp_path: Path) -> None:
     _load(db_url, _history(6, signal=True, dates=60), tmp_path)
-    metaspace.evaluate(save_calibration=True, database_url=db_url)
+    metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=db_url)
     with connect(db_url) as conn:
         stored = conn.execute("SELECT count(*) FROM historical_db.suggest_calibrations").fetchone()[0]
         runs = conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0]
@@ -355,7 +391,7 @@ def test_a_writer_login_stores_calibrations_and_suggest_then_answers_with_them(s
     logins = _login(server_url, db_url, "metaspace_writer")
     writer = next(logins)
     try:
-        result = CliRunner().invoke(cli, ["--database-url", writer, "evaluate", "--save-calibration"])
+        result = CliRunner().invoke(cli, ["--database-url", writer, "evaluate", "--save-calibration", "--horizon", str(WINDOW)])
         assert result.exit_code == 0, result.output
         assert "stored" in result.output
     finally:

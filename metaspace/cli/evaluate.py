@@ -31,7 +31,7 @@ SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of t
 @click.option("--since", metavar="DATE", help="Only decisions taken on or after DATE.")
 @click.option("--until", metavar="DATE",
               help="Only decisions whose outcome was known by DATE: evaluate as of DATE, reading nothing later.")
-@click.option("--horizon", type=click.IntRange(0), metavar="DAYS",
+@click.option("--horizon", type=click.IntRange(1), metavar="DAYS",
               help="Days from a decision to its outcome's as_of_date (default: inferred from the runs' test_start).")
 @click.option("--sample", type=click.IntRange(1), metavar="N", help="Replay only N decision points (drawn with --seed).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --sample.")
@@ -42,7 +42,7 @@ SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of t
 @click.option("--plot", metavar="FILE.png", help="Write the reliability plot of deflated_confidence there.")
 @click.option("--save-calibration", is_flag=True,
               help="Replay suggest_configs_v5, calibrated as of each decision date, and store the calibrations: "
-                   "metaspace suggest then applies them (replays every decision; not with --sample).")
+                   "metaspace suggest then applies them (replays every decision; not with --sample; needs --horizon).")
 @format_option
 @domain_errors
 def evaluate_command(objective, higher_is_better, since, until, horizon, sample, seed, neighbours, min_runs, plot,
@@ -63,7 +63,7 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
         metaspace evaluate --since 2014-01-01
         metaspace evaluate --objective outcome.max_drawdown --lower-is-better --horizon 91 --sample 500
         metaspace evaluate --until 2019-12-31 --plot reliability.png --format json > evaluation.json
-        metaspace evaluate --save-calibration --since 2014-01-01
+        metaspace evaluate --save-calibration --horizon 92 --since 2014-01-01
     """
     with progress_bar("decisions") as bar:
         result = evaluate(objective=objective, higher_is_better=higher_is_better, since=since, until=until,
