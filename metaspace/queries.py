@@ -329,6 +329,23 @@ UNCALIBRATED = ("no calibration of outcome.{objective} fitted by this date for t
 HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
 
 
+def _calibrated_otherwise(conn, objective: str, higher_is_better: bool, fitted_until: Any,
+                          asked: dict[str, Any]) -> str | None:
+    """A note when the calibration applied was fitted on a replay asked with other settings than this answer:
+    its local scale and confidence map were measured on other rankings."""
+    from metaspace.store import evaluation as evaluation_store
+
+    stored = evaluation_store.calibration_settings(conn, objective=objective, higher_is_better=higher_is_better,
+                                                   fitted_until=fitted_until)
+    names = {"neighbours": "neighbours", "min_runs": "min_runs", "horizon_given": "horizon"}
+    differ = [f"{names[key]} {stored.get(key)} there, {value} here" for key, value in asked.items()
+              if key in stored and stored[key] != value]
+    if not differ:
+        return None
+    return (f"the calibration applied (fitted until {fitted_until}) was measured on a replay asked with other "
+            f"settings ({'; '.join(differ)}): its local scale and confidence may not carry to these answers")
+
+
 def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None = None, higher_is_better: bool = True,
                  neighbours: int = 1000, min_runs: int = 3, strategy: str | Sequence[str] = (), exact: bool = False,
                  history: int | None = HISTORY_RUNS, horizon: int | None = None,
@@ -369,6 +386,13 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             if rows and rows[0].get("calibrated_until") is None and uncalibrated not in said:
                 said.add(uncalibrated)
                 notes = [*notes, uncalibrated]
+            elif rows:
+                other = _calibrated_otherwise(conn, ".".join(key.path), higher_is_better, rows[0]["calibrated_until"],
+                                              {"neighbours": neighbours, "min_runs": min_runs,
+                                               "horizon_given": horizon})
+                if other and other not in said:
+                    said.add(other)
+                    notes = [*notes, other]
             yield Answer(query, rows, [*notes, *exact_only("env"), *([note] if note else [])])
 
 

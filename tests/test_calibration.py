@@ -237,6 +237,14 @@ def test_a_plain_evaluate_measures_what_suggest_answers_once_calibrations_are_st
     assert len(chosen) == len(v5.decisions) and len(sampled.decisions) == 8
     assert [d.chosen_config for d in sampled.decisions] == [chosen[d.as_of_date, d.random, d.oracle]
                                                             for d in sampled.decisions]
+    # suggest says when the calibration it applies was measured on a replay asked otherwise
+    env = _regime_change(5)[-1]["env"]
+    with warnings.catch_warnings(record=True) as same:
+        warnings.simplefilter("always")
+        metaspace.suggest(env, horizon=WINDOW, database_url=db_url)
+    assert not [w for w in same if "other settings" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"other settings \(neighbours 1000 there, 50 here\)"):
+        metaspace.suggest(env, horizon=WINDOW, neighbours=50, database_url=db_url)
 
 
 def test_calibrations_stored_for_a_date_never_depend_on_runs_dated_after_it(db_url: str, empty_db: str,

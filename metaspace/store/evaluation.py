@@ -152,6 +152,16 @@ def stored_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_b
         (objective, higher_is_better)).fetchone()
 
 
+def calibration_settings(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
+                         fitted_until: Any) -> dict[str, Any]:
+    """The settings stored with one calibration of the active encoder version ({} if there is none)."""
+    row = conn.execute(
+        "SELECT settings FROM historical_db.suggest_calibrations WHERE objective = %s AND higher_is_better = %s "
+        "AND encoder_version = historical_db.active_encoder_version_v1() AND fitted_until = %s",
+        (objective, higher_is_better, fitted_until)).fetchone()
+    return row[0] if row else {}
+
+
 def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
                       fits: list[Any]) -> int:
     """Replace the stored calibrations of this objective and direction, for the active encoder version, with
