@@ -28,7 +28,8 @@ third of the rows match; below the smallest copy ``nearest_runs_v2`` (sql/neares
 exactly. They cost about 0.75x the space's graph in memory and build time (docs/benchmarks.md).
 
 Runs added later stay correct with them: a run dated after a copy's date is not in it, and a query's date
-decides which copy it may use. Runs arriving in date order leave the copies as they are while the space
+decides which copy it may use (a run dated between a query's date and its copy's date is a node the walk
+may pass, never an answer: the walk's answer may shift within its recall, as any walk's). Runs arriving in date order leave the copies as they are while the space
 grows; a backfill of old runs makes them bigger. Either way their shares drift from the plan, and
 ``sync_prefix_graphs`` (every embed-runs) rebuilds a space's copies once a level holds more than sqrt(3)
 times more or fewer runs than the plan for today's history, or the plan has another number of levels
