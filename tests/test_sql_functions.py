@@ -662,3 +662,19 @@ def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, pr
         for column in V4_APPROX:
             expected_value = want[column] if want[column] is None else pytest.approx(want[column], rel=1e-4, abs=1e-6)
             assert row[column] == expected_value, (column, row["config_id"])
+
+
+@pytest.mark.parametrize("arguments", [
+    {},
+    {"k": 40, "min_runs": 1, "neighbours": 300},
+    {"as_of": dt.date(2006, 3, 31), "k": 10},
+    {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
+    {"history": 400, "horizon": 30, "k": 12},
+    {"history": None, "strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"], "min_runs": 2, "k": 12},
+], ids=["defaults", "min_runs-neighbours", "as_of", "lower-is-better", "history-horizon", "all-history-strategies"])
+def test_suggest_v5_uncalibrated_at_scale_1_answers_as_v4(sconn, stored, probe, arguments) -> None:
+    """v5's ranking is v4's copied into a new released file: the copy must not drift from v4."""
+    env = _env(stored, probe["run_id"])
+    v4 = _suggest(sconn, env, "suggest_configs_v4", exact=True, **arguments)
+    v5 = _suggest(sconn, env, "suggest_configs_v5", exact=True, calibrated=False, local_scale=1.0, **arguments)
+    assert v4 and [{c: row[c] for c in v4[0]} for row in v5] == v4
