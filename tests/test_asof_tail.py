@@ -229,3 +229,29 @@ def test_0014_downgrades_to_the_old_path_rule_and_back_without_losing_a_row(db_u
         assert "asof_exact_runs" in conn.execute(body).fetchone()[0]
         assert conn.execute(counts).fetchone() == rows_before
         assert graphs.read_settings(conn).asof_exact_runs is None
+
+
+def test_0014_downgrade_drops_the_prefix_graphs_and_no_row(db_url: str, sample_history: list[dict],
+                                                            tmp_path) -> None:
+    """At 0013 nothing plans, rebuilds or drops prefix graphs, yet every insert would still feed them."""
+    path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
+    pipeline.import_runs([str(path)], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, asof_exact_runs=100)
+    prefix_graphs = ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE n.nspname = 'historical_db' AND c.relname ~ '^asof_' ORDER BY 1")
+    counts = ("SELECT (SELECT count(*) FROM historical_db.runs), "
+              "(SELECT count(*) FROM historical_db.joint_embeddings), "
+              "(SELECT count(*) FROM historical_db.branch_embeddings)")
+    with psycopg.connect(db_url) as conn:
+        built = [name for (name,) in conn.execute(prefix_graphs).fetchall()]
+        rows_before = conn.execute(counts).fetchone()
+    assert {name.rsplit("_", 2)[0] for name in built} == {"asof_joint", "asof_config", "asof_env", "asof_outcome"}
+    migrate.downgrade(db_url, "0013_suggest_v4", allow_data_loss=True)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute(prefix_graphs).fetchall() == []
+        assert conn.execute(counts).fetchone() == rows_before
+    migrate.upgrade(db_url)
+    pipeline.embed_runs(database_url=db_url, asof_exact_runs=100)
+    with psycopg.connect(db_url) as conn:
+        assert [name for (name,) in conn.execute(prefix_graphs).fetchall()] == built

@@ -11,12 +11,13 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import metaspace
 from metaspace import pipeline
 from metaspace.cli import cli
 from metaspace.sample import write_runs
+from metaspace.store import migrate
 
 
 def _login(server_url: str, db_url: str, granted: str) -> Iterator[str]:
@@ -92,17 +93,63 @@ def test_a_reader_login_cannot_write_and_is_told_what_to_grant(reader_url: str, 
         metaspace.embed_run(dict(sample_history[0], run_id="new-run"), database_url=reader_url)
 
 
-def test_rerunning_the_roles_file_keeps_the_write_functions_the_writers_alone(db_url: str) -> None:
-    """The README tells an administrator to rerun sql/roles_v2.sql (e.g. after creating the roles by hand)."""
+def test_rerunning_the_roles_file_gives_back_lost_grants_and_keeps_the_write_functions_the_writers_alone(
+        db_url: str) -> None:
+    """The README tells an administrator to rerun sql/roles_v3.sql (e.g. after creating the roles by hand, or
+    after grants were lost): it gives back every grant a command needs, the calibrations table's included."""
     from metaspace.store.sqlfiles import read_sql
 
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(read_sql("roles_v2.sql"))
+        conn.execute("REVOKE ALL ON historical_db.suggest_calibrations FROM metaspace_reader, metaspace_writer")
+        conn.execute(read_sql("roles_v3.sql"))
         granted = dict(conn.execute(
             "SELECT p.proname, has_function_privilege('metaspace_reader', p.oid, 'EXECUTE') FROM pg_proc p "
             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'historical_db' "
             "AND p.proname IN ('store_run_v2', 'embed_pending_v1', 'search_runs_v2', 'encode_v1')").fetchall())
         writer_fits = conn.execute("SELECT has_table_privilege('metaspace_writer', 'historical_db.encoder_features', "
                                    "'INSERT')").fetchone()[0]
+        calibrations = dict(conn.execute(
+            "SELECT role || ' ' || privilege, "
+            "has_table_privilege(role, 'historical_db.suggest_calibrations', privilege) "
+            "FROM unnest(ARRAY['metaspace_reader', 'metaspace_writer']) role, "
+            "unnest(ARRAY['SELECT', 'INSERT', 'DELETE', 'UPDATE']) privilege").fetchall())
     assert granted == {"store_run_v2": False, "embed_pending_v1": False, "search_runs_v2": True, "encode_v1": True}
     assert writer_fits
+    # evaluate --save-calibration replaces a calibration by DELETE and INSERT; suggest_configs_v5 reads them
+    assert calibrations == {"metaspace_reader SELECT": True, "metaspace_reader INSERT": False,
+                            "metaspace_reader DELETE": False, "metaspace_reader UPDATE": False,
+                            "metaspace_writer SELECT": True, "metaspace_writer INSERT": True,
+                            "metaspace_writer DELETE": True, "metaspace_writer UPDATE": False}
+
+
+@pytest.fixture
+def other_admin(server_url: str, empty_db: str) -> Iterator[str]:
+    """A URL on ``empty_db`` as a second superuser: an administrator other than the one who ran the first
+    migrations, whose default privileges (revision 0008's) do not apply to the tables it creates."""
+    name = f"admin_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN").format(sql.Identifier(name)))
+    yield make_conninfo(empty_db, user=name)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_db_reader_url(server_url: str, template_url: str, empty_db: str) -> Iterator[str]:
+    yield from _login(server_url, empty_db, "metaspace_reader")
+
+
+def test_a_reader_login_suggests_when_another_administrator_created_the_calibrations_table(
+        empty_db: str, other_admin: str, empty_db_reader_url: str, sample_history: list[dict]) -> None:
+    migrate.upgrade(empty_db, "0014_asof_tail")  # 0008's default privileges are this administrator's
+    migrate.upgrade(other_admin)
+    with psycopg.connect(empty_db) as conn:
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'historical_db' "
+                             "AND tablename = 'suggest_calibrations'").fetchone()[0]
+    assert owner == conninfo_to_dict(other_admin)["user"]
+    pipeline.import_records((("runs", i, r) for i, r in enumerate(sample_history[:300])), database_url=empty_db)
+    pipeline.embed_runs(database_url=empty_db)
+    assert metaspace.suggest(sample_history[5]["env"], k=3, database_url=empty_db_reader_url)

@@ -19,8 +19,11 @@ No index is built here (prefix graphs are built by embed-runs, which knows the a
 ``--concurrently`` has nothing to do.
 
 Downgrading restores ``nearest_runs_v2``'s body of revision 0012 (its frozen ``search_v3.sql``) and the
-name check; it refuses while ``asof_exact_runs`` is stored unless ``allow_data_loss`` is set. Prefix
-graphs are left as they are: the old body walks them too where the planner picks them.
+name check; it refuses while ``asof_exact_runs`` is stored unless ``allow_data_loss`` is set. It drops the
+prefix graphs, every index of ``historical_db`` whose name starts with ``asof_``: derived data that 0013's
+embed-runs neither plans, rebuilds nor drops, while every insert would go on paying to feed them. No row
+is lost; after upgrading again, embed-runs builds them anew (from the default ``asof_exact_runs``, the
+stored choice being forgotten).
 """
 
 import re
@@ -42,6 +45,21 @@ FROZEN_SQL = {
 FROZEN = Path(__file__).parent / "frozen"
 NAMES_BEFORE = ("'indexed_spaces', 'index_min_vectors', 'graph_type'")
 NAMES_AFTER = ("'indexed_spaces', 'index_min_vectors', 'graph_type', 'asof_exact_runs'")
+# The prefix graphs embed-runs built (metaspace/store/graphs.py names them asof_<space>_<kind>_<level>),
+# looked up by the database when the downgrade runs, so that an offline downgrade script drops them too.
+DROP_PREFIX_GRAPHS = """
+DO $drop$
+DECLARE
+    graph text;
+BEGIN
+    FOR graph IN SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'historical_db' AND c.relname ~ '^asof_' LOOP
+        EXECUTE 'DROP INDEX ' || graph;
+    END LOOP;
+END
+$drop$
+"""
 
 
 def _name_check(names: str) -> list[str]:
@@ -70,6 +88,7 @@ def downgrade() -> None:
         if rows:
             raise RuntimeError("historical_db.settings holds asof_exact_runs, which this downgrade would forget; "
                                "pass --allow-data-loss to metaspace migrate")
+    op.execute(DROP_PREFIX_GRAPHS)
     op.execute("DELETE FROM historical_db.settings WHERE name = 'asof_exact_runs'")
     for statement in _name_check(NAMES_BEFORE):
         op.execute(statement)

@@ -14,9 +14,15 @@ never depends on a decision realised after D. ``suggest_for_env_v4`` is the same
 
 Self-contained on purpose (written beside 0014, which another change adds; the chain is re-linked when
 both are merged): it touches nothing 0014 does. The functions pin ``search_path`` FROM CURRENT, so it is
-set first, as in 0005. Downgrading drops the functions, the type and the table; it refuses while the table
-holds calibrations unless ``allow_data_loss`` is set (a replay can write them again, but they are what
-past answers were given with).
+set first, as in 0005. Last, ``sql/roles_v3.sql``: the grants of ``roles_v2.sql`` again, plus the table's
+own, explicitly (SELECT to ``metaspace_reader``; SELECT, INSERT and DELETE to ``metaspace_writer``, which
+replaces a calibration by DELETE and INSERT). Explicitly, because the reader's SELECT would otherwise come
+from the default privileges of whichever role ran 0008, which do not apply when another role runs this
+revision, and because the README's answer to lost grants is to rerun the roles file.
+
+Downgrading drops the functions, the type and the table (and with it the table's grants; the grants on
+older objects stay, as 0008's do); it refuses while the table holds calibrations unless ``allow_data_loss``
+is set (a replay can write them again, but they are what past answers were given with).
 """
 
 from pathlib import Path
@@ -31,6 +37,7 @@ depends_on = None
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "suggest_v5.sql": "c22b5153351edf479911af0dc1803a64c5f9be4ba0ddf27c7cb6d5c8774cfdae",
+    "roles_v3.sql": "f7db8bdcff610cfa3f92e80b7139d79b5b1948e01ea3579862a2f86228dd65b4",
 }
 
 
@@ -55,17 +62,6 @@ CREATE TABLE historical_db.suggest_calibrations (
         cardinality(confidence_from) = cardinality(confidence_to) AND cardinality(confidence_from) >= 1)
 )
 """
-# metaspace_writer (0008) stores calibrations (evaluate --save-calibration); readers read them by the schema's
-# default privileges, as every table.
-WRITER = """
-DO $grant$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'metaspace_writer') THEN
-        GRANT SELECT, INSERT, DELETE ON historical_db.suggest_calibrations TO metaspace_writer;
-    END IF;
-END
-$grant$
-"""
 COMMENT = ("COMMENT ON TABLE historical_db.suggest_calibrations IS 'suggest_configs_v5''s calibrations, one per "
            "objective, direction, encoder version and date fitted on (metaspace evaluate --save-calibration)'")
 
@@ -73,9 +69,9 @@ COMMENT = ("COMMENT ON TABLE historical_db.suggest_calibrations IS 'suggest_conf
 def upgrade() -> None:
     op.execute(CALIBRATIONS)
     op.execute(COMMENT)
-    op.execute(WRITER)
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("suggest_v5.sql"))
+    op.execute(_frozen("roles_v3.sql"))
 
 
 def downgrade() -> None:
