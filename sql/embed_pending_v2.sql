@@ -4,7 +4,7 @@
 -- `metaspace embed-runs` would write. Writers only (like store_run_v3).
 -- Version 2 of embed_pending_v1.sql (revision 0016): it writes joint_embeddings.run_id, the column a Citus
 -- cluster distributes the table by (docs/scaling.md), and finds the runs without vectors by joining on it.
--- embed_pending_v1 now hands over to it (sql/joint_run_id_v1.sql).
+-- embed_pending_v1 now hands over to it (sql/writers_handover_v1.sql).
 --
 -- Safe beside a running embed-runs: it waits for the writers' advisory lock that embed-runs holds
 -- (metaspace/store/vectors.py EMBED_LOCK_KEY), holds it until it commits, and inserts with the same

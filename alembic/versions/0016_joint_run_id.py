@@ -52,7 +52,7 @@ depends_on = None
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "store_run_v3.sql": "d6fd354cf83cdd7993cec69fb05d7102a1895f0e67ec36179e0e5cb6de61b1b8",
-    "embed_pending_v2.sql": "fb3b3b60774917d52a81a415714cb49439c7c034694817a1ad2a33968966dee2",
+    "embed_pending_v2.sql": "f1055410d81bd88faa8e38c9d9ce2154544f8ff45d032623fec80c941b8db23e",
     "writers_handover_v1.sql": "094d1a432c890e2eedfd89210b0de0207bc41bd7f823dc7f4681de9bdeecfb15",
 }
 
@@ -87,7 +87,7 @@ FILL = [
     CREATE TRIGGER joint_embeddings_fill_run_id BEFORE INSERT ON historical_db.joint_embeddings
     FOR EACH ROW WHEN (NEW.run_id IS NULL) EXECUTE FUNCTION historical_db.joint_embeddings_fill_run_id()
     """,
-    # The roles of sql/roles_v2.sql may execute every function of the schema; this one is no exception.
+    # The roles of sql/roles_v3.sql may execute every function of the schema; this one is no exception.
     """
     DO $grant$
     BEGIN
