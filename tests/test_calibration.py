@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_evaluate import START, WINDOW, _history, _load, _loaded_database
+from test_roles import _login
 
 import metaspace
 from metaspace import pipeline
@@ -29,8 +31,6 @@ from metaspace.sample import write_runs
 from metaspace.store import migrate
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import decision_points, ranked_eligible
-from tests.test_evaluate import START, WINDOW, _history, _load, _loaded_database
-from tests.test_roles import _login
 
 # -- the map ----------------------------------------------------------------------------------------
 
