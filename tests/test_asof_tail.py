@@ -314,6 +314,7 @@ def test_a_prefix_rebuild_lets_writers_in_and_keeps_the_old_copies_until_the_new
         try:
             rebuilder.start()
             pid = _wait_for_lock_wait(observer, outcome, rebuilder)
+            observer.execute("SET lock_timeout = '2s'")  # the old code: the catalog read queues behind the DROP
             assert graphs.present_prefix(observer) == old  # still there, still valid
             late_writer.execute("SET lock_timeout = '200ms'")
             late_writer.execute(WRITER, ("test-writer:late",))  # the old code: LockNotAvailable
