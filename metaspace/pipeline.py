@@ -257,56 +257,74 @@ def embed_runs(
     fit_until = parse_date(fit_until, "--fit-until")
     url = resolve_url(database_url)
     with connection(url, autocommit=True) as conn:
-        vector_store.lock(conn)
-        try:
-            owner = vector_store.owns_tables(conn)
-            settings = _index_settings(conn, summary, (choose_spaces, chosen_spaces), index_min_vectors,
-                                       (choose_type, chosen_type), owner=owner, dry_run=dry_run,
-                                       asof_exact_runs=asof_exact_runs)
-            target, active = _target_version(conn, summary, rebuild=rebuild or refit or fit_until is not None,
-                                             dry_run=dry_run, schema=schema, fit_until=fit_until)
-            if target is None:
-                if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None
-                                    or asof_exact_runs is not None):
-                    _match_graphs(conn, summary, settings, owner=owner, bulk=False, index_started=time.perf_counter())
-                summary.seconds = time.perf_counter() - started
-                return summary
-            summary.version = target
-            pending = run_store.count_pending(conn, target, selection)
-            summary.pending = min(pending, limit) if limit else pending
-            if dry_run:
-                summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
-                return summary
-            stored_before = vector_store.stored_vector_count(conn, target)
-            bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
-            if bulk and not owner:
-                bulk = False
-                summary.notes.append("large backfill loaded with the HNSW indexes in place: dropping and rebuilding "
-                                     "them needs the tables' owner")
-            if owner:
-                # Graphs the rule does not want once this load is in (a space not indexed, or one that stays
-                # below the threshold) are dropped before it, so the load does not maintain them.
-                counts = graphs.vector_counts(conn)
-                after = {space: count + summary.pending for space, count in counts.items()}
-                unwanted = graphs.present(conn) - graphs.wanted(settings, after)
-                graphs.drop(conn, unwanted)
-                if any(counts[space] for space, _ in unwanted):  # (the empty graphs of a new schema go quietly)
-                    summary.notes.append(_dropped_note(unwanted, settings))
-            if bulk and graphs.present(conn):
-                graphs.drop(conn, graphs.present(conn))
-                summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
-            _embed_pending(conn, url, target, selection, summary, batch_size, progress)
-            _match_graphs(conn, summary, settings, owner=owner, bulk=bulk, index_started=time.perf_counter())
-            if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
-                vector_store.analyze(conn)
-            if target != active and run_store.count_pending(conn, target, run_store.Selection()) == 0:
-                with conn.transaction():
-                    summary.switched_from = registry.activate(conn, target)
-                summary.notes.append(f"switched to encoder version {target}")
-        finally:
-            vector_store.unlock(conn)
+        prefixes = _locked_embed_runs(conn, url, summary, selection, (choose_spaces, chosen_spaces),
+                                      (choose_type, chosen_type), index_min_vectors=index_min_vectors,
+                                      asof_exact_runs=asof_exact_runs, rebuild=rebuild or refit or fit_until is not None,
+                                      dry_run=dry_run, schema=schema, fit_until=fit_until, limit=limit,
+                                      batch_size=batch_size, progress=progress)
+        if prefixes is not None:
+            _sync_prefix_graphs(conn, summary, *prefixes)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _locked_embed_runs(conn, url: str, summary: EmbedSummary, selection, spaces, graph_type, *,
+                       index_min_vectors, asof_exact_runs, rebuild: bool, dry_run: bool, schema, fit_until,
+                       limit, batch_size: int, progress) -> tuple[graphs.IndexSettings, bool] | None:
+    """embed-runs under the writers' lock; returns (settings, bulk) when the as-of prefix graphs are to be
+    synced next, after the lock is released: their CONCURRENTLY builds wait for every open transaction,
+    among them any writer waiting for this lock (embed_pending_v2, another embed-runs)."""
+    choose_spaces, chosen_spaces = spaces
+    choose_type, chosen_type = graph_type
+    vector_store.lock(conn)
+    try:
+        owner = vector_store.owns_tables(conn)
+        settings = _index_settings(conn, summary, (choose_spaces, chosen_spaces), index_min_vectors,
+                                   (choose_type, chosen_type), owner=owner, dry_run=dry_run,
+                                   asof_exact_runs=asof_exact_runs)
+        target, active = _target_version(conn, summary, rebuild=rebuild,
+                                         dry_run=dry_run, schema=schema, fit_until=fit_until)
+        if target is None:
+            if not dry_run and (choose_spaces or choose_type or index_min_vectors is not None
+                                or asof_exact_runs is not None):
+                _match_graphs(conn, summary, settings, owner=owner, bulk=False, index_started=time.perf_counter())
+                return (settings, False) if owner else None
+            return None
+        summary.version = target
+        pending = run_store.count_pending(conn, target, selection)
+        summary.pending = min(pending, limit) if limit else pending
+        if dry_run:
+            summary.notes.append(f"would embed {summary.pending} run(s) with encoder version {target}")
+            return None
+        stored_before = vector_store.stored_vector_count(conn, target)
+        bulk = target == active and summary.pending >= BULK_MIN and summary.pending > stored_before
+        if bulk and not owner:
+            bulk = False
+            summary.notes.append("large backfill loaded with the HNSW indexes in place: dropping and rebuilding "
+                                 "them needs the tables' owner")
+        if owner:
+            # Graphs the rule does not want once this load is in (a space not indexed, or one that stays
+            # below the threshold) are dropped before it, so the load does not maintain them.
+            counts = graphs.vector_counts(conn)
+            after = {space: count + summary.pending for space, count in counts.items()}
+            unwanted = graphs.present(conn) - graphs.wanted(settings, after)
+            graphs.drop(conn, unwanted)
+            if any(counts[space] for space, _ in unwanted):  # (the empty graphs of a new schema go quietly)
+                summary.notes.append(_dropped_note(unwanted, settings))
+        if bulk and graphs.present(conn):
+            graphs.drop(conn, graphs.present(conn))
+            summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
+        _embed_pending(conn, url, target, selection, summary, batch_size, progress)
+        _match_graphs(conn, summary, settings, owner=owner, bulk=bulk, index_started=time.perf_counter())
+        if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
+            vector_store.analyze(conn)
+        if target != active and run_store.count_pending(conn, target, run_store.Selection()) == 0:
+            with conn.transaction():
+                summary.switched_from = registry.activate(conn, target)
+            summary.notes.append(f"switched to encoder version {target}")
+        return (settings, bulk) if owner else None
+    finally:
+        vector_store.unlock(conn)
 
 
 def _index_settings(conn, summary: EmbedSummary, spaces: tuple[bool, tuple[str, ...] | None],
@@ -355,16 +373,24 @@ def _match_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, *
         graphs.drop(conn, have - want)
         summary.notes.append(_dropped_note(have - want, settings))
     built = graphs.build(conn, want)
-    prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
-    if built or prefixes:
+    if built:
         summary.index_seconds = time.perf_counter() - index_started
         summary.index_rebuilt = bulk
     if built and not bulk:
         summary.notes.append(f"HNSW graph(s) built for {graphs.describe(built)} ({settings.describe()})")
-    if prefixes:
-        summary.notes.append(f"as-of prefix graph(s) built: {graphs.describe_prefix(prefixes)}")
     summary.graphs = graphs.spaces_of(want)
     summary.graph_types = {space: kind for space, kind in sorted(want)}
+
+
+def _sync_prefix_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSettings, bulk: bool) -> None:
+    """The as-of prefix graphs the history calls for (``graphs.sync_prefix_graphs``: built CONCURRENTLY on
+    this autocommit connection, so writers go on and searches keep the old copies until the new are valid)."""
+    started = time.perf_counter()
+    prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    if prefixes:
+        summary.index_seconds += time.perf_counter() - started
+        summary.index_rebuilt = summary.index_rebuilt or bulk
+        summary.notes.append(f"as-of prefix graph(s) built: {graphs.describe_prefix(prefixes)}")
 
 
 def _target_version(conn, summary: EmbedSummary, *, rebuild: bool, dry_run: bool, schema,

@@ -7,6 +7,8 @@ are taken here."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -255,3 +257,138 @@ def test_0014_downgrade_drops_the_prefix_graphs_and_no_row(db_url: str, sample_h
     pipeline.embed_runs(database_url=db_url, asof_exact_runs=100)
     with psycopg.connect(db_url) as conn:
         assert [name for (name,) in conn.execute(prefix_graphs).fetchall()] == built
+
+
+# Rebuilding the prefix graphs beside writers and searches -------------------------------------------------
+
+WRITER = ("INSERT INTO historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id, run_id) "
+          "VALUES ('TEST_WRITER', DATE '2020-01-01', '{}', 'test-writer', %s)")
+PREFIX_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                  "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                  "WHERE n.nspname = 'historical_db' AND c.relname ~ '^asof_' ORDER BY 1")
+
+
+def _joint_prefix_graphs(db_url: str, sample_history: list[dict], tmp_path) -> None:
+    """600 runs, a joint graph and its prefix graphs down to 100 runs: asof_joint_vector_1 and _2."""
+    pipeline.import_runs([str(write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz"))], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=100)
+
+
+def _wait_for_lock_wait(observer: psycopg.Connection, outcome: dict, worker: threading.Thread) -> int:
+    """The backend pid of the worker's session, once it waits on a lock."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker.is_alive():
+        row = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                               (outcome.get("pid", 0),)).fetchone()
+        if row and row[0] == "Lock":
+            return outcome["pid"]
+        time.sleep(0.05)
+    raise AssertionError(f"the rebuild never waited for the open writer: {outcome}")
+
+
+def test_a_prefix_rebuild_lets_writers_in_and_keeps_the_old_copies_until_the_new_are_valid(
+        db_url: str, sample_history: list[dict], tmp_path) -> None:
+    """The defect found in review: the rebuild dropped the old copies, then built the new ones with a plain
+    CREATE INDEX, so every writer queued behind it for minutes at a million runs, and early-date searches
+    walked the whole graph meanwhile. Built CONCURRENTLY, a writer that arrives during the rebuild gets in
+    at once, and the old copies answer until the new ones are valid."""
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    settings = graphs.IndexSettings(("joint",), 0, None, 30)  # a third level: the set is stale, rebuilt
+    with psycopg.connect(db_url, autocommit=True) as observer:
+        old = graphs.present_prefix(observer)
+        assert len(old[("joint", "vector")]) == 2
+    outcome: dict[str, object] = {}
+
+    def rebuild() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                outcome["pid"] = conn.info.backend_pid
+                outcome["result"] = graphs.sync_prefix_graphs(conn, settings)
+        except Exception as error:  # noqa: BLE001 (reported by the test below)
+            outcome["error"] = error
+
+    with psycopg.connect(db_url) as open_writer, psycopg.connect(db_url, autocommit=True) as observer, \
+            psycopg.connect(db_url) as late_writer:
+        open_writer.execute(WRITER, ("test-writer:open",))  # a writer's transaction, open before the rebuild
+        rebuilder = threading.Thread(target=rebuild)
+        try:
+            rebuilder.start()
+            pid = _wait_for_lock_wait(observer, outcome, rebuilder)
+            observer.execute("SET lock_timeout = '2s'")  # the old code: the catalog read queues behind the DROP
+            assert graphs.present_prefix(observer) == old  # still there, still valid
+            late_writer.execute("SET lock_timeout = '200ms'")
+            late_writer.execute(WRITER, ("test-writer:late",))  # the old code: LockNotAvailable
+            late_writer.rollback()
+            held = {mode for (mode,) in observer.execute(
+                "SELECT mode FROM pg_locks WHERE pid = %s AND granted "
+                "AND relation = 'historical_db.joint_embeddings'::regclass", (pid,)).fetchall()}
+            assert held == {"ShareUpdateExclusiveLock"}, held  # writers' RowExclusiveLock does not conflict
+        finally:
+            open_writer.rollback()
+            rebuilder.join(120)
+    assert not rebuilder.is_alive() and "error" not in outcome, outcome
+    built, dropped = outcome["result"]
+    assert [p.name for p in built] == ["asof_joint_vector_1", "asof_joint_vector_2", "asof_joint_vector_3"]
+    assert dropped == old[("joint", "vector")]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute(PREFIX_INDEXES).fetchall() == [(p.name, True) for p in built]
+        assert graphs.present_prefix(conn)[("joint", "vector")] == [
+            graphs.PrefixGraph(p.space, p.kind, p.level, p.as_of) for p in built]
+        conn.execute("ANALYZE historical_db.joint_embeddings")
+        day = built[0].as_of  # the new largest copy's date, under the name nearest_runs_v2 looks for
+        q = _queries(conn, 1)[0]
+        before = _index_scans(conn)
+        rows = conn.execute(SEARCH, (q, day, False)).fetchall()
+        used = {name for name, scans in _index_scans(conn).items() if scans > before.get(name, 0)}
+        exact = conn.execute(SEARCH, (q, day, True)).fetchall()
+    assert "asof_joint_vector_1" in used and "joint_embeddings_vector_hnsw" not in used, used
+    assert len(rows) == 10 and len({r[0] for r in rows} & {r[0] for r in exact}) >= 8
+
+
+def test_an_interrupted_concurrent_build_is_dropped_and_rebuilt_by_the_next_sync(
+        db_url: str, sample_history: list[dict], tmp_path) -> None:
+    """A CREATE INDEX CONCURRENTLY that is cancelled (or whose session dies) leaves an INVALID index that
+    writers keep maintaining and no search can use; the next sync drops it and builds what is missing."""
+    from psycopg import sql
+
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    settings = graphs.IndexSettings(("joint",), 0, None, 100)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        planned = graphs.present_prefix(conn)[("joint", "vector")]
+        conn.execute("DROP INDEX historical_db.asof_joint_vector_2")
+        with psycopg.connect(db_url) as open_writer:
+            open_writer.execute(WRITER, ("test-writer:open",))  # the builds below wait for it, and are cancelled
+            conn.execute("SET statement_timeout = '300ms'")
+            for name, level in (("asof_joint_vector_2", planned[1]), ("asof_joint_vector_1_new", planned[0])):
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    conn.execute(sql.SQL(
+                        "CREATE INDEX CONCURRENTLY {} ON historical_db.joint_embeddings USING hnsw "
+                        "(vector vector_l2_ops) WITH (m = 16, ef_construction = 64) WHERE as_of_date <= {}").format(
+                        sql.Identifier(name), sql.Literal(level.as_of)))
+            open_writer.rollback()
+        conn.execute("RESET statement_timeout")
+        assert conn.execute(PREFIX_INDEXES).fetchall() == [("asof_joint_vector_1", True),
+                                                           ("asof_joint_vector_1_new", False),
+                                                           ("asof_joint_vector_2", False)]
+        built, _ = graphs.sync_prefix_graphs(conn, settings)
+        assert [p.name for p in built] == ["asof_joint_vector_1", "asof_joint_vector_2"]
+        assert conn.execute(PREFIX_INDEXES).fetchall() == [("asof_joint_vector_1", True),
+                                                           ("asof_joint_vector_2", True)]
+        assert graphs.present_prefix(conn)[("joint", "vector")] == [
+            graphs.PrefixGraph(p.space, p.kind, p.level, p.as_of) for p in planned]
+        assert graphs.sync_prefix_graphs(conn, settings) == ([], [])  # nothing left to do
+
+
+def test_inside_a_transaction_the_prefix_graphs_are_rebuilt_in_it(db_url: str, sample_history: list[dict],
+                                                                   tmp_path) -> None:
+    """CONCURRENTLY cannot run in a transaction block: there the rebuild is the plain one, and rolls back
+    with the transaction."""
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    with psycopg.connect(db_url) as conn:
+        old = graphs.present_prefix(conn)
+        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 30))
+        assert len(built) == 3 and dropped == old[("joint", "vector")]
+        assert [name for name, valid in conn.execute(PREFIX_INDEXES).fetchall() if valid] == [
+            "asof_joint_vector_1", "asof_joint_vector_2", "asof_joint_vector_3"]
+        conn.rollback()
+        assert graphs.present_prefix(conn) == old

@@ -34,6 +34,15 @@ grows; a backfill of old runs makes them bigger. Either way their shares drift f
 ``sync_prefix_graphs`` (every embed-runs) rebuilds a space's copies once a level holds more than sqrt(3)
 times more or fewer runs than the plan for today's history, or the plan has another number of levels
 (so the rebuilds of a growing history cost a bounded multiple of the last one).
+
+A rebuild on a connection in autocommit builds the new copies ``CREATE INDEX CONCURRENTLY`` under staged
+names (``..._new``), swaps the names in one short transaction, then drops the old copies ``DROP INDEX
+CONCURRENTLY``: writers are never blocked, and searches walk the old copies until the new ones are valid.
+A build that was interrupted leaves an INVALID index, which the next sync drops (with any staged or
+retired name) before it plans. CONCURRENTLY waits for every transaction that could see the table, so the
+caller must not hold a lock that such a transaction waits for (embed-runs releases the writers' lock
+first); two syncs never run at once (an advisory lock, tried, never waited for). Inside a transaction the
+rebuild is the plain one: drop, then CREATE INDEX.
 """
 
 from __future__ import annotations
@@ -234,7 +243,9 @@ def exact_only_note(conn: psycopg.Connection, space: str) -> str | None:
 
 # As-of prefix graphs ---------------------------------------------------------------------------------------
 
-PREFIX_NAME = re.compile(r"^asof_(joint|config|env|outcome)_(vector|halfvec)_([0-9]+)$")
+PREFIX_NAME = re.compile(r"^asof_(joint|config|env|outcome)_(vector|halfvec)_([0-9]+)(_new|_old)?$")
+STAGED, RETIRED = "_new", "_old"  # a copy being built, a copy replaced and about to be dropped
+PREFIX_LOCK_KEY = 0x6D657461_6173  # "meta" "as": one rebuild of prefix graphs at a time
 PREFIX_DATE = re.compile(r"as_of_date <= '([0-9]{4}-[0-9]{2}-[0-9]{2})'::date")
 
 
@@ -253,19 +264,35 @@ class PrefixGraph:
         return f"asof_{self.space}_{self.kind}_{self.level}"
 
 
+def _prefix_indexes(conn: psycopg.Connection) -> list[tuple[str, str | None, bool]]:
+    return conn.execute(
+        "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid), i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname LIKE 'asof!_%%' ESCAPE '!'", (SCHEMA,)).fetchall()
+
+
 def present_prefix(conn: psycopg.Connection) -> dict[Graph, list[PrefixGraph]]:
-    """The prefix graphs there are, by (space, kind), largest first, with the date of each."""
+    """The valid prefix graphs searches walk, by (space, kind), largest first, with the date of each (not a
+    staged or retired copy, nor an invalid one: ``prefix_leftovers``)."""
     found: dict[Graph, list[PrefixGraph]] = {}
-    for name, predicate in conn.execute(
-            "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname LIKE 'asof!_%%' ESCAPE '!'", (SCHEMA,)).fetchall():
+    for name, predicate, valid in _prefix_indexes(conn):
         named, dated = PREFIX_NAME.match(name), PREFIX_DATE.search(predicate or "")
-        if named and dated:
+        if named and dated and valid and not named.group(4):
             space, kind, level = named.group(1), named.group(2), int(named.group(3))
             found.setdefault((space, kind), []).append(
                 PrefixGraph(space, kind, level, dt.date.fromisoformat(dated.group(1))))
     return {graph: sorted(levels, key=lambda p: p.level) for graph, levels in found.items()}
+
+
+def prefix_leftovers(conn: psycopg.Connection) -> list[str]:
+    """The ``asof_`` indexes no search may walk: INVALID ones (an interrupted CONCURRENTLY build) and those
+    under a staged or retired name (a rebuild interrupted before its swap or its drops)."""
+    leftovers = []
+    for name, predicate, valid in _prefix_indexes(conn):
+        named, dated = PREFIX_NAME.match(name), PREFIX_DATE.search(predicate or "")
+        if not (named and dated and valid and not named.group(4)):
+            leftovers.append(name)
+    return sorted(leftovers)
 
 
 def as_of_histogram(conn: psycopg.Connection, space: str) -> list[tuple[dt.date, int]]:
@@ -312,7 +339,7 @@ def prefix_stale(have: list[PrefixGraph], plan: list[PrefixGraph], histogram: li
     return False
 
 
-def prefix_ddl(prefix: PrefixGraph) -> sql.Composed:
+def prefix_ddl(prefix: PrefixGraph, *, concurrently: bool = False, name: str | None = None) -> sql.Composed:
     """CREATE INDEX for one prefix graph: the space's graph (same kind, same parameters) over the vectors
     known as of its date. The date is a literal taken from the database's own as-of dates."""
     column = sql.SQL("vector vector_l2_ops" if prefix.kind == "vector" else "(vector::halfvec(384)) halfvec_l2_ops")
@@ -320,20 +347,67 @@ def prefix_ddl(prefix: PrefixGraph) -> sql.Composed:
     where = sql.SQL("as_of_date <= {}").format(sql.Literal(prefix.as_of))
     if prefix.space != "joint":
         where = sql.SQL("branch = {} AND ").format(sql.Literal(prefix.space)) + where
-    return sql.SQL("CREATE INDEX {name} ON {schema}.{table} USING hnsw ({column}) "
+    return sql.SQL("CREATE INDEX {concurrently}{name} ON {schema}.{table} USING hnsw ({column}) "
                    "WITH (m = 16, ef_construction = 64) WHERE {where}").format(
-        name=sql.Identifier(prefix.name), schema=sql.Identifier(SCHEMA), table=table, column=column, where=where)
+        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""), name=sql.Identifier(name or prefix.name),
+        schema=sql.Identifier(SCHEMA), table=table, column=column, where=where)
 
 
-def drop_prefix(conn: psycopg.Connection, prefixes: list[PrefixGraph]) -> None:
+def _drop_index(conn: psycopg.Connection, name: str, *, concurrently: bool) -> None:
+    conn.execute(sql.SQL("DROP INDEX {}IF EXISTS {}.{}").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(SCHEMA), sql.Identifier(name)))
+
+
+def drop_prefix(conn: psycopg.Connection, prefixes: list[PrefixGraph], *, concurrently: bool = False) -> None:
     for prefix in prefixes:
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(prefix.name)))
+        _drop_index(conn, prefix.name, concurrently=concurrently)
+
+
+def _can_run_concurrently(conn: psycopg.Connection) -> bool:
+    """CREATE/DROP INDEX CONCURRENTLY cannot run in a transaction block."""
+    return conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _replace_concurrently(conn: psycopg.Connection, old: list[PrefixGraph], plan: list[PrefixGraph]) -> None:
+    """Build ``plan`` beside ``old`` without blocking writers; swap the names at once; drop ``old``."""
+    for prefix in plan:
+        conn.execute(prefix_ddl(prefix, concurrently=True, name=prefix.name + STAGED))
+    with conn.transaction():  # ALTER INDEX RENAME: a SHARE UPDATE EXCLUSIVE lock on the index, not the table
+        for prefix in old:
+            conn.execute(sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
+                sql.Identifier(SCHEMA), sql.Identifier(prefix.name), sql.Identifier(prefix.name + RETIRED)))
+        for prefix in plan:
+            conn.execute(sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
+                sql.Identifier(SCHEMA), sql.Identifier(prefix.name + STAGED), sql.Identifier(prefix.name)))
+    for prefix in old:
+        _drop_index(conn, prefix.name + RETIRED, concurrently=True)
 
 
 def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tuple[list[PrefixGraph], list[PrefixGraph]]:
     """Give every space that has a graph the prefix graphs of its kind that today's history calls for:
     drop those of spaces without a graph (or of another kind), and rebuild a space's set where it has
-    drifted (``prefix_stale``). Returns (built, dropped)."""
+    drifted (``prefix_stale``) or lost a copy. Returns (built, dropped); ([], []) while another session
+    rebuilds them.
+
+    In autocommit, every build and drop is CONCURRENTLY (the module's docstring says how); in a transaction,
+    plain, and part of it."""
+    concurrently = _can_run_concurrently(conn)
+    if concurrently:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (PREFIX_LOCK_KEY,)).fetchone()[0]:
+            return [], []
+        try:
+            return _sync_prefix_graphs(conn, settings, concurrently=True)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (PREFIX_LOCK_KEY,))
+    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PREFIX_LOCK_KEY,)).fetchone()[0]:
+        return [], []
+    return _sync_prefix_graphs(conn, settings, concurrently=False)
+
+
+def _sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings, *,
+                        concurrently: bool) -> tuple[list[PrefixGraph], list[PrefixGraph]]:
+    for name in prefix_leftovers(conn):
+        _drop_index(conn, name, concurrently=concurrently)
     have = present_prefix(conn)
     graphs = present(conn)
     walked = {space: "halfvec" if (space, "halfvec") in graphs else "vector"  # what nearest_runs_v2 walks
@@ -342,18 +416,21 @@ def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tup
     dropped: list[PrefixGraph] = []
     for (space, kind), levels in have.items():
         if walked.get(space) != kind:
-            drop_prefix(conn, levels)
+            drop_prefix(conn, levels, concurrently=concurrently)
             dropped += levels
     for space, kind in walked.items():
         histogram = as_of_histogram(conn, space)
         plan = plan_prefix(histogram, space, kind, settings.exact_runs)
         old = have.get((space, kind), [])
-        if not prefix_stale(old, plan, histogram):
+        if [p.level for p in old] == [p.level for p in plan] and not prefix_stale(old, plan, histogram):
             continue
-        drop_prefix(conn, old)
+        if concurrently:
+            _replace_concurrently(conn, old, plan)
+        else:
+            drop_prefix(conn, old)
+            for prefix in plan:
+                conn.execute(prefix_ddl(prefix))
         dropped += old
-        for prefix in plan:
-            conn.execute(prefix_ddl(prefix))
         built += plan
     return built, dropped
 
