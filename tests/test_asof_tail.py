@@ -23,6 +23,14 @@ from metaspace.sample import write_runs
 from metaspace.store import graphs, migrate
 
 EXACT_RUNS = 50
+REAL_MIN_MULTIPLE = graphs.PREFIX_MIN_MULTIPLE
+
+
+@pytest.fixture(autouse=True)
+def _prefix_graphs_at_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanics are tested on a few hundred runs: prefix graphs however small the space (the size below
+    which they are not built is test_prefix_graphs_only_where_they_pay's)."""
+    monkeypatch.setattr(graphs, "PREFIX_MIN_MULTIPLE", 1)
 
 
 def _create(server_url: str, name: str) -> str:
@@ -182,6 +190,20 @@ def test_prefix_graphs_are_rebuilt_once_the_history_has_grown_past_their_plan() 
     backfill = [(d, count * 3) for d, count in history[:100]] + history[100:]  # old runs added: level 1 grows
     assert graphs.prefix_stale(plan, graphs.plan_prefix(backfill, "joint", "vector", 50), backfill)
     assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # 1,500 < 2,000: no prefix graph
+
+
+def test_prefix_graphs_only_where_they_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a space of 20,000 vectors (the demo's) got prefix graphs at 10,000 and 3,333 runs: 3 s of the
+    demo's 20, where the rule before them had no as-of tail at 100,000 runs (docs/benchmarks.md)."""
+    monkeypatch.setattr(graphs, "PREFIX_MIN_MULTIPLE", REAL_MIN_MULTIPLE)
+    day = dt.date(2020, 1, 1)
+    demo = [(day + dt.timedelta(days=i), 20) for i in range(1000)]  # 20,000 runs
+    assert graphs.plan_prefix(demo, "env", "halfvec", graphs.DEFAULT_ASOF_EXACT_RUNS) == []
+    large = [(day + dt.timedelta(days=i), 100) for i in range(1000)]  # 100,000 runs
+    assert [p.runs for p in graphs.plan_prefix(large, "joint", "vector", graphs.DEFAULT_ASOF_EXACT_RUNS)] == [
+        50000, 16700, 5600]
+    old = graphs.plan_prefix(large, "env", "halfvec", graphs.DEFAULT_ASOF_EXACT_RUNS)
+    assert graphs.prefix_stale(old, graphs.plan_prefix(demo, "env", "halfvec", 2000), demo)  # dropped if shrunk
 
 
 def test_prefix_graphs_follow_the_space_graph_kind_and_go_with_it(db_url: str, sample_history: list[dict],

@@ -65,6 +65,10 @@ from metaspace.store.sqlfiles import statements
 DEFAULT_MIN_VECTORS = 10_000
 DEFAULT_ASOF_EXACT_RUNS = 2_000
 PREFIX_STEP = 3  # each prefix graph holds a third of the runs of the one above it
+# Prefix graphs only where they pay: a space of fewer than this many times asof_exact_runs vectors (100,000 at
+# the default) gets none. At 100,000 runs the rule before them had no as-of tail (docs/benchmarks.md, "As-of
+# selectivity at 100,000 runs"); below it they only cost builds (3 s of the demo's 20 at 20,000 runs).
+PREFIX_MIN_MULTIPLE = 50
 LARGE_SCALE = 1_000_000
 LARGE_SCALE_SPACES = ("joint", "env")
 GRAPH_TYPES = ("vector", "halfvec")
@@ -307,11 +311,14 @@ def as_of_histogram(conn: psycopg.Connection, space: str) -> list[tuple[dt.date,
 
 
 def plan_prefix(histogram: list[tuple[dt.date, int]], space: str, kind: str, exact_runs: int) -> list[PrefixGraph]:
-    """The prefix graphs a space should have: at the dates leaving 1/2, 1/6, 1/18, ... of its vectors, while
-    a level would hold at least ``exact_runs`` (the smallest then holds between it and three times it).
+    """The prefix graphs a space should have: none below ``PREFIX_MIN_MULTIPLE`` x ``exact_runs`` vectors, else
+    at the dates leaving 1/2, 1/6, 1/18, ... of its vectors, while a level would hold at least ``exact_runs``
+    (the smallest then holds between it and three times it).
     A date holding many runs can make two levels one, or leave none short of all of them; those are skipped."""
     cumulative = list(itertools.accumulate(count for _, count in histogram))
     total = cumulative[-1] if cumulative else 0
+    if total < PREFIX_MIN_MULTIPLE * exact_runs:
+        return []
     levels: list[PrefixGraph] = []
     target = total / 2
     while target >= max(exact_runs, 1):
