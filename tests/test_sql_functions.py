@@ -639,16 +639,20 @@ V4_COMPARED = ("config_id", "runs", "best_run_id", "candidates", "environments",
 V4_APPROX = APPROX + ("relative_objective", "history_objective", "local_weight")
 
 
-@pytest.mark.parametrize("arguments", [
-    {},
-    {"k": 40, "min_runs": 1, "neighbours": 300},
-    {"as_of": dt.date(2006, 3, 31), "k": 10},
-    {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
-    {"history": 400, "horizon": 30, "k": 12},
-    {"history": None, "strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"], "min_runs": 2, "k": 12},
-    {"eligible_configs": "every third", "k": 100},
-], ids=["defaults", "min_runs-neighbours", "as_of", "lower-is-better", "history-horizon", "all-history-strategies",
-        "eligible"])
+# Argument sets that reach every part of v4's computation (and of v5's copy of it).
+V4_ARGUMENTS = {
+    "defaults": {},
+    "min_runs-neighbours": {"k": 40, "min_runs": 1, "neighbours": 300},
+    "as_of": {"as_of": dt.date(2006, 3, 31), "k": 10},
+    "lower-is-better": {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
+    "history-horizon": {"history": 400, "horizon": 30, "k": 12},
+    "all-history-strategies": {"history": None, "strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"],
+                               "min_runs": 2, "k": 12},
+}
+
+
+@pytest.mark.parametrize("arguments", [*V4_ARGUMENTS.values(), {"eligible_configs": "every third", "k": 100}],
+                         ids=[*V4_ARGUMENTS, "eligible"])
 def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, probe, arguments) -> None:
     env = _env(stored, probe["run_id"])
     if arguments.get("eligible_configs") == "every third":
@@ -664,14 +668,7 @@ def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, pr
             assert row[column] == expected_value, (column, row["config_id"])
 
 
-@pytest.mark.parametrize("arguments", [
-    {},
-    {"k": 40, "min_runs": 1, "neighbours": 300},
-    {"as_of": dt.date(2006, 3, 31), "k": 10},
-    {"objective": "max_drawdown", "higher_is_better": False, "k": 8},
-    {"history": 400, "horizon": 30, "k": 12},
-    {"history": None, "strategy_ids": ["US_EQ_TREND", "FX_G10_MEAN_REVERSION"], "min_runs": 2, "k": 12},
-], ids=["defaults", "min_runs-neighbours", "as_of", "lower-is-better", "history-horizon", "all-history-strategies"])
+@pytest.mark.parametrize("arguments", V4_ARGUMENTS.values(), ids=V4_ARGUMENTS)
 def test_suggest_v5_uncalibrated_at_scale_1_answers_as_v4(sconn, stored, probe, arguments) -> None:
     """v5's ranking is v4's copied into a new released file: the copy must not drift from v4."""
     env = _env(stored, probe["run_id"])
