@@ -171,14 +171,18 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
             notes.append(fitted)
         history = _History(*evaluation_store.objective_history(conn, path, until_date),
                            direction=1.0 if higher_is_better else -1.0)
+        # v5 and suggest are ranked as `metaspace suggest` ranks by default: evidence in blocks of the runs' own
+        # outcome windows (point in time), the horizon only dating the decisions; a calibration to be stored is
+        # replayed on the exact path, whose answers as of a date no later run can move (a graph walk's can).
+        blocks = None if ranking in ("v5", "suggest") else given_horizon
         rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
                                  higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                                 ranking=ranking, horizon=given_horizon)
+                                 ranking=ranking, horizon=blocks, exact=save_calibration)
         if ranking == "v5":
             tops = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
                                       higher_is_better=higher_is_better, notes=notes,
                                       context={"neighbours": neighbours, "min_runs": min_runs,
-                                               "horizon": horizon, "horizon_given": given_horizon},
+                                               "horizon": horizon, "horizon_given": blocks},
                                       save=functools.partial(evaluation_store.save_calibrations, conn,
                                                              objective=".".join(path),
                                                              higher_is_better=higher_is_better)

@@ -241,10 +241,10 @@ def test_a_plain_evaluate_measures_what_suggest_answers_once_calibrations_are_st
     env = _regime_change(5)[-1]["env"]
     with warnings.catch_warnings(record=True) as same:
         warnings.simplefilter("always")
-        metaspace.suggest(env, horizon=WINDOW, database_url=db_url)
+        metaspace.suggest(env, database_url=db_url)  # as suggest is asked by default
     assert not [w for w in same if "other settings" in str(w.message)]
     with pytest.warns(UserWarning, match=r"other settings \(neighbours 1000 there, 50 here\)"):
-        metaspace.suggest(env, horizon=WINDOW, neighbours=50, database_url=db_url)
+        metaspace.suggest(env, neighbours=50, database_url=db_url)
 
 
 def test_calibrations_stored_for_a_date_never_depend_on_runs_dated_after_it(db_url: str, empty_db: str,
@@ -273,8 +273,7 @@ def test_calibrations_stored_for_a_date_never_depend_on_runs_dated_after_it(db_u
                 "FROM historical_db.suggest_calibrations WHERE fitted_until <= %s ORDER BY 1", (day,)).fetchall())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            [answer] = metaspace.suggest([early[-1]["env"]], k=4, as_of=day.isoformat(), horizon=WINDOW,
-                                         database_url=url)
+            [answer] = metaspace.suggest([early[-1]["env"]], k=4, as_of=day.isoformat(), database_url=url)
         answers.append([(r["config_id"], r["deflated_confidence"], r["calibrated_until"]) for r in answer])
     assert stored[0] and stored[0] == stored[1]
     assert answers[0] == answers[1] and answers[0][0][2] is not None
@@ -300,8 +299,7 @@ def test_what_evaluate_measured_is_what_suggest_configs_v5_answers(signal_db: st
         for decision in result.decisions:
             if decision.chosen_config is None:
                 continue
-            top = _sql_top(conn, points[decision.as_of_date], dt.date.fromisoformat(decision.decision_date),
-                           horizon=WINDOW)
+            top = _sql_top(conn, points[decision.as_of_date], dt.date.fromisoformat(decision.decision_date))
             assert top["config_id"] == decision.chosen_config, decision
             assert top["deflated_confidence"] == pytest.approx(decision.confidence, abs=1e-9)
             calibrated += top["calibrated_until"] is not None
