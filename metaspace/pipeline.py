@@ -386,7 +386,11 @@ def _sync_prefix_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSetti
     """The as-of prefix graphs the history calls for (``graphs.sync_prefix_graphs``: built CONCURRENTLY on
     this autocommit connection, so writers go on and searches keep the old copies until the new are valid)."""
     started = time.perf_counter()
-    prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    try:
+        prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    except graphs.PrefixGraphsDeferred as deferred:  # the vectors are written: this run did its work
+        summary.notes.append(str(deferred))
+        return
     if prefixes:
         summary.index_seconds += time.perf_counter() - started
         summary.index_rebuilt = summary.index_rebuilt or bulk

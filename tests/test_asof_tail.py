@@ -414,3 +414,26 @@ def test_inside_a_transaction_the_prefix_graphs_are_rebuilt_in_it(db_url: str, s
             "asof_joint_vector_1", "asof_joint_vector_2", "asof_joint_vector_3"]
         conn.rollback()
         assert graphs.present_prefix(conn) == old
+
+
+def test_a_failed_concurrent_rebuild_is_deferred_with_a_note_not_an_error(db_url: str, sample_history: list[dict],
+                                                                         tmp_path) -> None:
+    """Second review: a rebuild that fails (a deadlock with another embed-runs' ANALYZE, a cancel) made
+    embed-runs fail after its vectors were written. Now it is a note; the copies searches walk stay, and the
+    next sync builds what is missing."""
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    settings = graphs.IndexSettings(("joint",), 0, None, 100)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX historical_db.asof_joint_vector_2")
+        with psycopg.connect(db_url) as open_writer:
+            open_writer.execute(WRITER, ("test-writer:open",))  # the build waits for it and is cancelled
+            conn.execute("SET statement_timeout = '300ms'")
+            with pytest.raises(graphs.PrefixGraphsDeferred, match="as-of prefix graphs not rebuilt"):
+                graphs.sync_prefix_graphs(conn, settings)
+            open_writer.rollback()
+        conn.execute("RESET statement_timeout")
+        assert ("asof_joint_vector_1", True) in conn.execute(PREFIX_INDEXES).fetchall()
+        built, _ = graphs.sync_prefix_graphs(conn, settings)  # the lock was released; leftovers go
+        assert [p.name for p in built] == ["asof_joint_vector_1", "asof_joint_vector_2"]
+        assert conn.execute(PREFIX_INDEXES).fetchall() == [("asof_joint_vector_1", True),
+                                                           ("asof_joint_vector_2", True)]

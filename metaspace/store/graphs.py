@@ -390,6 +390,20 @@ def _replace_concurrently(conn: psycopg.Connection, old: list[PrefixGraph], plan
         _drop_index(conn, prefix.name + RETIRED, concurrently=True)
 
 
+class PrefixGraphsDeferred(MetaspaceError):
+    """A concurrent rebuild of the prefix graphs failed (the data written before it stands); say so, go on."""
+
+
+def _drop_leftovers_if_possible(conn: psycopg.Connection) -> None:
+    """A failed CONCURRENTLY build leaves an INVALID copy that every insert still feeds: drop it now if the
+    server lets us (else the next sync does)."""
+    try:
+        for name in prefix_leftovers(conn):
+            _drop_index(conn, name, concurrently=True)
+    except psycopg.Error:
+        pass
+
+
 def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tuple[list[PrefixGraph], list[PrefixGraph]]:
     """Give every space that has a graph the prefix graphs of its kind that today's history calls for:
     drop those of spaces without a graph (or of another kind), and rebuild a space's set where it has
@@ -404,6 +418,12 @@ def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tup
             return [], []
         try:
             return _sync_prefix_graphs(conn, settings, concurrently=True)
+        except psycopg.Error as error:  # e.g. a deadlock with another embed-runs' ANALYZE or graph build
+            _drop_leftovers_if_possible(conn)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PrefixGraphsDeferred(
+                f"as-of prefix graphs not rebuilt ({first}): searches keep the copies they had, and the next "
+                "embed-runs rebuilds them") from error
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (PREFIX_LOCK_KEY,))
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PREFIX_LOCK_KEY,)).fetchone()[0]:
