@@ -366,6 +366,7 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
         resolved = keys.resolve_each(conn, objective, (q.as_of for q in queries), branch="outcome",
                                      option="objective")
         said: set[str] = set()
+        mismatch: dict[tuple[str, Any], str | None] = {}
         exact_only = _exact_only_notes(conn)
         encoder = _Encoder(conn)
         prepared = [(q, *encoder.vector(q)) for q in queries]
@@ -387,9 +388,12 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                 said.add(uncalibrated)
                 notes = [*notes, uncalibrated]
             elif rows:
-                other = _calibrated_otherwise(conn, ".".join(key.path), higher_is_better, rows[0]["calibrated_until"],
-                                              {"neighbours": neighbours, "min_runs": min_runs,
-                                               "horizon_given": horizon})
+                which = (".".join(key.path), rows[0]["calibrated_until"])
+                if which not in mismatch:  # one read per calibration, not per answer of a FILE
+                    mismatch[which] = _calibrated_otherwise(conn, which[0], higher_is_better, which[1],
+                                                            {"neighbours": neighbours, "min_runs": min_runs,
+                                                             "horizon_given": horizon})
+                other = mismatch[which]
                 if other and other not in said:
                     said.add(other)
                     notes = [*notes, other]
