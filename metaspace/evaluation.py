@@ -229,12 +229,12 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
                    np.array([raw for _, raw in picks]))
         config, raw = candidates.pick(fit.local_scale) if fit else candidates.pick(1.0)
         tops[point] = {"config_id": config, "deflated_confidence": fit.confidence(raw) if fit else raw,
-                           "raw_confidence": raw}
+                       "raw_confidence": raw}
     if every_point:  # and on to the last outcome known, so that suggest as of today has the freshest fit
         online.as_of(max(p.as_of_date for p in every_point))
     last = online.fits[-1] if online.fits else None
     notes.append(
-        f"v5: local scale and confidence map refitted as of each decision date on the decisions realised by then "
+        f"v5: local scale and confidence map refitted on each date outcomes came in, on the decisions realised by then "
         f"({len(online.fits):,} fits; decisions fading with a half-life of {online.half_life:.0f} days)"
         + (f"; the last, fitted until {last.fitted_until}: local scale {last.local_scale:g} over "
            f"{last.decisions:,} decisions" if last else f"; fewer than {online.min_decisions} realised: none fitted"))

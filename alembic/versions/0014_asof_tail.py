@@ -54,7 +54,8 @@ DECLARE
 BEGIN
     FOR graph IN SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = 'historical_db' AND c.relname ~ '^asof_' LOOP
+                 WHERE n.nspname = 'historical_db'
+                   AND c.relname ~ '^asof_(joint|config|env|outcome)_(vector|halfvec)_[0-9]+(_new|_old)?$' LOOP
         EXECUTE 'DROP INDEX ' || graph;
     END LOOP;
 END
