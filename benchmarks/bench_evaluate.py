@@ -33,6 +33,7 @@ import corpora  # noqa: E402
 import suggest_variants  # noqa: E402
 
 from metaspace import evaluate, pipeline  # noqa: E402
+from metaspace.evaluation import top_bin  # noqa: E402
 from metaspace.sample import sample_runs, write_runs  # noqa: E402
 from metaspace.store import migrate  # noqa: E402
 from metaspace.store.connection import resolve_url  # noqa: E402
@@ -111,15 +112,17 @@ def _load(url: str, corpus: str) -> str:
 
 def _row(corpus: str, ranking: str, result) -> str:
     s = result.summary
-    top = next((r for r in reversed(result.calibration) if r["decisions"] >= 10), None)
+    top = top_bin(result.calibration)
     mid = result.calibration[1]
     cells = [corpus, ranking, f"{result.picked}/{result.evaluated}", f"{s['chosen']['mean']:.3f}",
              f"{s['random']['mean']:.3f}", f"{s['baseline']['mean']:.3f}", f"{s['oracle']['mean']:.3f}",
              f"{s['chosen_minus_random']['mean']:+.3f} [{s['chosen_minus_random']['low']:+.3f}, "
              f"{s['chosen_minus_random']['high']:+.3f}]",
              f"{s['beats_random']:.2f}", f"{s['regret']['mean']:.2f}",
-             f"{top['bin']}: {top['beats_random']:.2f} (n={top['decisions']})" if top else "-",
-             f"{mid['beats_random']:.2f} (n={mid['decisions']})" if mid["decisions"] else "-",
+             f"{top['bin']}: {top['beats_random']:.2f} (n={top['decisions']}, {top['independent_blocks']} windows)"
+             if top else "-",
+             f"{mid['beats_random']:.2f} (n={mid['decisions']}, {mid['independent_blocks']} windows)"
+             if mid["decisions"] else "-",
              f"{result.seconds:.0f}"]
     return " | ".join(cells)
 

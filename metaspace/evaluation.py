@@ -33,6 +33,9 @@ from metaspace.store.connection import connect, connection, resolve_url
 NO_EDGE = "no config has a reliable edge here"
 BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 Z95 = 1.959963984540054
+# The verdict judges the highest confidence bin whose picks fall in at least this many independent outcome
+# windows: decisions less than a horizon apart share their outcome days and count as one trial.
+MIN_BIN_BLOCKS = 10
 
 
 @dataclass
@@ -351,10 +354,10 @@ def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
-def _wilson(hits: int, n: int) -> tuple[float | None, float | None]:
+def _wilson(p: float, n: int) -> tuple[float | None, float | None]:
+    """Wilson's 95 percent interval for a share ``p`` observed over ``n`` independent trials."""
     if n == 0:
         return None, None
-    p = hits / n
     centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
     return centre - half, centre + half
@@ -380,7 +383,7 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
     summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
-    calibration = _calibration(picked, sign)
+    calibration = _calibration(picked, sign, blocks)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
     verdict = _verdict(reliable, summary, calibration, len(picked), objective)
@@ -395,20 +398,29 @@ def _share(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def _calibration(picked: list[Decision], sign: float) -> list[dict[str, Any]]:
-    """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much."""
+def _calibration(picked: list[Decision], sign: float, blocks: np.ndarray) -> list[dict[str, Any]]:
+    """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much.
+    The interval treats each independent outcome window (block) among the bin's picks as one trial: twelve
+    wins inside one window are one piece of evidence, not twelve."""
     rows = []
     for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
-        inside = [d for d in picked if d.confidence is not None
+        inside = [i for i, d in enumerate(picked) if d.confidence is not None
                   and (low <= d.confidence < high or (high == 1.0 and d.confidence == 1.0))]
-        edges = np.array([sign * (d.chosen - d.random) for d in inside])
-        hits = int((edges > 0).sum())
-        hit_low, hit_high = _wilson(hits, len(inside))
+        edges = np.array([sign * (picked[i].chosen - picked[i].random) for i in inside])
+        share = float((edges > 0).mean()) if inside else None
+        windows = len(np.unique(blocks[inside])) if inside else 0
+        hit_low, hit_high = _wilson(share, windows) if inside else (None, None)
         rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
-                     "mean_confidence": float(np.mean([d.confidence for d in inside])) if inside else None,
-                     "beats_random": hits / len(inside) if inside else None, "beats_random_low": hit_low,
+                     "independent_blocks": windows,
+                     "mean_confidence": float(np.mean([picked[i].confidence for i in inside])) if inside else None,
+                     "beats_random": share, "beats_random_low": hit_low,
                      "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None})
     return rows
+
+
+def top_bin(calibration: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The highest confidence bin with picks in MIN_BIN_BLOCKS independent outcome windows or more."""
+    return next((row for row in reversed(calibration) if row["independent_blocks"] >= MIN_BIN_BLOCKS), None)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -424,12 +436,26 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
     if not reliable:
         return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
                 f"{_fmt(edge['mean'])} ({interval})")
-    top = next((row for row in reversed(calibration) if row["decisions"] >= 10), None)
+    top = top_bin(calibration)
     confident = (f"; picks at confidence >= {top['low']:.1f} beat it {top['beats_random']:.0%} of the time "
-                 f"({top['decisions']:,} decisions)" if top else "")
-    baseline = ("and the best-so-far config by" if versus["mean"] >= 0 else "but trailed the best-so-far config by")
+                 f"({top['decisions']:,} decisions in {top['independent_blocks']:,} independent outcome windows)"
+                 if top else "")
     return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "
-            f"({interval}) over {picked:,} decisions, {baseline} {abs(versus['mean']):.3f}{confident}")
+            f"({interval}) over {picked:,} decisions, {_against_baseline(versus)}{confident}")
+
+
+def _against_baseline(versus: dict[str, float | None]) -> str:
+    """The pick against the desk's best-so-far config: ahead or behind only where the interval says so."""
+    if versus["low"] is None:
+        return ("and the best-so-far config by" if versus["mean"] >= 0
+                else "but trailed the best-so-far config by") + f" {abs(versus['mean']):.3f}"
+    interval = f"95% CI {_fmt(versus['low'])}..{_fmt(versus['high'])}"
+    if versus["low"] <= 0 <= versus["high"]:
+        return (f"level with the best-so-far config ({_fmt(versus['mean'])}, {interval}): no edge over simply "
+                "taking the config with the best record so far")
+    if versus["mean"] >= 0:
+        return f"and the best-so-far config by {versus['mean']:.3f} ({interval})"
+    return f"but trailed the best-so-far config by {-versus['mean']:.3f} ({interval})"
 
 
 def reliability_plot(result: EvaluationResult, out: str) -> str:

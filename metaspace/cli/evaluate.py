@@ -84,8 +84,8 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
     click.echo()
     click.echo("deflated_confidence calibration (does a pick in the bin beat a random pick?)")
     echo_table([r for r in result.calibration if r["decisions"]],
-               ("bin", "decisions", "mean_confidence", "beats_random", "beats_random_low", "beats_random_high",
-                "mean_edge"))
+               ("bin", "decisions", "independent_blocks", "mean_confidence", "beats_random", "beats_random_low",
+                "beats_random_high", "mean_edge"))
     if plot:
         click.echo(f"\nreliability plot: {plot}")
     click.echo(f"\nverdict: {result.verdict}")
