@@ -123,12 +123,13 @@ def _row(corpus: str, ranking: str, result) -> str:
              if top else "-",
              f"{mid['beats_random']:.2f} (n={mid['decisions']}, {mid['independent_blocks']} windows)"
              if mid["decisions"] else "-",
+             "-" if s["pbo"]["pbo"] is None else f"{s['pbo']['pbo']:.2f} ({s['pbo']['configs']} configs)",
              f"{result.seconds:.0f}"]
     return " | ".join(cells)
 
 
 HEADER = ("corpus | ranking | picked/decisions | chosen | random | best-so-far | oracle | chosen-random [95% CI] | "
-          "beats random | regret | top bin: beats random | 0.5-0.6: beats random | s")
+          "beats random | regret | top bin: beats random | 0.5-0.6: beats random | PBO of the record | s")
 
 
 def main(argv: list[str]) -> None:

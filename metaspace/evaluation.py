@@ -26,6 +26,7 @@ import numpy as np
 
 from metaspace import keys
 from metaspace.errors import MetaspaceError
+from metaspace.overfitting import config_pbo
 from metaspace.records import parse_date
 from metaspace.store import evaluation as evaluation_store
 from metaspace.store.connection import connect, connection, resolve_url
@@ -197,6 +198,10 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
                      for point, top in zip(points, tops)]
     result = _aggregate(decisions, key.name, higher_is_better, horizon, since_date, until_date, ranking,
                         total_points, notes)
+    # Does a config's record carry from one half of these decisions to the other? (CSCV; not the picks' doing.)
+    result.summary["pbo"] = config_pbo([p.as_of_date for p in points], [p.configs for p in points],
+                                       [p.values for p in points], result.summary["independent_blocks"],
+                                       higher_is_better)
     if plot:
         reliability_plot(result, plot)
     result.seconds = round(time.perf_counter() - started, 3)

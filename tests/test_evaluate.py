@@ -223,6 +223,11 @@ def test_cli_evaluate_table_ends_with_the_verdict(signal_db: str) -> None:
     result = CliRunner().invoke(cli, ["--database-url", signal_db, "evaluate", "--since", "2012-06-01"])
     assert result.exit_code == 0, result.output
     assert "verdict: " in result.output.splitlines()[-1]
+    overfit = metaspace.evaluate(since="2012-06-01", database_url=signal_db).summary["pbo"]
+    assert overfit["pbo"] is not None and overfit["configs"] >= 2
+    assert (f"probability of backtest overfitting (choosing a config by its record; CSCV, {overfit['partitions']} "
+            f"partitions, {overfit['configs']} configs, {overfit['splits']:,} splits): {overfit['pbo']:.2f}"
+            in result.output)
     assert "Example:" in CliRunner().invoke(cli, ["evaluate", "--help"]).output
 
 

@@ -7,10 +7,15 @@ test_evaluate.py); these decisions are built by hand so that each case has a kno
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metaspace.evaluation import Decision, _aggregate
+from metaspace.overfitting import config_pbo, pbo
 
 HORIZON = 92
 START = dt.date(2001, 1, 1)
@@ -85,3 +90,65 @@ def test_a_pick_clearly_behind_the_best_so_far_config_is_said_to_trail_it() -> N
     result = _aggregated(decisions)
     assert result.summary["chosen_minus_baseline"]["high"] < 0
     assert "trailed the best-so-far config by 0.510" in result.verdict, result.verdict
+
+
+# The probability of backtest overfitting (CSCV) of choosing a config by its record.
+
+
+def test_a_config_that_wins_in_every_partition_does_not_overfit() -> None:
+    rng = np.random.default_rng(1)
+    performance = rng.normal(0.0, 0.1, size=(8, 6))
+    performance[:, 2] += 1.0
+    result = pbo(performance)
+    assert result == {"pbo": 0.0, "splits": 70, "median_logit": pytest.approx(np.log(6 / 1))}
+
+
+def test_a_record_that_reverses_out_of_sample_overfits() -> None:
+    """Configs whose luck in one half is paid back in the other: the in-sample winner is the out-of-sample
+    loser in every split."""
+    performance = np.zeros((6, 5))
+    for split in range(6):
+        performance[split] = np.arange(5) * (1 if split % 2 else -1) * (1 + 0.01 * split)
+    # Any three partitions against the other three: the in-sample order of the configs is the reverse of the
+    # out-of-sample one whenever the halves differ in their odd-even count, and a tie otherwise.
+    assert pbo(performance)["pbo"] > 0.7
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 5), st.integers(2, 9))
+def test_pbo_ignores_what_every_config_shares_and_the_order_of_the_configs(seed: int, half: int, configs: int) -> None:
+    """A shock common to all configs in a partition moves no ranking, and neither does listing the configs in
+    another order: the PBO must not change."""
+    rng = np.random.default_rng(seed)
+    performance = rng.normal(size=(2 * half, configs))
+    shocked = performance + rng.normal(0, 10, size=(2 * half, 1))
+    shuffled = performance[:, rng.permutation(configs)]
+    first = pbo(performance)
+    assert first["splits"] == math.comb(2 * half, half) and 0.0 <= first["pbo"] <= 1.0
+    assert pbo(shocked)["pbo"] == pytest.approx(first["pbo"])
+    assert pbo(shuffled)["pbo"] == pytest.approx(first["pbo"])
+
+
+def test_pure_noise_overfits_half_the_time_on_average() -> None:
+    rng = np.random.default_rng(7)
+    mean = np.mean([pbo(rng.normal(size=(8, 10)))["pbo"] for _ in range(60)])
+    assert 0.4 < mean < 0.6
+
+
+def test_config_pbo_takes_the_configs_tried_everywhere_relative_to_their_neighbours() -> None:
+    """A shock shared by the configs of one decision cancels; a config missing from a partition is left out."""
+    rng = np.random.default_rng(5)
+    dates, configs, values = [], [], []
+    for i in range(40):
+        shock = float(rng.normal(0, 5))
+        tried = ("A", "B", "C") if i != 3 else ("A", "B", "C", "D")  # D in one partition only
+        dates.append(START + dt.timedelta(days=HORIZON * i))
+        configs.append(tried)
+        values.append(tuple(shock + (0.5 if c == "B" else 0.0) + float(rng.normal(0, 0.05)) for c in tried))
+    result = config_pbo(dates, configs, values, independent_blocks=40)
+    assert (result["partitions"], result["configs"], result["pbo"]) == (16, 3, 0.0)
+    lower = config_pbo(dates, configs, [tuple(-v for v in vs) for vs in values], independent_blocks=40,
+                       higher_is_better=False)
+    assert lower["pbo"] == 0.0
+    few = config_pbo(dates[:6], configs[:6], values[:6], independent_blocks=6)
+    assert few["pbo"] is None and "too few independent outcome windows (6" in few["reason"]

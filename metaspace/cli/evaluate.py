@@ -86,6 +86,14 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
     echo_table([r for r in result.calibration if r["decisions"]],
                ("bin", "decisions", "independent_blocks", "mean_confidence", "beats_random", "beats_random_low",
                 "beats_random_high", "mean_edge"))
+    overfit = result.summary["pbo"]
+    click.echo()
+    if overfit["pbo"] is None:
+        click.echo(f"probability of backtest overfitting: not measured, {overfit['reason']}")
+    else:
+        click.echo(f"probability of backtest overfitting (choosing a config by its record; CSCV, "
+                   f"{overfit['partitions']} partitions, {overfit['configs']} configs, {overfit['splits']:,} splits): "
+                   f"{overfit['pbo']:.2f}")
     if plot:
         click.echo(f"\nreliability plot: {plot}")
     click.echo(f"\nverdict: {result.verdict}")
