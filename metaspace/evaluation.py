@@ -456,8 +456,8 @@ def _against_baseline(versus: dict[str, float | None]) -> str:
                 else "but trailed the best-so-far config by") + f" {abs(versus['mean']):.3f}"
     interval = f"95% CI {_fmt(versus['low'])}..{_fmt(versus['high'])}"
     if versus["low"] <= 0 <= versus["high"]:
-        return (f"level with the best-so-far config ({_fmt(versus['mean'])}, {interval}): no edge over simply "
-                "taking the config with the best record so far")
+        return (f"level with the best-so-far config ({_fmt(versus['mean'])}, {interval}): no edge clear of noise "
+                "over simply taking the config with the best record so far")
     if versus["mean"] >= 0:
         return f"and the best-so-far config by {versus['mean']:.3f} ({interval})"
     return f"but trailed the best-so-far config by {-versus['mean']:.3f} ({interval})"

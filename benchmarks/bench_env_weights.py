@@ -1,0 +1,113 @@
+"""Is there an environment signal in the real corpora that a learned weighting could use? (issue 12's avenue
+"env feature weights learned from the history", measured before building it into an encoder version.)
+
+    python benchmarks/bench_env_weights.py                  # daily and monthly (arch), held out as bench_evaluate
+
+For each config, a ridge regression of its objective relative to the configs tried beside it (minus their
+mean: the shared market shock removed) on the standardised numeric env features, fitted walk-forward on the
+runs whose outcome was known before each refit date (once a year through the held-out period: nothing
+after a decision is used for it). At each held-out decision point the policy picks the config with the
+highest predicted relative objective. The ridge penalty sets how far the environment may move each
+config's record: a very large penalty leaves the record alone (the intercept: the config's mean relative
+objective so far), a small one lets every feature speak. The limit of the same run is the desk's
+best-so-far config (best mean objective over every run known at the decision date), beside a random pick.
+No database: this measures the data, not metaspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import corpora  # noqa: E402
+
+PENALTIES = (10.0, 100.0, 1_000.0, 10_000.0, 100_000.0)
+REFIT_DAYS = 365
+
+
+def _numeric(env: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in env.items():
+        if isinstance(value, dict):
+            out.update(_numeric(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix + key] = float(value)
+    return out
+
+
+def _frame(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    df = pd.DataFrame([{"point": (r["env"]["universe"]["market"], r["decision_date"]),
+                        "decision": r["decision_date"], "known": r["as_of_date"], "config": r["config_id"],
+                        "objective": r["outcome"]["sharpe"], **{"env:" + k: v for k, v in _numeric(r["env"]).items()}}
+                       for r in records])
+    df["decision"], df["known"] = pd.to_datetime(df["decision"]), pd.to_datetime(df["known"])
+    features = [c for c in df.columns if c.startswith("env:")]
+    df[features] = df[features].astype(float)
+    df["relative"] = df["objective"] - df.groupby("point")["objective"].transform("mean")
+    return df, features
+
+
+def _fit(train: pd.DataFrame, features: list[str]) -> dict[str, Any]:
+    x = train[features].fillna(0.0)
+    centre, scale = x.mean(), x.std().replace(0.0, 1.0).fillna(1.0)
+    standard = ((x - centre) / scale).fillna(0.0).to_numpy()
+    models: dict[float, dict[str, tuple[float, np.ndarray]]] = {}
+    for penalty in PENALTIES:
+        models[penalty] = {}
+        for config, rows in train.groupby("config").indices.items():
+            a, y = standard[rows], train["relative"].to_numpy()[rows]
+            slope = np.linalg.solve(a.T @ a + penalty * np.eye(a.shape[1]), a.T @ (y - y.mean()))
+            models[penalty][config] = (float(y.mean()), slope)
+    return {"centre": centre, "scale": scale, "models": models}
+
+
+def measure(name: str) -> list[str]:
+    df, features = _frame(corpora.daily_corpus() if name == "daily" else corpora.monthly_corpus())
+    held = pd.Timestamp(corpora.HELD_OUT_FROM[name])
+    fits: dict[pd.Timestamp, dict[str, Any]] = {}
+    chosen: dict[float, list[float]] = {penalty: [] for penalty in PENALTIES}
+    best_so_far, random = [], []
+    points = sorted(df[df["decision"] >= held].groupby("point"), key=lambda item: item[1]["decision"].iloc[0])
+    for _, point in points:
+        day = point["decision"].iloc[0]
+        refit = held + pd.Timedelta(days=REFIT_DAYS * ((day - held).days // REFIT_DAYS))
+        if refit not in fits:
+            fits[refit] = _fit(df[df["known"] < refit], features)
+        fit = fits[refit]
+        query = ((point[features].iloc[0].fillna(0.0) - fit["centre"]) / fit["scale"]).fillna(0.0).to_numpy()
+        values = dict(zip(point["config"], point["objective"]))
+        record = df[df["known"] <= day].groupby("config")["objective"].mean()
+        best_so_far.append(values[max(values, key=lambda c: (record.get(c, -np.inf), c))])
+        random.append(float(np.mean(list(values.values()))))
+        for penalty, models in fit["models"].items():
+            predicted = {c: models[c][0] + float(query @ models[c][1]) for c in values if c in models}
+            chosen[penalty].append(values[max(predicted, key=lambda c: (predicted[c], c))])
+    base = np.array(best_so_far)
+    lines = [f"{name} | best-so-far | {base.mean():.3f} | - | {len(base)}",
+             f"{name} | random pick | {np.mean(random):.3f} | - | {len(base)}"]
+    for penalty, values in chosen.items():
+        picks = np.array(values)
+        lines.append(f"{name} | ridge, penalty {penalty:g} | {picks.mean():.3f} | {(picks > base).mean():.2f} / "
+                     f"{(picks < base).mean():.2f} | {len(picks)}")
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", action="append", choices=["daily", "monthly"])
+    args = parser.parse_args(argv)
+    print("corpus | policy | held-out mean objective | beats / trails best-so-far | decisions")
+    for name in args.corpus or ["daily", "monthly"]:
+        for line in measure(name):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
