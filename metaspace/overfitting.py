@@ -14,7 +14,6 @@ shock they share. Pure arithmetic: nothing here reads the database.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,18 +30,18 @@ def pbo(performance: np.ndarray) -> dict[str, Any]:
     partitions, strategies = performance.shape
     if partitions % 2 or partitions < 2 or strategies < 2:
         raise ValueError("CSCV needs an even number of partitions and two strategies or more")
-    logits = []
-    for chosen in itertools.combinations(range(partitions), partitions // 2):
-        inside = np.zeros(partitions, dtype=bool)
-        inside[list(chosen)] = True
-        in_sample, out_of_sample = performance[inside].mean(axis=0), performance[~inside].mean(axis=0)
-        best = int(np.argmax(in_sample))  # ties: the first strategy, as numpy breaks them
-        # Relative rank out of sample in (0, 1): 1/(N+1) the worst, N/(N+1) the best; ties share their mean rank.
-        rank = (np.sum(out_of_sample < out_of_sample[best]) + 0.5 * (np.sum(out_of_sample == out_of_sample[best]) - 1)
-                + 1) / (strategies + 1)
-        logits.append(math.log(rank / (1 - rank)))
-    values = np.array(logits)
-    return {"pbo": float((values <= 0).mean()), "splits": len(values), "median_logit": float(np.median(values))}
+    splits = np.array(list(itertools.combinations(range(partitions), partitions // 2)))
+    inside = np.zeros((len(splits), partitions), dtype=bool)
+    inside[np.arange(len(splits))[:, None], splits] = True
+    in_sample = inside @ performance / (partitions // 2)
+    out_of_sample = ~inside @ performance / (partitions // 2)
+    best = np.argmax(in_sample, axis=1)  # ties: the first strategy
+    winner = out_of_sample[np.arange(len(splits)), best][:, None]
+    # Relative rank out of sample in (0, 1): 1/(N+1) the worst, N/(N+1) the best; ties share their mean rank.
+    rank = ((out_of_sample < winner).sum(axis=1) + 0.5 * ((out_of_sample == winner).sum(axis=1) - 1) + 1) \
+        / (strategies + 1)
+    logits = np.log(rank / (1 - rank))
+    return {"pbo": float((logits <= 0).mean()), "splits": len(logits), "median_logit": float(np.median(logits))}
 
 
 def config_pbo(dates: Sequence[Any], configs: Sequence[Sequence[str]], values: Sequence[Sequence[float]],
