@@ -34,8 +34,8 @@ from metaspace.store.connection import connect, connection, resolve_url
 NO_EDGE = "no config has a reliable edge here"
 BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 Z95 = 1.959963984540054
-# The verdict judges the highest confidence bin whose picks fall in at least this many independent outcome
-# windows: decisions less than a horizon apart share their outcome days and count as one trial.
+# The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
+# (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
 MIN_BIN_BLOCKS = 10
 
 
@@ -199,8 +199,8 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     result = _aggregate(decisions, key.name, higher_is_better, horizon, since_date, until_date, ranking,
                         total_points, notes)
     # Does a config's record carry from one half of these decisions to the other? (CSCV; not the picks' doing.)
-    result.summary["pbo"] = config_pbo([p.as_of_date for p in points], [p.configs for p in points],
-                                       [p.values for p in points], result.summary["independent_blocks"],
+    windows = outcome_windows(np.array([(p.as_of_date - lag).toordinal() for p in points], dtype=np.int64), horizon)
+    result.summary["pbo"] = config_pbo(windows, [p.configs for p in points], [p.values for p in points],
                                        higher_is_better)
     if plot:
         reliability_plot(result, plot)
@@ -336,11 +336,24 @@ def _decide(point, decision_date: dt.date, top: dict[str, Any] | None, baseline_
         baseline=values[baseline_config] if baseline_config else random, regret=regret)
 
 
-def _blocks(decisions: list[Decision], horizon: int) -> np.ndarray:
-    """A block number per decision: decisions less than a horizon apart share outcome days, so confidence
-    intervals treat blocks of one horizon (not decisions) as the independent units."""
-    days = np.array([np.datetime64(d.decision_date, "D").astype(np.int64) for d in decisions])
-    return (days - days.min()) // max(horizon, 1) if len(days) else days
+def outcome_windows(days: np.ndarray, horizon: int) -> np.ndarray:
+    """A window number per decision day: in date order, a window starts at the first decision not yet in one
+    and takes every decision less than a horizon after that start (they share outcome days). Windows are the
+    independent units of every interval here, counted among the decisions in question, so no decision
+    elsewhere moves them."""
+    days = np.asarray(days, dtype=np.int64)
+    order = np.argsort(days, kind="stable")
+    windows = np.empty(len(days), dtype=np.int64)
+    window, start = -1, None
+    for i in order:
+        if start is None or days[i] >= start + max(horizon, 1):
+            window, start = window + 1, days[i]
+        windows[i] = window
+    return windows
+
+
+def _days(decisions: list[Decision]) -> np.ndarray:
+    return np.array([dt.date.fromisoformat(d.decision_date).toordinal() for d in decisions], dtype=np.int64)
 
 
 def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
@@ -359,9 +372,9 @@ def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
-def _wilson(p: float, n: int) -> tuple[float | None, float | None]:
+def _wilson(p: float, n: float) -> tuple[float | None, float | None]:
     """Wilson's 95 percent interval for a share ``p`` observed over ``n`` independent trials."""
-    if n == 0:
+    if n <= 0:
         return None, None
     centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
@@ -376,7 +389,7 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     if len(picked) < len(decisions):
         notes.append(f"{len(decisions) - len(picked):,} decisions had no eligible config with enough evidence as of "
                      "their date (metaspace abstained); the figures are over the others")
-    blocks = _blocks(picked, horizon)
+    blocks = outcome_windows(_days(picked), horizon)
     column = {name: np.array([getattr(d, name) for d in picked], dtype=float)
               for name in ("chosen", "random", "oracle", "baseline")}
     summary: dict[str, Any] = {name: _mean_ci(values, blocks) for name, values in column.items()}
@@ -388,7 +401,7 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
     summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
-    calibration = _calibration(picked, sign, blocks)
+    calibration = _calibration(picked, sign, horizon)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
     verdict = _verdict(reliable, summary, calibration, len(picked), objective)
@@ -403,20 +416,24 @@ def _share(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def _calibration(picked: list[Decision], sign: float, blocks: np.ndarray) -> list[dict[str, Any]]:
+def _calibration(picked: list[Decision], sign: float, horizon: int) -> list[dict[str, Any]]:
     """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much.
-    The interval treats each independent outcome window (block) among the bin's picks as one trial: twelve
-    wins inside one window are one piece of evidence, not twelve."""
+    Its picks fall in independent outcome windows (counted among the bin's own picks); the interval counts
+    them as Kish's effective number of trials, (sum of window sizes)^2 / sum of squared sizes: windows of
+    equal size are one trial each, and one large window among small ones counts about once, so twelve wins
+    inside one window are one piece of evidence, not twelve."""
     rows = []
+    days = _days(picked)
     for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
         inside = [i for i, d in enumerate(picked) if d.confidence is not None
                   and (low <= d.confidence < high or (high == 1.0 and d.confidence == 1.0))]
         edges = np.array([sign * (picked[i].chosen - picked[i].random) for i in inside])
         share = float((edges > 0).mean()) if inside else None
-        windows = len(np.unique(blocks[inside])) if inside else 0
-        hit_low, hit_high = _wilson(share, windows) if inside else (None, None)
+        sizes = np.bincount(outcome_windows(days[inside], horizon)) if inside else np.zeros(0, dtype=np.int64)
+        trials = float(sizes.sum() ** 2 / (sizes ** 2).sum()) if inside else 0.0
+        hit_low, hit_high = _wilson(share, trials) if inside else (None, None)
         rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
-                     "independent_blocks": windows,
+                     "independent_blocks": len(sizes), "effective_trials": round(trials, 2),
                      "mean_confidence": float(np.mean([picked[i].confidence for i in inside])) if inside else None,
                      "beats_random": share, "beats_random_low": hit_low,
                      "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None})
@@ -424,8 +441,8 @@ def _calibration(picked: list[Decision], sign: float, blocks: np.ndarray) -> lis
 
 
 def top_bin(calibration: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest confidence bin with picks in MIN_BIN_BLOCKS independent outcome windows or more."""
-    return next((row for row in reversed(calibration) if row["independent_blocks"] >= MIN_BIN_BLOCKS), None)
+    """The highest confidence bin whose picks are worth MIN_BIN_BLOCKS independent trials or more."""
+    return next((row for row in reversed(calibration) if row["effective_trials"] >= MIN_BIN_BLOCKS), None)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -442,7 +459,7 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
         return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
                 f"{_fmt(edge['mean'])} ({interval})")
     top = top_bin(calibration)
-    confident = (f"; picks at confidence >= {top['low']:.1f} beat it {top['beats_random']:.0%} of the time "
+    confident = (f"; picks at confidence {top['bin']} beat it {top['beats_random']:.0%} of the time "
                  f"({top['decisions']:,} decisions in {top['independent_blocks']:,} independent outcome windows)"
                  if top else "")
     return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "

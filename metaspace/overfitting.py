@@ -44,32 +44,30 @@ def pbo(performance: np.ndarray) -> dict[str, Any]:
     return {"pbo": float((logits <= 0).mean()), "splits": len(logits), "median_logit": float(np.median(logits))}
 
 
-def config_pbo(dates: Sequence[Any], configs: Sequence[Sequence[str]], values: Sequence[Sequence[float]],
-               independent_blocks: int, higher_is_better: bool = True) -> dict[str, Any]:
-    """PBO of choosing a config by its record, over decisions given by date, configs tried and their realised
-    objectives. Partitions: as many as the independent outcome windows allow (two windows or more a
-    partition), at most 16, at least 4; strategies: the configs tried in every partition."""
-    partitions = min(MAX_PARTITIONS, 2 * (independent_blocks // 4))
-    out: dict[str, Any] = {"pbo": None, "partitions": partitions, "configs": 0, "splits": 0, "median_logit": None}
+def config_pbo(windows: Sequence[int], configs: Sequence[Sequence[str]], values: Sequence[Sequence[float]],
+               higher_is_better: bool = True) -> dict[str, Any]:
+    """PBO of choosing a config by its record, over decisions given by their independent outcome window
+    (numbered in date order), the configs tried and their realised objectives. Partitions: whole windows,
+    contiguous in date order, the same number of windows in each (two or more), as many as that allows up to
+    16, at least 4, so that no outcome is both in sample and out of it; strategies: the configs tried in every
+    partition."""
+    labels = np.unique(windows)
+    partitions = min(MAX_PARTITIONS, 2 * (len(labels) // 4))
+    out: dict[str, Any] = {"pbo": None, "partitions": partitions, "configs": 0, "splits": 0, "median_logit": None,
+                           "reason": None}
     if partitions < MIN_PARTITIONS:
-        out["reason"] = (f"too few independent outcome windows ({independent_blocks}; CSCV needs "
+        out["reason"] = (f"too few independent outcome windows ({len(labels)}; CSCV needs "
                          f"{2 * MIN_PARTITIONS} or more for {MIN_PARTITIONS} partitions)")
         return out
     sign = 1.0 if higher_is_better else -1.0
-    order = sorted(range(len(dates)), key=lambda i: dates[i])
-    cuts = np.array_split(np.array(order), partitions)
-    sums: list[dict[str, float]] = []
-    counts: list[dict[str, int]] = []
-    for part in cuts:
-        total: dict[str, float] = {}
-        seen: dict[str, int] = {}
-        for i in part:
-            mean = float(np.mean(values[i]))
-            for config, value in zip(configs[i], values[i]):
-                total[config] = total.get(config, 0.0) + sign * (value - mean)
-                seen[config] = seen.get(config, 0) + 1
-        sums.append(total)
-        counts.append(seen)
+    part_of = {int(w): p for p, group in enumerate(np.array_split(labels, partitions)) for w in group}
+    sums: list[dict[str, float]] = [{} for _ in range(partitions)]
+    counts: list[dict[str, int]] = [{} for _ in range(partitions)]
+    for window, tried, realised in zip(windows, configs, values):
+        part, mean = part_of[int(window)], float(np.mean(realised))
+        for config, value in zip(tried, realised):
+            sums[part][config] = sums[part].get(config, 0.0) + sign * (value - mean)
+            counts[part][config] = counts[part].get(config, 0) + 1
     common = sorted(set.intersection(*(set(seen) for seen in counts)))
     out["configs"] = len(common)
     if len(common) < 2:

@@ -226,8 +226,8 @@ def test_cli_evaluate_table_ends_with_the_verdict(signal_db: str) -> None:
     overfit = metaspace.evaluate(since="2012-06-01", database_url=signal_db).summary["pbo"]
     assert overfit["pbo"] is not None and overfit["configs"] >= 2
     assert (f"probability of backtest overfitting (choosing a config by its record; CSCV, {overfit['partitions']} "
-            f"partitions, {overfit['configs']} configs, {overfit['splits']:,} splits): {overfit['pbo']:.2f}"
-            in result.output)
+            f"partitions of whole outcome windows, the {overfit['configs']} configs tried in every one, "
+            f"{overfit['splits']:,} splits): {overfit['pbo']:.2f}" in result.output)
     assert "Example:" in CliRunner().invoke(cli, ["evaluate", "--help"]).output
 
 

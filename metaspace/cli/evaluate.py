@@ -84,16 +84,16 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
     click.echo()
     click.echo("deflated_confidence calibration (does a pick in the bin beat a random pick?)")
     echo_table([r for r in result.calibration if r["decisions"]],
-               ("bin", "decisions", "independent_blocks", "mean_confidence", "beats_random", "beats_random_low",
-                "beats_random_high", "mean_edge"))
+               ("bin", "decisions", "independent_blocks", "effective_trials", "mean_confidence", "beats_random",
+                "beats_random_low", "beats_random_high", "mean_edge"))
     overfit = result.summary["pbo"]
     click.echo()
     if overfit["pbo"] is None:
         click.echo(f"probability of backtest overfitting: not measured, {overfit['reason']}")
     else:
         click.echo(f"probability of backtest overfitting (choosing a config by its record; CSCV, "
-                   f"{overfit['partitions']} partitions, {overfit['configs']} configs, {overfit['splits']:,} splits): "
-                   f"{overfit['pbo']:.2f}")
+                   f"{overfit['partitions']} partitions of whole outcome windows, the {overfit['configs']} configs "
+                   f"tried in every one, {overfit['splits']:,} splits): {overfit['pbo']:.2f}")
     if plot:
         click.echo(f"\nreliability plot: {plot}")
     click.echo(f"\nverdict: {result.verdict}")
