@@ -119,9 +119,11 @@ def _row(corpus: str, ranking: str, result) -> str:
              f"{s['chosen_minus_random']['mean']:+.3f} [{s['chosen_minus_random']['low']:+.3f}, "
              f"{s['chosen_minus_random']['high']:+.3f}]",
              f"{s['beats_random']:.2f}", f"{s['regret']['mean']:.2f}",
-             f"{top['bin']}: {top['beats_random']:.2f} (n={top['decisions']}, {top['independent_blocks']} windows)"
+             f"{top['bin']}: {top['beats_random']:.2f} [{top['beats_random_low']:.2f}, {top['beats_random_high']:.2f}] "
+             f"(n={top['decisions']}, {top['independent_blocks']} windows, {top['effective_trials']:.1f} trials)"
              if top else "-",
-             f"{mid['beats_random']:.2f} (n={mid['decisions']}, {mid['independent_blocks']} windows)"
+             f"{mid['beats_random']:.2f} [{mid['beats_random_low']:.2f}, {mid['beats_random_high']:.2f}] "
+             f"(n={mid['decisions']}, {mid['independent_blocks']} windows, {mid['effective_trials']:.1f} trials)"
              if mid["decisions"] else "-",
              "-" if s["pbo"]["pbo"] is None else f"{s['pbo']['pbo']:.2f} ({s['pbo']['configs']} configs)",
              f"{result.seconds:.0f}"]

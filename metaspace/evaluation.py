@@ -497,9 +497,10 @@ def reliability_plot(result: EvaluationResult, out: str) -> str:
         y = [r["beats_random"] for r in rows]
         err = [[r["beats_random"] - r["beats_random_low"] for r in rows],
                [r["beats_random_high"] - r["beats_random"] for r in rows]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="picks (95% interval)")
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="picks (95% interval, windows as trials)")
         for r in rows:
-            ax.annotate(f"{r['decisions']}", (r["mean_confidence"], r["beats_random"]), textcoords="offset points",
+            ax.annotate(f"{r['decisions']} in {r['independent_blocks']} windows", (r["mean_confidence"],
+                        r["beats_random"]), textcoords="offset points",
                         xytext=(6, -10), fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
