@@ -48,9 +48,10 @@ def config_pbo(windows: Sequence[int], configs: Sequence[Sequence[str]], values:
                higher_is_better: bool = True) -> dict[str, Any]:
     """PBO of choosing a config by its record, over decisions given by their independent outcome window
     (numbered in date order), the configs tried and their realised objectives. Partitions: whole windows,
-    contiguous in date order, the same number of windows in each (two or more), as many as that allows up to
-    16, at least 4, so that no outcome is both in sample and out of it; strategies: the configs tried in every
-    partition."""
+    contiguous in date order, the same number of windows in each give or take one (two or more), as many as
+    that allows up to 16, at least 4, so that no window is both in sample and out of it (two decisions either
+    side of a boundary can still share a few outcome days: no gap is purged); strategies: the configs tried in
+    every partition."""
     labels = np.unique(windows)
     partitions = min(MAX_PARTITIONS, 2 * (len(labels) // 4))
     out: dict[str, Any] = {"pbo": None, "partitions": partitions, "configs": 0, "splits": 0, "median_logit": None,
