@@ -437,3 +437,58 @@ def test_a_failed_concurrent_rebuild_is_deferred_with_a_note_not_an_error(db_url
         assert [p.name for p in built] == ["asof_joint_vector_1", "asof_joint_vector_2"]
         assert conn.execute(PREFIX_INDEXES).fetchall() == [("asof_joint_vector_1", True),
                                                            ("asof_joint_vector_2", True)]
+
+
+def test_two_embed_runs_at_once_with_prefix_graphs_write_each_vector_once_and_leave_valid_copies(
+        db_url: str, sample_history: list[dict], tmp_path) -> None:
+    """Two embed-runs racing over new runs, each with graphs and prefix graphs to keep: the writers' lock
+    serialises the vectors, the prefix lock the rebuilds; neither fails, nothing is written twice, no invalid
+    copy is left, and the copies cover the history as one embed-runs would have left them."""
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    pipeline.import_runs([str(write_runs(sample_history[600:1500], tmp_path / "more.jsonl.gz"))],
+                         database_url=db_url)
+    results, errors = [], []
+
+    def work() -> None:
+        try:
+            results.append(pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
+                                               asof_exact_runs=100, batch_size=200))
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert not errors and len(results) == 2
+    assert sorted(r.embedded for r in results) == [0, 900]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT run_id) FROM historical_db.joint_embeddings"
+                            ).fetchone() == (1500, 1500)
+        copies = conn.execute(PREFIX_INDEXES).fetchall()
+        assert copies and all(valid for _, valid in copies)
+        # whatever the interleaving, a later embed-runs finds nothing to rebuild: the copies fit the history
+        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 100))
+        assert (built, dropped) == ([], [])
+
+
+def test_a_sync_left_to_another_session_says_so(db_url: str, sample_history: list[dict], tmp_path) -> None:
+    """While another session rebuilds the prefix graphs, embed-runs writes its vectors and leaves the
+    rebuild to it: before, silently; now with a note saying the copies may lag until the next embed-runs."""
+    _joint_prefix_graphs(db_url, sample_history, tmp_path)
+    pipeline.import_runs([str(write_runs(sample_history[600:1500], tmp_path / "more.jsonl.gz"))],
+                         database_url=db_url)
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (graphs.PREFIX_LOCK_KEY,))
+        summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
+                                      asof_exact_runs=100)
+        other.execute("SELECT pg_advisory_unlock(%s)", (graphs.PREFIX_LOCK_KEY,))
+    assert summary.embedded == 900
+    assert any("another session is rebuilding the as-of prefix graphs" in note for note in summary.notes), \
+        summary.notes
+    summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
+                                  asof_exact_runs=100)  # the next one checks the copies itself
+    assert not any("another session" in note for note in summary.notes), summary.notes
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 100)) == ([], [])
