@@ -12,7 +12,9 @@ config's record: a very large penalty leaves the record alone (the intercept: th
 objective so far, as of the last refit), a small one lets every feature speak. Each penalty is printed
 against the largest one of the same run (the record alone, on the study's own terms) and against the desk's
 best-so-far config (best mean objective over every run known at the decision date), beside a random pick.
-No database: this measures the data, not metaspace.
+The other weighting a record could have, time, is measured first: each config's relative objective over
+every run known at the date, with weights halving every HALF_LIFE years, before and during the held-out
+period, against best-so-far. No database: this measures the data, not metaspace.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import corpora  # noqa: E402
 
 PENALTIES = (10.0, 100.0, 1_000.0, 10_000.0, 100_000.0)
+HALF_LIVES = (20.0, 10.0, 5.0, 2.0, 1.0)
 REFIT_DAYS = 365
 
 
@@ -69,8 +72,47 @@ def _fit(train: pd.DataFrame, features: list[str]) -> dict[str, Any]:
     return {"centre": centre, "scale": scale, "models": models}
 
 
+def recency(name: str, df: pd.DataFrame) -> list[str]:
+    """The other thing a record could weigh: time. Each config's objective relative to the configs beside it,
+    averaged over every run known at the decision date with weights halving every HALF_LIFE years; the pick
+    is the best such record. Before and during the held-out period, against best-so-far (equal weights)."""
+    held = pd.Timestamp(corpora.HELD_OUT_FROM[name])
+    configs = sorted(df["config"].unique())
+    index = {c: i for i, c in enumerate(configs)}
+    known = df["known"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    order = np.argsort(known, kind="stable")
+    known, relative = known[order], df["relative"].to_numpy()[order]
+    objective, which = df["objective"].to_numpy()[order], df["config"].map(index).to_numpy()[order]
+    picks: dict[tuple[str, float | None], list[float]] = {}
+    for _, point in sorted(df.groupby("point"), key=lambda item: item[1]["decision"].iloc[0]):
+        day = point["decision"].iloc[0]
+        end = int(np.searchsorted(known, np.datetime64(day, "D").astype(np.int64), side="right"))
+        if end == 0:
+            continue
+        part = "held out" if day >= held else "before"
+        values = dict(zip(point["config"], point["objective"]))
+        age = (np.datetime64(day, "D").astype(np.int64) - known[:end]) / 365.25
+        for half_life in (None, *HALF_LIVES):
+            weight = np.ones(end) if half_life is None else 0.5 ** (age / half_life)
+            scored = objective[:end] if half_life is None else relative[:end]
+            total = np.bincount(which[:end], weights=weight * scored, minlength=len(configs))
+            mass = np.bincount(which[:end], weights=weight, minlength=len(configs))
+            score = np.where(mass > 0, total / np.maximum(mass, 1e-300), -np.inf)
+            pick = max(values, key=lambda c: (score[index[c]], c))
+            picks.setdefault((part, half_life), []).append(values[pick])
+    lines = []
+    for half_life in HALF_LIVES:
+        cells = []
+        for part in ("before", "held out"):
+            mine, base = np.array(picks[(part, half_life)]), np.array(picks[(part, None)])
+            cells.append(f"{mine.mean():.3f} ({mine.mean() - base.mean():+.3f})")
+        lines.append(f"{name} | record, half-life {half_life:g} years | {cells[0]} | {cells[1]}")
+    return lines
+
+
 def measure(name: str) -> list[str]:
     df, features = _frame(corpora.daily_corpus() if name == "daily" else corpora.monthly_corpus())
+    print("\n".join(recency(name, df)), flush=True)
     held = pd.Timestamp(corpora.HELD_OUT_FROM[name])
     fits: dict[pd.Timestamp, dict[str, Any]] = {}
     chosen: dict[float, list[float]] = {penalty: [] for penalty in PENALTIES}
@@ -105,8 +147,10 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", action="append", choices=["daily", "monthly"])
     args = parser.parse_args(argv)
+    print("corpus | policy | mean objective before the held-out period (minus best-so-far) | held out (minus "
+          "best-so-far)  [recency-weighted records]")
     print(f"corpus | policy | held-out mean objective | beats / trails best-so-far | minus the study's record "
-          f"(penalty {PENALTIES[-1]:g}) | decisions")
+          f"(penalty {PENALTIES[-1]:g}) | decisions  [learned env weights]")
     for name in args.corpus or ["daily", "monthly"]:
         for line in measure(name):
             print(line, flush=True)
