@@ -326,6 +326,10 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
 UNCALIBRATED = ("no calibration of outcome.{objective} fitted by this date for the active encoder version: ranked "
                 "as suggest_configs_v4 ranks, with its uncalibrated confidence (metaspace evaluate "
                 "--save-calibration fits and stores calibrations)")
+RECORD_ONLY = ("the calibration applied (fitted until {fitted_until}) found that the neighbourhood's departures from "
+               "each config's record did not pay over the replayed past: these are ranked by the records alone "
+               "(local scale 0), so the environment asked about does not change them (metaspace evaluate shows "
+               "the pick against the best-so-far config)")
 HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
 
 
@@ -397,6 +401,10 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
                 if other and other not in said:
                     said.add(other)
                     notes = [*notes, other]
+                record_only = RECORD_ONLY.format(fitted_until=which[1])
+                if rows[0].get("local_scale") == 0 and record_only not in said:
+                    said.add(record_only)
+                    notes = [*notes, record_only]
             yield Answer(query, rows, [*notes, *exact_only("env"), *([note] if note else [])])
 
 

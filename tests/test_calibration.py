@@ -19,6 +19,7 @@ from test_roles import _login
 import metaspace
 from metaspace import pipeline
 from metaspace.calibration import (
+    IDENTITY,
     Calibration,
     Candidates,
     OnlineCalibration,
@@ -408,3 +409,28 @@ def test_a_writer_login_stores_calibrations_and_suggest_then_answers_with_them(s
     assert not [w for w in caught if "no calibration" in str(w.message)]
     assert after[0]["calibrated_until"] is not None
     assert dt.date.fromisoformat(as_of) >= after[0]["calibrated_until"]
+
+
+def test_suggest_says_when_its_calibration_ranks_by_the_records_alone(db_url: str, tmp_path: Path) -> None:
+    """With a calibration at local scale 0 the environment asked about cannot change the ranking: the answer
+    says so (before, it looked like any other), and not where the calibration lets the neighbourhood in."""
+    from metaspace.store.evaluation import save_calibrations
+
+    history = _regime_change(5)
+    _load(db_url, history, tmp_path)
+    record_only, neighbourhood = dt.date(2012, 6, 1), dt.date(2012, 9, 1)
+    with connect(db_url, autocommit=True) as conn:
+        save_calibrations(conn, objective="sharpe", higher_is_better=True, fits=[
+            Calibration(record_only, 0.0, *IDENTITY, 40, {"neighbours": 1000, "min_runs": 3, "horizon_given": None}),
+            Calibration(neighbourhood, 1.0, *IDENTITY, 60, {"neighbours": 1000, "min_runs": 3, "horizon_given": None})])
+    trending_up, trending_down = dict(history[-1]["env"], trend=1.5), dict(history[-1]["env"], trend=-1.5)
+    for day, says in ((record_only, True), (neighbourhood, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            up = metaspace.suggest(trending_up, as_of=day + dt.timedelta(days=10), database_url=db_url)
+        said = [str(w.message) for w in caught if "ranked by the records alone" in str(w.message)]
+        assert bool(said) == says, (day, [str(w.message) for w in caught])
+        if says:
+            assert f"fitted until {day}" in said[0]
+            down = metaspace.suggest(trending_down, as_of=day + dt.timedelta(days=10), database_url=db_url)
+            assert [r["config_id"] for r in up] == [r["config_id"] for r in down]
