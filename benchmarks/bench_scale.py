@@ -428,7 +428,10 @@ def stage_product(conn, truth: Truth, queries, count: int) -> None:
     n = len(truth.ids)
     settings = graphs.read_settings(conn)
     started = time.perf_counter()
-    built, dropped = graphs.sync_prefix_graphs(conn, settings)
+    try:
+        built, dropped = graphs.sync_prefix_graphs(conn, settings)
+    except graphs.PrefixGraphsDeferred as deferred:
+        sys.exit(f"prefix graphs: {deferred}; run the benchmark again once they are built")
     print(f"\nprefix graphs: {len(built)} built, {len(dropped)} dropped in {time.perf_counter() - started:.0f} s "
           f"(asof_exact_runs {settings.exact_runs:,})")
     full = _size(conn, f"historical_db.{VECTOR_INDEX}")

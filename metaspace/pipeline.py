@@ -388,6 +388,10 @@ def _sync_prefix_graphs(conn, summary: EmbedSummary, settings: graphs.IndexSetti
     started = time.perf_counter()
     try:
         prefixes, _ = graphs.sync_prefix_graphs(conn, settings)
+    except graphs.PrefixGraphsBusy as busy:  # left to the other session: worth a note if this run wrote vectors
+        if summary.embedded:
+            summary.notes.append(str(busy))
+        return
     except graphs.PrefixGraphsDeferred as deferred:  # the vectors are written: this run did its work
         summary.notes.append(str(deferred))
         return

@@ -327,9 +327,9 @@ UNCALIBRATED = ("no calibration of outcome.{objective} fitted by this date for t
                 "as suggest_configs_v4 ranks, with its uncalibrated confidence (metaspace evaluate "
                 "--save-calibration fits and stores calibrations)")
 RECORD_ONLY = ("the calibration applied (fitted until {fitted_until}) found that the neighbourhood's departures from "
-               "each config's record did not pay over the replayed past: these are ranked by the records alone "
-               "(local scale 0), so the environment asked about does not change them (metaspace evaluate shows "
-               "the pick against the best-so-far config)")
+               "each config's record did not pay over the replayed past: the environment asked about only chooses "
+               "the candidates (configs with evidence nearby), which are ranked by their records (local scale 0; "
+               "metaspace evaluate shows the pick against the best-so-far config)")
 HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
 
 

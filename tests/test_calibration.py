@@ -412,8 +412,9 @@ def test_a_writer_login_stores_calibrations_and_suggest_then_answers_with_them(s
 
 
 def test_suggest_says_when_its_calibration_ranks_by_the_records_alone(db_url: str, tmp_path: Path) -> None:
-    """With a calibration at local scale 0 the environment asked about cannot change the ranking: the answer
-    says so (before, it looked like any other), and not where the calibration lets the neighbourhood in."""
+    """With a calibration at local scale 0 the environment asked about only chooses the candidates, which are
+    ranked by their records: the answer says so (before, it looked like any other), and not where the
+    calibration lets the neighbourhood in."""
     from metaspace.store.evaluation import save_calibrations
 
     history = _regime_change(5)
@@ -423,14 +424,15 @@ def test_suggest_says_when_its_calibration_ranks_by_the_records_alone(db_url: st
         save_calibrations(conn, objective="sharpe", higher_is_better=True, fits=[
             Calibration(record_only, 0.0, *IDENTITY, 40, {"neighbours": 1000, "min_runs": 3, "horizon_given": None}),
             Calibration(neighbourhood, 1.0, *IDENTITY, 60, {"neighbours": 1000, "min_runs": 3, "horizon_given": None})])
-    trending_up, trending_down = dict(history[-1]["env"], trend=1.5), dict(history[-1]["env"], trend=-1.5)
+    trending_up = dict(history[-1]["env"], trend=1.5)
     for day, says in ((record_only, True), (neighbourhood, False)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             up = metaspace.suggest(trending_up, as_of=day + dt.timedelta(days=10), database_url=db_url)
-        said = [str(w.message) for w in caught if "ranked by the records alone" in str(w.message)]
+        said = [str(w.message) for w in caught if "ranked by their records (local scale 0" in str(w.message)]
         assert bool(said) == says, (day, [str(w.message) for w in caught])
         if says:
             assert f"fitted until {day}" in said[0]
-            down = metaspace.suggest(trending_down, as_of=day + dt.timedelta(days=10), database_url=db_url)
-            assert [r["config_id"] for r in up] == [r["config_id"] for r in down]
+        ranked_by_record = sorted(up, key=lambda r: (-r["record_estimate"], r["config_id"]))
+        assert ([r["config_id"] for r in up] == [r["config_id"] for r in ranked_by_record]) or not says
+        assert all(r["local_scale"] == (0.0 if says else 1.0) for r in up)

@@ -395,8 +395,13 @@ class PrefixGraphsDeferred(MetaspaceError):
     written before it stands); say so, go on."""
 
 
-BUSY = ("another session is rebuilding the as-of prefix graphs: left to it (it may have planned before these "
-        "vectors were written; answers stay right, and the next embed-runs brings the copies up to date)")
+class PrefixGraphsBusy(PrefixGraphsDeferred):
+    """Another session holds the rebuild of the prefix graphs: left to it."""
+
+
+BUSY = ("another session is rebuilding the as-of prefix graphs: left to it (it may have planned before the vectors "
+        "written here; answers stay right, and the next embed-runs by the tables' owner brings the copies up to "
+        "date)")
 
 
 def _drop_leftovers_if_possible(conn: psycopg.Connection) -> None:
@@ -413,7 +418,7 @@ def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tup
     """Give every space that has a graph the prefix graphs of its kind that today's history calls for:
     drop those of spaces without a graph (or of another kind), and rebuild a space's set where it has
     drifted (``prefix_stale``) or lost a copy. Returns (built, dropped). While another session rebuilds them,
-    raises PrefixGraphsDeferred: that rebuild may have planned before the caller's vectors were written, so
+    raises PrefixGraphsBusy: that rebuild may have planned before the caller's vectors were written, so
     the copies can lag (answers stay right; an early-date search may walk a larger copy) until the next sync.
 
     In autocommit, every build and drop is CONCURRENTLY (the module's docstring says how); in a transaction,
@@ -421,7 +426,7 @@ def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tup
     concurrently = _can_run_concurrently(conn)
     if concurrently:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (PREFIX_LOCK_KEY,)).fetchone()[0]:
-            raise PrefixGraphsDeferred(BUSY)
+            raise PrefixGraphsBusy(BUSY)
         try:
             return _sync_prefix_graphs(conn, settings, concurrently=True)
         except psycopg.Error as error:  # e.g. a deadlock with another embed-runs' ANALYZE or graph build
@@ -433,7 +438,7 @@ def sync_prefix_graphs(conn: psycopg.Connection, settings: IndexSettings) -> tup
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (PREFIX_LOCK_KEY,))
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PREFIX_LOCK_KEY,)).fetchone()[0]:
-        raise PrefixGraphsDeferred(BUSY)
+        raise PrefixGraphsBusy(BUSY)
     return _sync_prefix_graphs(conn, settings, concurrently=False)
 
 
