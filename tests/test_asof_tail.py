@@ -483,10 +483,13 @@ def test_a_sync_left_to_another_session_says_so(db_url: str, sample_history: lis
         other.execute("SELECT pg_advisory_lock(%s)", (graphs.PREFIX_LOCK_KEY,))
         summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
                                       asof_exact_runs=100)
+        idle = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
+                                   asof_exact_runs=100)  # wrote nothing: nothing for the copies to lag behind
         other.execute("SELECT pg_advisory_unlock(%s)", (graphs.PREFIX_LOCK_KEY,))
     assert summary.embedded == 900
     assert any("another session is rebuilding the as-of prefix graphs" in note for note in summary.notes), \
         summary.notes
+    assert idle.embedded == 0 and not any("another session" in note for note in idle.notes), idle.notes
     summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
                                   asof_exact_runs=100)  # the next one checks the copies itself
     assert not any("another session" in note for note in summary.notes), summary.notes
