@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from test_pipeline import embed_runs_at_once
 
 from metaspace import pipeline
 from metaspace.cli import cli
@@ -447,21 +448,8 @@ def test_two_embed_runs_at_once_with_prefix_graphs_write_each_vector_once_and_le
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
     pipeline.import_runs([str(write_runs(sample_history[600:1500], tmp_path / "more.jsonl.gz"))],
                          database_url=db_url)
-    results, errors = [], []
-
-    def work() -> None:
-        try:
-            results.append(pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
-                                               asof_exact_runs=100, batch_size=200))
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    workers = [threading.Thread(target=work) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=300)
-    assert not errors and len(results) == 2
+    results = embed_runs_at_once(db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=100,
+                                 batch_size=200)
     assert sorted(r.embedded for r in results) == [0, 900]
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT run_id) FROM historical_db.joint_embeddings"

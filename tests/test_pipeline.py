@@ -241,13 +241,13 @@ def test_embed_run_notices_a_database_rebuilt_under_a_running_process(db_url: st
     assert np.array_equal(vector, expected)
 
 
-def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, tmp_path: Path) -> None:
-    pipeline.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
+def embed_runs_at_once(db_url: str, **options) -> list[pipeline.EmbedSummary]:
+    """Two embed-runs started together on the database, each in its own thread; both must finish cleanly."""
     results, errors = [], []
 
     def work() -> None:
         try:
-            results.append(pipeline.embed_runs(database_url=db_url, batch_size=100))
+            results.append(pipeline.embed_runs(database_url=db_url, **options))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -256,7 +256,13 @@ def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, t
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert not errors
+    assert not errors and len(results) == 2, errors
+    return results
+
+
+def test_two_embed_runs_at_once_neither_double_write_nor_deadlock(db_url: str, tmp_path: Path) -> None:
+    pipeline.import_runs([_write(tmp_path / "a.jsonl", synthetic_runs(600, seed=6))], database_url=db_url)
+    results = embed_runs_at_once(db_url, batch_size=100)
     assert sorted(r.embedded for r in results) == [0, 600]
     counts = _counts(db_url)
     assert counts["joint"] == counts["distinct_joint"] == 600 and counts["branch"] == 1800
