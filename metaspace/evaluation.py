@@ -36,7 +36,7 @@ BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 Z95 = 1.959963984540054
 # The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
 # (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
-MIN_BIN_BLOCKS = 10
+MIN_BIN_TRIALS = 10
 
 
 @dataclass
@@ -389,7 +389,8 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     if len(picked) < len(decisions):
         notes.append(f"{len(decisions) - len(picked):,} decisions had no eligible config with enough evidence as of "
                      "their date (metaspace abstained); the figures are over the others")
-    blocks = outcome_windows(_days(picked), horizon)
+    days = _days(picked)
+    blocks = outcome_windows(days, horizon)
     column = {name: np.array([getattr(d, name) for d in picked], dtype=float)
               for name in ("chosen", "random", "oracle", "baseline")}
     summary: dict[str, Any] = {name: _mean_ci(values, blocks) for name, values in column.items()}
@@ -401,7 +402,7 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
     summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
-    calibration = _calibration(picked, sign, horizon)
+    calibration = _calibration(picked, days, sign, horizon)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
     verdict = _verdict(reliable, summary, calibration, len(picked), objective)
@@ -416,14 +417,13 @@ def _share(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def _calibration(picked: list[Decision], sign: float, horizon: int) -> list[dict[str, Any]]:
+def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon: int) -> list[dict[str, Any]]:
     """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much.
     Its picks fall in independent outcome windows (counted among the bin's own picks); the interval counts
     them as Kish's effective number of trials, (sum of window sizes)^2 / sum of squared sizes: windows of
     equal size are one trial each, and one large window among small ones counts about once, so twelve wins
     inside one window are one piece of evidence, not twelve."""
     rows = []
-    days = _days(picked)
     for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
         inside = [i for i, d in enumerate(picked) if d.confidence is not None
                   and (low <= d.confidence < high or (high == 1.0 and d.confidence == 1.0))]
@@ -441,8 +441,8 @@ def _calibration(picked: list[Decision], sign: float, horizon: int) -> list[dict
 
 
 def top_bin(calibration: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest confidence bin whose picks are worth MIN_BIN_BLOCKS independent trials or more."""
-    return next((row for row in reversed(calibration) if row["effective_trials"] >= MIN_BIN_BLOCKS), None)
+    """The highest confidence bin whose picks are worth MIN_BIN_TRIALS independent trials or more."""
+    return next((row for row in reversed(calibration) if row["effective_trials"] >= MIN_BIN_TRIALS), None)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -467,10 +467,8 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
 
 
 def _against_baseline(versus: dict[str, float | None]) -> str:
-    """The pick against the desk's best-so-far config: ahead or behind only where the interval says so."""
-    if versus["low"] is None:
-        return ("and the best-so-far config by" if versus["mean"] >= 0
-                else "but trailed the best-so-far config by") + f" {abs(versus['mean']):.3f}"
+    """The pick against the desk's best-so-far config: ahead or behind only where the interval says so (asked
+    only of a reliable edge, which needs two windows or more, so the difference has its interval too)."""
     interval = f"95% CI {_fmt(versus['low'])}..{_fmt(versus['high'])}"
     if versus["low"] <= 0 <= versus["high"]:
         return (f"level with the best-so-far config ({_fmt(versus['mean'])}, {interval}): no edge clear of noise "

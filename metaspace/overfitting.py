@@ -3,8 +3,8 @@ Borwein, Lopez de Prado and Zhu, "The probability of backtest overfitting", 2016
 
 What evaluate asks of a history with it: if a desk picks, on one half of the history, the config with the
 best record, how often does that config land in the worse half of the configs on the other half? The
-decisions are cut, in date order, into S contiguous partitions of equal size; every way of taking S/2 of them
-as the in-sample half is tried (C(S, S/2) splits: 12,870 for S = 16), the rest being the out-of-sample half.
+decisions' independent outcome windows are grouped, in date order, into S contiguous partitions of (nearly)
+equal numbers of windows; every way of taking S/2 of them as the in-sample half is tried (C(S, S/2) splits: 12,870 for S = 16), the rest being the out-of-sample half.
 PBO is the share of splits in which the in-sample best config ranks at or below the median out of sample:
 near 0, a record that carries; near 0.5 or above, choosing by the record is fitting noise. Each config is
 scored by its objective relative to the configs tried beside it (minus their mean), which removes the market
