@@ -114,24 +114,27 @@ def _row(corpus: str, ranking: str, result) -> str:
     s = result.summary
     top = top_bin(result.calibration)
     mid = result.calibration[1]
+    gap = s["confidence_gap"]
     cells = [corpus, ranking, f"{result.picked}/{result.evaluated}", f"{s['chosen']['mean']:.3f}",
              f"{s['random']['mean']:.3f}", f"{s['baseline']['mean']:.3f}", f"{s['oracle']['mean']:.3f}",
              f"{s['chosen_minus_random']['mean']:+.3f} [{s['chosen_minus_random']['low']:+.3f}, "
              f"{s['chosen_minus_random']['high']:+.3f}]",
              f"{s['beats_random']:.2f}", f"{s['regret']['mean']:.2f}",
              f"{top['bin']}: {top['beats_random']:.2f} [{top['beats_random_low']:.2f}, {top['beats_random_high']:.2f}] "
-             f"(n={top['decisions']}, {top['independent_blocks']} windows, {top['effective_trials']:.1f} trials)"
-             if top else "-",
+             f"(n={top['decisions']}, {top['independent_blocks']} windows, {top['effective_trials']:.1f} trials; "
+             f"claims {top['mean_confidence']:.2f}: {top['confidence_check']})" if top else "-",
              f"{mid['beats_random']:.2f} [{mid['beats_random_low']:.2f}, {mid['beats_random_high']:.2f}] "
-             f"(n={mid['decisions']}, {mid['independent_blocks']} windows, {mid['effective_trials']:.1f} trials)"
-             if mid["decisions"] else "-",
+             f"(n={mid['decisions']}, {mid['independent_blocks']} windows, {mid['effective_trials']:.1f} trials; "
+             f"claims {mid['mean_confidence']:.2f}: {mid['confidence_check']})" if mid["decisions"] else "-",
+             "-" if gap["low"] is None else f"{gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]",
              "-" if s["pbo"]["pbo"] is None else f"{s['pbo']['pbo']:.2f} ({s['pbo']['configs']} configs)",
              f"{result.seconds:.0f}"]
     return " | ".join(cells)
 
 
 HEADER = ("corpus | ranking | picked/decisions | chosen | random | best-so-far | oracle | chosen-random [95% CI] | "
-          "beats random | regret | top bin: beats random | 0.5-0.6: beats random | PBO of the record | s")
+          "beats random | regret | top bin: beats random | 0.5-0.6: beats random | won minus claimed [95% CI] | "
+          "PBO of the record | s")
 
 
 def main(argv: list[str]) -> None:

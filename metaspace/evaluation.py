@@ -37,6 +37,9 @@ Z95 = 1.959963984540054
 # The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
 # (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
 MIN_BIN_TRIALS = 10
+# How the verdict words a bin's check of its own claim (the top bin has MIN_BIN_TRIALS trials, so never too few).
+CLAIMS = {"consistent": "as claimed", "over-confident": "less often than claimed",
+          "under-confident": "more often than claimed"}
 
 
 @dataclass
@@ -402,6 +405,9 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
     summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
+    summary["confidence_gap"] = _confidence_gap(picked, column, blocks, sign)
+    claims = [d.confidence for d in picked if d.confidence is not None]
+    summary["mean_confidence"] = float(np.mean(claims)) if claims else None
     calibration = _calibration(picked, days, sign, horizon)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
@@ -415,6 +421,44 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
 
 def _share(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if len(flags) else None
+
+
+def _confidence_gap(picked: list[Decision], column: dict[str, np.ndarray], blocks: np.ndarray,
+                    sign: float) -> dict[str, float | None]:
+    """How much more often the picks beat a random pick than their confidence claimed (positive: the
+    confidence is too modest; negative: it claims too much), with the outcome windows as units."""
+    claimed = np.array([np.nan if d.confidence is None else d.confidence for d in picked], dtype=float)
+    hits = (sign * (column["chosen"] - column["random"]) > 0).astype(float)
+    known = ~np.isnan(claimed)
+    return _mean_ci(hits[known] - claimed[known], blocks[known])
+
+
+def confidence_line(summary: dict[str, Any]) -> str:
+    """One sentence: do the picks beat a random pick as often as their confidence claims, over all bins?"""
+    gap, claimed, hits = summary["confidence_gap"], summary["mean_confidence"], summary["beats_random"]
+    if claimed is None or hits is None:
+        return "no pick carried a confidence"
+    head = f"picks beat a random pick {hits:.0%} of the time, claimed {claimed:.0%} on average"
+    if gap["low"] is None:
+        return f"{head}: one outcome window, too few to tell"
+    interval = f"{_fmt(gap['mean'])}, 95% CI {_fmt(gap['low'])}..{_fmt(gap['high'])}"
+    if gap["low"] > 0:
+        return f"{head} ({interval}): under-confident, the picks win more often than claimed"
+    if gap["high"] < 0:
+        return f"{head} ({interval}): over-confident, the picks win less often than claimed"
+    return f"{head} ({interval}): consistent, no gap clear of noise"
+
+
+def _confidence_check(claimed: float | None, low: float | None, high: float | None, trials: float) -> str | None:
+    """Is a bin what it claims? Contradicted only where its mean confidence lies outside the interval of how
+    often its picks beat a random pick; inside it, a bin worth fewer than MIN_BIN_TRIALS trials tells nothing."""
+    if claimed is None or low is None or high is None:
+        return None
+    if claimed > high:
+        return "over-confident"
+    if claimed < low:
+        return "under-confident"
+    return "consistent" if trials >= MIN_BIN_TRIALS else "too few trials"
 
 
 def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon: int) -> list[dict[str, Any]]:
@@ -432,11 +476,12 @@ def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon:
         sizes = np.bincount(outcome_windows(days[inside], horizon)) if inside else np.zeros(0, dtype=np.int64)
         trials = float(sizes.sum() ** 2 / (sizes ** 2).sum()) if inside else 0.0
         hit_low, hit_high = _wilson(share, trials) if inside else (None, None)
+        claimed = float(np.mean([picked[i].confidence for i in inside])) if inside else None
         rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
                      "independent_blocks": len(sizes), "effective_trials": round(trials, 2),
-                     "mean_confidence": float(np.mean([picked[i].confidence for i in inside])) if inside else None,
-                     "beats_random": share, "beats_random_low": hit_low,
-                     "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None})
+                     "mean_confidence": claimed, "beats_random": share, "beats_random_low": hit_low,
+                     "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None,
+                     "confidence_check": _confidence_check(claimed, hit_low, hit_high, trials)})
     return rows
 
 
@@ -459,9 +504,9 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
         return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
                 f"{_fmt(edge['mean'])} ({interval})")
     top = top_bin(calibration)
-    confident = (f"; picks at confidence {top['bin']} beat it {top['beats_random']:.0%} of the time "
-                 f"({top['decisions']:,} decisions in {top['independent_blocks']:,} independent outcome windows)"
-                 if top else "")
+    confident = (f"; picks at confidence {top['bin']} beat it {top['beats_random']:.0%} of the time, "
+                 f"{CLAIMS[top['confidence_check']]} ({top['decisions']:,} decisions in "
+                 f"{top['independent_blocks']:,} independent outcome windows)" if top else "")
     return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "
             f"({interval}) over {picked:,} decisions, {_against_baseline(versus)}{confident}")
 

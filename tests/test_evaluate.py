@@ -19,7 +19,7 @@ import metaspace
 from metaspace import pipeline
 from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
-from metaspace.evaluation import NO_EDGE, _decide
+from metaspace.evaluation import NO_EDGE, _decide, confidence_line
 from metaspace.sample import write_runs
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import DecisionPoint
@@ -223,11 +223,14 @@ def test_cli_evaluate_table_ends_with_the_verdict(signal_db: str) -> None:
     result = CliRunner().invoke(cli, ["--database-url", signal_db, "evaluate", "--since", "2012-06-01"])
     assert result.exit_code == 0, result.output
     assert "verdict: " in result.output.splitlines()[-1]
-    overfit = metaspace.evaluate(since="2012-06-01", database_url=signal_db).summary["pbo"]
+    summary = metaspace.evaluate(since="2012-06-01", database_url=signal_db).summary
+    overfit = summary["pbo"]
     assert overfit["pbo"] is not None and overfit["configs"] >= 2
     assert (f"probability of backtest overfitting (choosing a config by its record; CSCV, {overfit['partitions']} "
             f"partitions of whole outcome windows, the {overfit['configs']} configs tried in every one, "
             f"{overfit['splits']:,} splits): {overfit['pbo']:.2f}" in result.output)
+    assert f"confidence against outcomes: {confidence_line(summary)}" in result.output
+    assert "confidence_check" in result.output
     assert "Example:" in CliRunner().invoke(cli, ["evaluate", "--help"]).output
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metaspace.evaluation import Decision, _aggregate
+from metaspace.evaluation import Decision, _aggregate, confidence_line
 from metaspace.overfitting import config_pbo, pbo
 
 HORIZON = 92
@@ -55,8 +55,8 @@ def test_a_bin_counts_its_independent_outcome_windows_and_its_interval_knows_the
 
 def test_the_verdict_judges_the_top_bin_that_has_independent_evidence() -> None:
     verdict = _aggregated(_one_episode_and_many_windows()).verdict
-    assert "picks at confidence 0.6-0.7 beat it 70% of the time (40 decisions in 40 independent outcome windows)" \
-        in verdict, verdict
+    assert ("picks at confidence 0.6-0.7 beat it 70% of the time, as claimed (40 decisions in 40 independent "
+            "outcome windows)" in verdict), verdict
     assert "0.8-0.9" not in verdict
 
 
@@ -219,3 +219,84 @@ def test_a_pick_clearly_ahead_of_the_best_so_far_config_is_said_to_be_ahead() ->
     decisions = [_decision(HORIZON * i, 0.6, 1.5 + 0.01 * (i % 3), baseline=1.0) for i in range(30)]
     verdict = _aggregated(decisions).verdict
     assert "and the best-so-far config by 0.510 (95% CI" in verdict, verdict
+
+
+# Is the confidence what it claims? A bin's claim is the mean confidence of its picks; it is contradicted only
+# where that claim lies outside the bin's interval over independent trials.
+
+
+def _bin_of(decisions: list[Decision], name: str) -> dict:
+    return next(row for row in _aggregated(decisions).calibration if row["bin"] == name)
+
+
+def _lone(confidence: float, wins: int, picks: int = 40, start: int = 0) -> list[Decision]:
+    """``picks`` picks at one confidence, each in its own outcome window, the first ``wins`` of them winning."""
+    return [_decision(start + HORIZON * i, confidence, 1.0 if i < wins else -1.0) for i in range(picks)]
+
+
+def test_a_bin_that_claims_more_than_its_picks_deliver_is_over_confident() -> None:
+    row = _bin_of(_lone(0.95, 20), "0.9-1.0")
+    assert row["beats_random_high"] < 0.95 and row["confidence_check"] == "over-confident"
+
+
+def test_a_bin_near_a_coin_flip_whose_picks_nearly_always_win_is_under_confident() -> None:
+    row = _bin_of(_lone(0.55, 36), "0.5-0.6")
+    assert row["beats_random_low"] > 0.55 and row["confidence_check"] == "under-confident"
+
+
+def test_a_bin_whose_picks_win_as_often_as_it_claims_is_consistent() -> None:
+    row = _bin_of(_lone(0.65, 27), "0.6-0.7")
+    assert row["confidence_check"] == "consistent"
+
+
+def test_a_bin_with_too_few_trials_is_not_called_consistent() -> None:
+    """Twelve picks in one window that win as often as claimed are one trial: nothing to tell either way."""
+    decisions = [_decision(day, 0.75, 1.0 if day < 9 else -1.0) for day in range(12)]
+    assert _bin_of(decisions, "0.7-0.8")["confidence_check"] == "too few trials"
+    # Few trials that contradict the claim outright still say so: all lose at 0.95, over four windows.
+    assert _bin_of(_lone(0.95, 0, picks=4), "0.9-1.0")["confidence_check"] == "over-confident"
+
+
+def test_the_verdict_says_whether_the_top_bin_wins_as_often_as_it_claims() -> None:
+    honest = _aggregated(_lone(0.65, 28)).verdict
+    assert "picks at confidence 0.6-0.7 beat it 70% of the time, as claimed (" in honest, honest
+    boastful = _aggregated(_lone(0.95, 27) + _lone(0.65, 28, start=10_000)).verdict
+    assert "picks at confidence 0.9-1.0 beat it 68% of the time, less often than claimed (" in boastful, boastful
+    modest = _aggregated(_lone(0.55, 36)).verdict
+    assert "picks at confidence 0.5-0.6 beat it 90% of the time, more often than claimed (" in modest, modest
+
+
+def test_the_summary_measures_the_gap_between_claims_and_outcomes_over_windows() -> None:
+    """Hits minus claimed confidence, with the windows as units: twelve overclaiming picks in one window
+    weigh one window, not twelve."""
+    decisions = _lone(0.6, 24) + [_decision(20_000 + day, 0.95, -1.0) for day in range(12)]
+    gap = _aggregated(decisions).summary["confidence_gap"]
+    hits = np.array([1.0] * 24 + [0.0] * 16 + [0.0] * 12)
+    claims = np.array([0.6] * 40 + [0.95] * 12)
+    assert gap["mean"] == pytest.approx(float((hits - claims).mean()))
+    assert gap["low"] < 0 < gap["high"]
+    assert _aggregated(_lone(0.95, 10)).summary["confidence_gap"]["high"] < 0
+
+
+def test_the_confidence_line_says_which_way_the_claims_miss() -> None:
+    assert confidence_line(_aggregated(_lone(0.95, 10)).summary) == (
+        "picks beat a random pick 25% of the time, claimed 95% on average (-0.700, 95% CI -0.836..-0.564): "
+        "over-confident, the picks win less often than claimed")
+    assert confidence_line(_aggregated(_lone(0.55, 36)).summary).endswith(
+        "under-confident, the picks win more often than claimed")
+    assert confidence_line(_aggregated(_lone(0.65, 27)).summary).endswith("consistent, no gap clear of noise")
+    one_window = [_decision(day, 0.75, 1.0) for day in range(5)]
+    assert confidence_line(_aggregated(one_window).summary).endswith("one outcome window, too few to tell")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=60),
+       st.randoms(use_true_random=False))
+def test_the_confidence_checks_do_not_depend_on_the_order_of_the_decisions(picks, rnd) -> None:
+    decisions = [_decision(day, confidence, 1.0 if win else -1.0) for day, confidence, win in picks]
+    shuffled = list(decisions)
+    rnd.shuffle(shuffled)
+    first, second = _aggregated(decisions), _aggregated(shuffled)
+    assert [r["confidence_check"] for r in first.calibration] == [r["confidence_check"] for r in second.calibration]
+    for key in ("mean", "low", "high"):
+        assert first.summary["confidence_gap"][key] == pytest.approx(second.summary["confidence_gap"][key])

@@ -15,7 +15,7 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
-from metaspace.evaluation import evaluate
+from metaspace.evaluation import confidence_line, evaluate
 
 SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of the configs tried)"),
                 ("baseline", "best-so-far config"), ("oracle", "oracle (best config tried)"),
@@ -85,7 +85,8 @@ def evaluate_command(objective, higher_is_better, since, until, horizon, sample,
     click.echo("deflated_confidence calibration (does a pick in the bin beat a random pick?)")
     echo_table([r for r in result.calibration if r["decisions"]],
                ("bin", "decisions", "independent_blocks", "effective_trials", "mean_confidence", "beats_random",
-                "beats_random_low", "beats_random_high", "mean_edge"))
+                "beats_random_low", "beats_random_high", "mean_edge", "confidence_check"))
+    click.echo(f"confidence against outcomes: {confidence_line(result.summary)}")
     overfit = result.summary["pbo"]
     click.echo()
     if overfit["pbo"] is None:
