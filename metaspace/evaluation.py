@@ -375,13 +375,18 @@ def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
-def _wilson(p: float, n: float) -> tuple[float | None, float | None]:
-    """Wilson's 95 percent interval for a share ``p`` observed over ``n`` independent trials."""
+def _exact_interval(p: float, n: float) -> tuple[float | None, float | None]:
+    """The exact (Clopper-Pearson) 95 percent interval for a share ``p`` observed over ``n`` independent
+    trials, from beta quantiles, which also take a fractional (effective) number of trials. Exact because a
+    bin's trials are few: an approximate interval calls one lost trial evidence against a confidence of 0.8."""
     if n <= 0:
         return None, None
-    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
-    return centre - half, centre + half
+    from scipy.special import betaincinv  # scipy comes with scikit-learn; imported here, off the CLI's start
+
+    wins = p * n
+    low = float(betaincinv(wins, n - wins + 1, 0.025)) if wins > 0 else 0.0
+    high = float(betaincinv(wins + 1, n - wins, 0.975)) if wins < n else 1.0
+    return low, high
 
 
 def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool, horizon: int,
@@ -475,7 +480,7 @@ def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon:
         share = float((edges > 0).mean()) if inside else None
         sizes = np.bincount(outcome_windows(days[inside], horizon)) if inside else np.zeros(0, dtype=np.int64)
         trials = float(sizes.sum() ** 2 / (sizes ** 2).sum()) if inside else 0.0
-        hit_low, hit_high = _wilson(share, trials) if inside else (None, None)
+        hit_low, hit_high = _exact_interval(share, trials) if inside else (None, None)
         claimed = float(np.mean([picked[i].confidence for i in inside])) if inside else None
         rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
                      "independent_blocks": len(sizes), "effective_trials": round(trials, 2),

@@ -257,6 +257,17 @@ def test_a_bin_with_too_few_trials_is_not_called_consistent() -> None:
     assert _bin_of(_lone(0.95, 0, picks=4), "0.9-1.0")["confidence_check"] == "over-confident"
 
 
+def test_one_losing_window_does_not_contradict_a_confidence_of_083() -> None:
+    """A pick that wins 83% of the time loses one window in six: one loss is no evidence against it (an exact
+    test gives 0.17). A normal-approximation interval (Wilson's: 0.00..0.79 for no win in one trial) called
+    the bin over-confident on the pre-held-out daily replay."""
+    row = _bin_of([_decision(day, 0.83, -1.0) for day in range(2)], "0.8-0.9")
+    assert row["effective_trials"] == 1.0 and row["beats_random_high"] > 0.83
+    assert row["confidence_check"] == "too few trials"
+    # Its interval is exact: no win in one trial leaves the share anywhere up to 1 - 0.025 = 0.975.
+    assert row["beats_random_high"] == pytest.approx(0.975)
+
+
 def test_the_verdict_says_whether_the_top_bin_wins_as_often_as_it_claims() -> None:
     honest = _aggregated(_lone(0.65, 28)).verdict
     assert "picks at confidence 0.6-0.7 beat it 70% of the time, as claimed (" in honest, honest
