@@ -14,7 +14,8 @@ against the largest one of the same run (the record alone, on the study's own te
 best-so-far config (best mean objective over every run known at the decision date), beside a random pick.
 The other weighting a record could have, time, is measured first: each config's relative objective over
 every run known at the date, with weights halving every HALF_LIFE years, before and during the held-out
-period, against best-so-far. No database: this measures the data, not metaspace.
+period, against best-so-far; and the half-life chosen walk-forward at each decision, as v5 chooses its local
+scale. No database: this measures the data, not metaspace.
 """
 
 from __future__ import annotations
@@ -77,21 +78,25 @@ def recency(name: str, df: pd.DataFrame) -> list[str]:
     averaged over every run known at the decision date with weights halving every HALF_LIFE years; the pick
     is the best such record. Before and during the held-out period, against best-so-far (equal weights)."""
     held = pd.Timestamp(corpora.HELD_OUT_FROM[name])
+    horizon = int((df["known"] - df["decision"]).dt.days.max())
     configs = sorted(df["config"].unique())
     index = {c: i for i, c in enumerate(configs)}
     known = df["known"].to_numpy().astype("datetime64[D]").astype(np.int64)
     order = np.argsort(known, kind="stable")
     known, relative = known[order], df["relative"].to_numpy()[order]
     objective, which = df["objective"].to_numpy()[order], df["config"].map(index).to_numpy()[order]
-    picks: dict[tuple[str, float | None], list[float]] = {}
+    picks: dict[tuple[str, float | None | str], list[float]] = {}
+    realised: list[tuple[int, int, np.ndarray]] = []  # (outcome known, decided, each half-life's pick's objective)
     for _, point in sorted(df.groupby("point"), key=lambda item: item[1]["decision"].iloc[0]):
         day = point["decision"].iloc[0]
-        end = int(np.searchsorted(known, np.datetime64(day, "D").astype(np.int64), side="right"))
+        today = int(np.datetime64(day, "D").astype(np.int64))
+        end = int(np.searchsorted(known, today, side="right"))
         if end == 0:
             continue
         part = "held out" if day >= held else "before"
         values = dict(zip(point["config"], point["objective"]))
-        age = (np.datetime64(day, "D").astype(np.int64) - known[:end]) / 365.25
+        age = (today - known[:end]) / 365.25
+        mine = []
         for half_life in (None, *HALF_LIVES):
             weight = np.ones(end) if half_life is None else 0.5 ** (age / half_life)
             scored = objective[:end] if half_life is None else relative[:end]
@@ -100,13 +105,27 @@ def recency(name: str, df: pd.DataFrame) -> list[str]:
             score = np.where(mass > 0, total / np.maximum(mass, 1e-300), -np.inf)
             pick = max(values, key=lambda c: (score[index[c]], c))
             picks.setdefault((part, half_life), []).append(values[pick])
+            mine.append(values[pick])
+        # The half-life chosen walk-forward, as v5 chooses its local scale: the one whose picks did best over
+        # the decisions whose outcomes were known by today, fading with v5's half-life of 12 outcome windows.
+        past = [(decided, outcome) for known_day, decided, outcome in realised if known_day <= today]
+        if past:
+            fade = 0.5 ** ((today - np.array([d for d, _ in past])) / (12 * horizon))
+            means = fade @ np.array([o for _, o in past]) / fade.sum()
+            chosen = int(np.argmax(np.round(means, 12)))
+        else:
+            chosen = 0
+        picks.setdefault((part, "chosen"), []).append(mine[chosen])
+        realised.append((int(point["known"].max().to_datetime64().astype("datetime64[D]").astype(np.int64)),
+                         today, np.array(mine)))
     lines = []
-    for half_life in HALF_LIVES:
+    for half_life in (*HALF_LIVES, "chosen"):
         cells = []
         for part in ("before", "held out"):
             mine, base = np.array(picks[(part, half_life)]), np.array(picks[(part, None)])
             cells.append(f"{mine.mean():.3f} ({mine.mean() - base.mean():+.3f})")
-        lines.append(f"{name} | record, half-life {half_life:g} years | {cells[0]} | {cells[1]}")
+        label = "chosen walk-forward" if half_life == "chosen" else f"{half_life:g} years"
+        lines.append(f"{name} | record, half-life {label} | {cells[0]} | {cells[1]}")
     return lines
 
 
