@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ class Step:
     explanation: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     columns: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)  # what the answer says of itself (the API's warnings)
 
 
 @dataclass
@@ -48,10 +50,21 @@ class DemoResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per part of the tour (benchmarks/bench_demo.py)
 
 
+def _noted(ask: Callable[..., Any], **options: Any) -> tuple[Any, list[str]]:
+    """An answer and the notes it gave as warnings, kept for the step that shows it: a tour prints them as
+    notes, not as Python warnings with a file name and a line of source."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = ask(**options)
+    notes = []
+    for warning in caught:
+        if str(warning.message) not in notes:
+            notes.append(str(warning.message))
+    return answer, notes
+
+
 def _database(database_url: str | None) -> str:
     if database_url is None:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from metaspace.store import embedded
@@ -141,17 +154,18 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     truth = _truth_by_regime(records)
     example = _target(records, "trending", "trend")
     result.example_run = example["run_id"]
-    similar = search(run=example["run_id"], k=5, database_url=url)
+    similar, notes = _noted(search, run=example["run_id"], k=5, database_url=url)
     result.steps.append(Step(
         f"4. Runs like {example['run_id']} ({example['config_id']} on {example['strategy_id']}, "
         f"Sharpe {example['outcome']['sharpe']:.2f}), in the joint space",
         "Close in the joint space means alike in config, environment and outcome at once.",
-        similar, ("run_id", "config_id", "strategy_id", "as_of_date", "distance")))
+        similar, ("run_id", "config_id", "strategy_id", "as_of_date", "distance"), notes))
 
     for number, regime in ((5, "stressed"), (6, "calm")):
         target = _target(records, regime)
         as_of = dt.date.fromisoformat(target["test_start"])
-        suggestions = suggest(target["env"], k=3, as_of=as_of, database_url=url)
+        suggestions, notes = _noted(suggest, env=target["env"], k=3, objective="outcome.sharpe", as_of=as_of,
+                                    database_url=url)
         family, mean = truth[regime]
         result.steps.append(Step(
             f"{number}. Configs for a {regime} environment (the env of {target['run_id']}), as of {as_of}",
@@ -159,7 +173,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
             f"deflated_confidence near 1 = unlikely to be luck among the configs compared. "
             f"(In the simulation, {family} configs earned the best mean Sharpe in {regime} windows: {mean:.2f}.)",
             [{**s, "strategy": (s.get("config") or {}).get("strategy")} for s in suggestions],
-            ("config_id", "strategy", "score", "runs", "objective_mean", "deflated_confidence")))
+            ("config_id", "strategy", "score", "runs", "objective_mean", "deflated_confidence"), notes))
 
     timed("search and suggest")
     picture = str(out / "metaspace-demo-map.png")

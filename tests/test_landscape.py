@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import json
 import re
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -150,8 +151,15 @@ def test_map_refuses_bad_options(sample_db: str, tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_tour_on_an_empty_database(db_url: str, tmp_path: Path) -> None:
-    result = _cli("--database-url", db_url, "demo", "--n", "1500", "--seed", "5", "--out-dir", str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _cli("--database-url", db_url, "demo", "--n", "1500", "--seed", "5", "--out-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
+    # The tour is a newcomer's first sight of metaspace: what the answers need saying comes as notes in the
+    # steps, never as a Python warning with a file name and a line of source.
+    assert [str(w.message) for w in caught] == []
+    assert "note: encoder version 1 was fitted on runs up to" in result.output
+    assert "objective not given" not in result.output
     for part in ("Runs like", "Configs for a stressed environment", "Configs for a calm environment", "landscape"):
         assert part in result.output
     assert (tmp_path / "metaspace-demo-map.png").read_bytes()[:8] == PNG_MAGIC

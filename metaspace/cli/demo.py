@@ -41,6 +41,8 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
         click.echo()
         click.echo(step.title)
         click.echo(f"   {step.explanation}")
+        for note in step.notes:
+            click.echo(f"   note: {note}", err=True)
         echo_table(step.rows, step.columns)
     url = redact(result.database_url)
     hidden = " (password hidden: use your own)" if url != result.database_url else ""
