@@ -46,19 +46,23 @@ class DemoResult:
     seconds: float
     example_run: str = ""
     verdict: str = ""
+    verdict_notes: list[str] = field(default_factory=list)  # the replay's notes (metaspace evaluate prints them too)
     steps: list[Step] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per part of the tour (benchmarks/bench_demo.py)
 
 
 def _noted(ask: Callable[..., Any], **options: Any) -> tuple[Any, list[str]]:
-    """An answer and the notes it gave as warnings, kept for the step that shows it: a tour prints them as
-    notes, not as Python warnings with a file name and a line of source."""
+    """An answer and the notes it gave (metaspace's notes are UserWarnings), kept for the step that shows it: a
+    tour prints them as notes, not as Python warnings with a file name and a line of source. Any other
+    warning goes on as it would have."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", UserWarning)
         answer = ask(**options)
-    notes = []
+    notes: list[str] = []
     for warning in caught:
-        if str(warning.message) not in notes:
+        if not issubclass(warning.category, UserWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in notes:
             notes.append(str(warning.message))
     return answer, notes
 
@@ -108,7 +112,8 @@ def _target(records: list[dict[str, Any]], regime: str, family: str | None = Non
 
 def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url: str | None = None,
              say: Callable[[str], None] = print, import_progress=None, embed_progress=None) -> DemoResult:
-    """Start the database, load a sample history, embed it, search it, ask for suggestions and draw it."""
+    """Start the database, load a sample history, embed it, search it, ask for suggestions and draw it. What
+    the answers say of themselves is in each step's ``notes`` and in ``verdict_notes``, not raised as warnings."""
     started = time.perf_counter()
     phases: dict[str, float] = {}
     lap = [started]
@@ -182,10 +187,11 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspace-demo-map") as pool:
         drawn = pool.submit(landscape.map_space, out=picture, space="joint", color="config.strategy",
                             database_url=url)
-        replay = evaluate(sample=DEMO_DECISIONS, database_url=url)
+        replay, notes = _noted(evaluate, objective="outcome.sharpe", sample=DEMO_DECISIONS, database_url=url)
         drawn.result()
     result.verdict = (f"7. Would the suggestions have earned it? Replaying {replay.evaluated:,} past decisions "
                       f"(of {replay.decision_points:,}): {replay.verdict}")
+    result.verdict_notes = list(dict.fromkeys([*notes, *replay.notes]))
     timed("evaluate and map")
     result.picture = picture
     result.phases = phases

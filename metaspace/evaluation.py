@@ -37,7 +37,8 @@ Z95 = 1.959963984540054
 # The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
 # (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
 MIN_BIN_TRIALS = 10
-# How the verdict words a bin's check of its own claim (the top bin has MIN_BIN_TRIALS trials, so never too few).
+# How the verdict words a bin's check of its own claim: the verdict quotes a bin worth MIN_BIN_TRIALS trials, and
+# a bin is "too few trials" only under that number (the same rounded number: see _calibration).
 CLAIMS = {"consistent": "as claimed", "over-confident": "less often than claimed",
           "under-confident": "more often than claimed"}
 
@@ -359,8 +360,9 @@ def _days(decisions: list[Decision]) -> np.ndarray:
     return np.array([dt.date.fromisoformat(d.decision_date).toordinal() for d in decisions], dtype=np.int64)
 
 
-def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
-    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size."""
+def _mean_ci(values: np.ndarray, blocks: np.ndarray, *, student: bool = False) -> dict[str, float | None]:
+    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size; with
+    ``student``, Student's t quantile for blocks - 1 degrees of freedom instead of the normal one."""
     if len(values) == 0:
         return {"mean": None, "low": None, "high": None}
     mean = float(values.mean())
@@ -371,7 +373,12 @@ def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
     block_means = np.bincount(index, weights=values) / sizes
     # Variance of the overall mean from the spread of block means around it (a cluster-robust estimate).
     var = float(((sizes * (block_means - mean)) ** 2).sum() / sizes.sum() ** 2 * len(labels) / (len(labels) - 1))
-    half = Z95 * math.sqrt(var)
+    if student:
+        from scipy.special import stdtrit  # scipy comes with scikit-learn; imported here, off the CLI's start
+
+        half = float(stdtrit(len(labels) - 1, 0.975)) * math.sqrt(var)
+    else:
+        half = Z95 * math.sqrt(var)
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
@@ -410,9 +417,7 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
     summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
-    summary["confidence_gap"] = _confidence_gap(picked, column, blocks, sign)
-    claims = [d.confidence for d in picked if d.confidence is not None]
-    summary["mean_confidence"] = float(np.mean(claims)) if claims else None
+    summary["confidence_gap"] = _confidence_gap(picked, column, days, horizon, sign)
     calibration = _calibration(picked, days, sign, horizon)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
@@ -428,24 +433,29 @@ def _share(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def _confidence_gap(picked: list[Decision], column: dict[str, np.ndarray], blocks: np.ndarray,
-                    sign: float) -> dict[str, float | None]:
-    """How much more often the picks beat a random pick than their confidence claimed (positive: the
-    confidence is too modest; negative: it claims too much), with the outcome windows as units."""
-    claimed = np.array([np.nan if d.confidence is None else d.confidence for d in picked], dtype=float)
-    hits = (sign * (column["chosen"] - column["random"]) > 0).astype(float)
-    known = ~np.isnan(claimed)
-    return _mean_ci(hits[known] - claimed[known], blocks[known])
+def _confidence_gap(picked: list[Decision], column: dict[str, np.ndarray], days: np.ndarray, horizon: int,
+                    sign: float) -> dict[str, Any]:
+    """How much more often the picks that carry a confidence beat a random pick than they claimed to (positive:
+    the confidence is too modest; negative: it claims too much): ``won`` and ``claimed`` are their shares, and
+    the interval (Student's t) takes their own outcome windows as the units."""
+    known = np.array([d.confidence is not None for d in picked], dtype=bool)
+    claimed = np.array([d.confidence for d in picked if d.confidence is not None], dtype=float)
+    hits = (sign * (column["chosen"] - column["random"]) > 0)[known].astype(float)
+    windows = outcome_windows(days[known], horizon)
+    gap = _mean_ci(hits - claimed, windows, student=True)
+    return {**gap, "won": _share(hits), "claimed": float(claimed.mean()) if len(claimed) else None,
+            "decisions": int(known.sum()), "windows": int(len(np.unique(windows)))}
 
 
 def confidence_line(summary: dict[str, Any]) -> str:
-    """One sentence: do the picks beat a random pick as often as their confidence claims, over all bins?"""
-    gap, claimed, hits = summary["confidence_gap"], summary["mean_confidence"], summary["beats_random"]
-    if claimed is None or hits is None:
+    """One sentence: do the picks beat a random pick as often as their confidence claims, over all bins? Judged
+    only over MIN_BIN_TRIALS outcome windows or more, as a bin is."""
+    gap = summary["confidence_gap"]
+    if not gap["decisions"]:
         return "no pick carried a confidence"
-    head = f"picks beat a random pick {hits:.0%} of the time, claimed {claimed:.0%} on average"
-    if gap["low"] is None:
-        return f"{head}: one outcome window, too few to tell"
+    head = f"picks beat a random pick {gap['won']:.0%} of the time, claimed {gap['claimed']:.0%} on average"
+    if gap["windows"] < MIN_BIN_TRIALS:
+        return f"{head}: {gap['windows']} outcome window{'s' if gap['windows'] > 1 else ''}, too few to tell"
     interval = f"{_fmt(gap['mean'])}, 95% CI {_fmt(gap['low'])}..{_fmt(gap['high'])}"
     if gap["low"] > 0:
         return f"{head} ({interval}): under-confident, the picks win more often than claimed"
@@ -479,11 +489,12 @@ def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon:
         edges = np.array([sign * (picked[i].chosen - picked[i].random) for i in inside])
         share = float((edges > 0).mean()) if inside else None
         sizes = np.bincount(outcome_windows(days[inside], horizon)) if inside else np.zeros(0, dtype=np.int64)
-        trials = float(sizes.sum() ** 2 / (sizes ** 2).sum()) if inside else 0.0
+        # Rounded once, as shown: the check, the interval and top_bin all judge the number printed.
+        trials = round(float(sizes.sum() ** 2 / (sizes ** 2).sum()), 2) if inside else 0.0
         hit_low, hit_high = _exact_interval(share, trials) if inside else (None, None)
         claimed = float(np.mean([picked[i].confidence for i in inside])) if inside else None
         rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
-                     "independent_blocks": len(sizes), "effective_trials": round(trials, 2),
+                     "independent_blocks": len(sizes), "effective_trials": trials,
                      "mean_confidence": claimed, "beats_random": share, "beats_random_low": hit_low,
                      "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None,
                      "confidence_check": _confidence_check(claimed, hit_low, hit_high, trials)})

@@ -223,14 +223,17 @@ def test_cli_evaluate_table_ends_with_the_verdict(signal_db: str) -> None:
     result = CliRunner().invoke(cli, ["--database-url", signal_db, "evaluate", "--since", "2012-06-01"])
     assert result.exit_code == 0, result.output
     assert "verdict: " in result.output.splitlines()[-1]
-    summary = metaspace.evaluate(since="2012-06-01", database_url=signal_db).summary
-    overfit = summary["pbo"]
+    expected = metaspace.evaluate(since="2012-06-01", database_url=signal_db)
+    summary, overfit = expected.summary, expected.summary["pbo"]
     assert overfit["pbo"] is not None and overfit["configs"] >= 2
     assert (f"probability of backtest overfitting (choosing a config by its record; CSCV, {overfit['partitions']} "
             f"partitions of whole outcome windows, the {overfit['configs']} configs tried in every one, "
             f"{overfit['splits']:,} splits): {overfit['pbo']:.2f}" in result.output)
     assert f"confidence against outcomes: {confidence_line(summary)}" in result.output
-    assert "confidence_check" in result.output
+    lines = result.output.splitlines()
+    for row in (r for r in expected.calibration if r["decisions"]):
+        shown = next(line for line in lines if line.startswith(row["bin"] + " "))
+        assert shown.rstrip().endswith(row["confidence_check"]), shown
     assert "Example:" in CliRunner().invoke(cli, ["evaluate", "--help"]).output
 
 

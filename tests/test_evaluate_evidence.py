@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binomtest
 
-from metaspace.evaluation import Decision, _aggregate, confidence_line
+from metaspace.evaluation import Decision, _aggregate, _exact_interval, confidence_line
 from metaspace.overfitting import config_pbo, pbo
 
 HORIZON = 92
@@ -277,6 +278,46 @@ def test_the_verdict_says_whether_the_top_bin_wins_as_often_as_it_claims() -> No
     assert "picks at confidence 0.5-0.6 beat it 90% of the time, more often than claimed (" in modest, modest
 
 
+def test_a_bin_just_under_ten_trials_is_judged_as_it_is_shown() -> None:
+    """Nine lone picks and nine windows of 18: 9.997 effective trials, shown as 10.0. The verdict quoted that
+    bin as the top one while its check said too few trials, and the verdict's wording had none for that."""
+    decisions = [_decision(HORIZON * 2 * i, 0.65, 1.0 if i < 6 else -0.2) for i in range(9)]
+    decisions += [_decision(5000 + HORIZON * 2 * i + j, 0.65, 1.0 if i < 6 else -0.2)
+                  for i in range(9) for j in range(18)]
+    result = _aggregated(decisions)
+    row = next(row for row in result.calibration if row["bin"] == "0.6-0.7")
+    assert row["effective_trials"] == 10.0 and row["confidence_check"] == "consistent"
+    assert "picks at confidence 0.6-0.7 beat it 67% of the time, as claimed (" in result.verdict, result.verdict
+
+
+def test_the_exact_interval_is_clopper_pearsons_and_a_fraction_of_a_trial_counts() -> None:
+    for wins, n in ((0, 1), (1, 1), (3, 4), (28, 40), (13, 13)):
+        low, high = _exact_interval(wins / n, n)
+        exact = binomtest(wins, n).proportion_ci(0.95, method="exact")
+        assert (low, high) == (pytest.approx(exact.low), pytest.approx(exact.high))
+    # Between 12 and 13 trials the interval is strictly between theirs: not rounded either way.
+    widths = [np.subtract(*_exact_interval(0.7, n)[::-1]) for n in (12.0, 12.5, 13.0)]
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_picks_without_a_confidence_neither_count_as_wins_nor_move_the_windows() -> None:
+    """The claims are compared with the wins of the same picks, over their own windows."""
+    claimed = _lone(0.6, 24)
+    silent = [Decision(**{**vars(d), "confidence": None}) for d in _lone(0.6, 40, start=50_000)]
+    alone, mixed = _aggregated(claimed).summary, _aggregated(claimed + silent).summary
+    assert mixed["confidence_gap"] == alone["confidence_gap"]
+    assert confidence_line(mixed) == confidence_line(alone)
+    assert "beat a random pick 60% of the time, claimed 60% on average" in confidence_line(mixed)
+
+
+def test_a_gap_over_few_windows_is_not_judged() -> None:
+    """Six windows that each overclaim by exactly 0.1 have a zero-width normal interval; six windows are too
+    few to call the confidence anything."""
+    decisions = [_decision(HORIZON * i + j, 0.6, 1.0 if j < 5 else -1.0) for i in range(6) for j in range(10)]
+    line = confidence_line(_aggregated(decisions).summary)
+    assert line.endswith("6 outcome windows, too few to tell"), line
+
+
 def test_the_summary_measures_the_gap_between_claims_and_outcomes_over_windows() -> None:
     """Hits minus claimed confidence, with the windows as units: twelve overclaiming picks in one window
     weigh one window, not twelve."""
@@ -291,13 +332,13 @@ def test_the_summary_measures_the_gap_between_claims_and_outcomes_over_windows()
 
 def test_the_confidence_line_says_which_way_the_claims_miss() -> None:
     assert confidence_line(_aggregated(_lone(0.95, 10)).summary) == (
-        "picks beat a random pick 25% of the time, claimed 95% on average (-0.700, 95% CI -0.836..-0.564): "
+        "picks beat a random pick 25% of the time, claimed 95% on average (-0.700, 95% CI -0.840..-0.560): "
         "over-confident, the picks win less often than claimed")
     assert confidence_line(_aggregated(_lone(0.55, 36)).summary).endswith(
         "under-confident, the picks win more often than claimed")
     assert confidence_line(_aggregated(_lone(0.65, 27)).summary).endswith("consistent, no gap clear of noise")
     one_window = [_decision(day, 0.75, 1.0) for day in range(5)]
-    assert confidence_line(_aggregated(one_window).summary).endswith("one outcome window, too few to tell")
+    assert confidence_line(_aggregated(one_window).summary).endswith("1 outcome window, too few to tell")
 
 
 @settings(max_examples=30, deadline=None)

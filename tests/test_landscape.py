@@ -160,6 +160,7 @@ def test_demo_runs_the_tour_on_an_empty_database(db_url: str, tmp_path: Path) ->
     assert [str(w.message) for w in caught] == []
     assert "note: encoder version 1 was fitted on runs up to" in result.output
     assert "objective not given" not in result.output
+    assert "note: ranked as metaspace suggest answers" in result.output  # the replay's notes, as evaluate prints them
     for part in ("Runs like", "Configs for a stressed environment", "Configs for a calm environment", "landscape"):
         assert part in result.output
     assert (tmp_path / "metaspace-demo-map.png").read_bytes()[:8] == PNG_MAGIC

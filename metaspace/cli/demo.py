@@ -49,6 +49,8 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
     run = result.example_run
     click.echo()
     click.echo(result.verdict)
+    for note in result.verdict_notes:
+        click.echo(f"   note: {note}", err=True)
     click.echo()
     click.echo(f"8. The landscape of the joint space, coloured by strategy family: {result.picture}")
     click.echo()
