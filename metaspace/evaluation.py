@@ -33,7 +33,6 @@ from metaspace.store.connection import connect, connection, resolve_url
 
 NO_EDGE = "no config has a reliable edge here"
 BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-Z95 = 1.959963984540054
 # The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
 # (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
 MIN_BIN_TRIALS = 10
@@ -360,9 +359,10 @@ def _days(decisions: list[Decision]) -> np.ndarray:
     return np.array([dt.date.fromisoformat(d.decision_date).toordinal() for d in decisions], dtype=np.int64)
 
 
-def _mean_ci(values: np.ndarray, blocks: np.ndarray, *, student: bool = False) -> dict[str, float | None]:
-    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size; with
-    ``student``, Student's t quantile for blocks - 1 degrees of freedom instead of the normal one."""
+def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
+    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size, with
+    Student's t quantile for blocks - 1 degrees of freedom: a user's history may hold only a few outcome
+    windows, and the normal quantile calls an edge over three of them reliable when it is not."""
     if len(values) == 0:
         return {"mean": None, "low": None, "high": None}
     mean = float(values.mean())
@@ -373,12 +373,9 @@ def _mean_ci(values: np.ndarray, blocks: np.ndarray, *, student: bool = False) -
     block_means = np.bincount(index, weights=values) / sizes
     # Variance of the overall mean from the spread of block means around it (a cluster-robust estimate).
     var = float(((sizes * (block_means - mean)) ** 2).sum() / sizes.sum() ** 2 * len(labels) / (len(labels) - 1))
-    if student:
-        from scipy.special import stdtrit  # scipy comes with scikit-learn; imported here, off the CLI's start
+    from scipy.special import stdtrit  # scipy comes with scikit-learn; imported here, off the CLI's start
 
-        half = float(stdtrit(len(labels) - 1, 0.975)) * math.sqrt(var)
-    else:
-        half = Z95 * math.sqrt(var)
+    half = float(stdtrit(len(labels) - 1, 0.975)) * math.sqrt(var)
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
@@ -442,7 +439,7 @@ def _confidence_gap(picked: list[Decision], column: dict[str, np.ndarray], days:
     claimed = np.array([d.confidence for d in picked if d.confidence is not None], dtype=float)
     hits = (sign * (column["chosen"] - column["random"]) > 0)[known].astype(float)
     windows = outcome_windows(days[known], horizon)
-    gap = _mean_ci(hits - claimed, windows, student=True)
+    gap = _mean_ci(hits - claimed, windows)
     return {**gap, "won": _share(hits), "claimed": float(claimed.mean()) if len(claimed) else None,
             "decisions": int(known.sum()), "windows": int(len(np.unique(windows)))}
 

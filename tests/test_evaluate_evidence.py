@@ -352,3 +352,14 @@ def test_the_confidence_checks_do_not_depend_on_the_order_of_the_decisions(picks
     assert [r["confidence_check"] for r in first.calibration] == [r["confidence_check"] for r in second.calibration]
     for key in ("mean", "low", "high"):
         assert first.summary["confidence_gap"][key] == pytest.approx(second.summary["confidence_gap"][key])
+
+
+def test_an_edge_over_three_windows_needs_students_t_to_be_called_reliable() -> None:
+    """Three windows whose edges are +1.0, +0.2 and +0.6: the normal interval (0.15..1.05) clears zero, Student's
+    t with two degrees of freedom (-0.39..1.59) does not. A user's short history must not be told it has a
+    reliable edge on three outcome windows of this spread."""
+    decisions = [_decision(HORIZON * 3 * i, 0.6, edge) for i, edge in enumerate((1.0, 0.2, 0.6))]
+    result = _aggregated(decisions)
+    edge = result.summary["chosen_minus_random"]
+    assert edge["mean"] == pytest.approx(0.6) and edge["low"] == pytest.approx(0.6 - 4.302653 * 0.4 / math.sqrt(3))
+    assert not result.reliable_edge and result.verdict.startswith("no config has a reliable edge here")
