@@ -33,7 +33,7 @@ import corpora  # noqa: E402
 import suggest_variants  # noqa: E402
 
 from metaspace import evaluate, pipeline  # noqa: E402
-from metaspace.evaluation import top_bin  # noqa: E402
+from metaspace.evidence import top_bin  # noqa: E402
 from metaspace.sample import sample_runs, write_runs  # noqa: E402
 from metaspace.store import migrate  # noqa: E402
 from metaspace.store.connection import resolve_url  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -26,18 +25,23 @@ import numpy as np
 
 from metaspace import keys
 from metaspace.errors import MetaspaceError
+from metaspace.evidence import (
+    confidence_bins,
+    confidence_gap,
+    mean_ci,
+    outcome_windows,
+    share,
+    signed,
+    top_bin,
+)
 from metaspace.overfitting import config_pbo
 from metaspace.records import parse_date
 from metaspace.store import evaluation as evaluation_store
 from metaspace.store.connection import connect, connection, resolve_url
 
 NO_EDGE = "no config has a reliable edge here"
-BIN_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-# The verdict judges the highest confidence bin whose picks are worth at least this many independent trials
-# (outcome windows, Kish-weighted by their sizes): decisions less than a horizon apart share outcome days.
-MIN_BIN_TRIALS = 10
 # How the verdict words a bin's check of its own claim: the verdict quotes a bin worth MIN_BIN_TRIALS trials, and
-# a bin is "too few trials" only under that number (the same rounded number: see _calibration).
+# a bin is "too few trials" only under that number (the same rounded number: see evidence.confidence_bins).
 CLAIMS = {"consistent": "as claimed", "over-confident": "less often than claimed",
           "under-confident": "more often than claimed"}
 
@@ -339,58 +343,8 @@ def _decide(point, decision_date: dt.date, top: dict[str, Any] | None, baseline_
         baseline=values[baseline_config] if baseline_config else random, regret=regret)
 
 
-def outcome_windows(days: np.ndarray, horizon: int) -> np.ndarray:
-    """A window number per decision day: in date order, a window starts at the first decision not yet in one
-    and takes every decision less than a horizon after that start (they share outcome days). Windows are the
-    independent units of every interval here, counted among the decisions in question, so no decision
-    elsewhere moves them."""
-    days = np.asarray(days, dtype=np.int64)
-    order = np.argsort(days, kind="stable")
-    windows = np.empty(len(days), dtype=np.int64)
-    window, start = -1, None
-    for i in order:
-        if start is None or days[i] >= start + max(horizon, 1):
-            window, start = window + 1, days[i]
-        windows[i] = window
-    return windows
-
-
 def _days(decisions: list[Decision]) -> np.ndarray:
     return np.array([dt.date.fromisoformat(d.decision_date).toordinal() for d in decisions], dtype=np.int64)
-
-
-def _mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
-    """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size, with
-    Student's t quantile for blocks - 1 degrees of freedom: a user's history may hold only a few outcome
-    windows, and the normal quantile calls an edge over three of them reliable when it is not."""
-    if len(values) == 0:
-        return {"mean": None, "low": None, "high": None}
-    mean = float(values.mean())
-    labels, index = np.unique(blocks, return_inverse=True)
-    if len(labels) < 2:
-        return {"mean": mean, "low": None, "high": None}
-    sizes = np.bincount(index).astype(float)
-    block_means = np.bincount(index, weights=values) / sizes
-    # Variance of the overall mean from the spread of block means around it (a cluster-robust estimate).
-    var = float(((sizes * (block_means - mean)) ** 2).sum() / sizes.sum() ** 2 * len(labels) / (len(labels) - 1))
-    from scipy.special import stdtrit  # scipy comes with scikit-learn; imported here, off the CLI's start
-
-    half = float(stdtrit(len(labels) - 1, 0.975)) * math.sqrt(var)
-    return {"mean": mean, "low": mean - half, "high": mean + half}
-
-
-def _exact_interval(p: float, n: float) -> tuple[float | None, float | None]:
-    """The exact (Clopper-Pearson) 95 percent interval for a share ``p`` observed over ``n`` independent
-    trials, from beta quantiles, which also take a fractional (effective) number of trials. Exact because a
-    bin's trials are few: an approximate interval calls one lost trial evidence against a confidence of 0.8."""
-    if n <= 0:
-        return None, None
-    from scipy.special import betaincinv  # scipy comes with scikit-learn; imported here, off the CLI's start
-
-    wins = p * n
-    low = float(betaincinv(wins, n - wins + 1, 0.025)) if wins > 0 else 0.0
-    high = float(betaincinv(wins + 1, n - wins, 0.975)) if wins < n else 1.0
-    return low, high
 
 
 def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool, horizon: int,
@@ -405,17 +359,19 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     blocks = outcome_windows(days, horizon)
     column = {name: np.array([getattr(d, name) for d in picked], dtype=float)
               for name in ("chosen", "random", "oracle", "baseline")}
-    summary: dict[str, Any] = {name: _mean_ci(values, blocks) for name, values in column.items()}
-    summary["chosen_minus_random"] = _mean_ci(sign * (column["chosen"] - column["random"]), blocks)
-    summary["chosen_minus_baseline"] = _mean_ci(sign * (column["chosen"] - column["baseline"]), blocks)
-    summary["baseline_minus_random"] = _mean_ci(sign * (column["baseline"] - column["random"]), blocks)
+    summary: dict[str, Any] = {name: mean_ci(values, blocks) for name, values in column.items()}
+    summary["chosen_minus_random"] = mean_ci(sign * (column["chosen"] - column["random"]), blocks)
+    summary["chosen_minus_baseline"] = mean_ci(sign * (column["chosen"] - column["baseline"]), blocks)
+    summary["baseline_minus_random"] = mean_ci(sign * (column["baseline"] - column["random"]), blocks)
     defined = [(d, b) for d, b in zip(picked, blocks) if d.regret is not None]
-    summary["regret"] = _mean_ci(np.array([d.regret for d, _ in defined]), np.array([b for _, b in defined]))
-    summary["beats_random"] = _share(sign * (column["chosen"] - column["random"]) > 0)
-    summary["beats_baseline"] = _share(sign * (column["chosen"] - column["baseline"]) > 0)
+    summary["regret"] = mean_ci(np.array([d.regret for d, _ in defined]), np.array([b for _, b in defined]))
+    summary["beats_random"] = share(sign * (column["chosen"] - column["random"]) > 0)
+    summary["beats_baseline"] = share(sign * (column["chosen"] - column["baseline"]) > 0)
     summary["independent_blocks"] = int(len(np.unique(blocks)))
-    summary["confidence_gap"] = _confidence_gap(picked, column, days, horizon, sign)
-    calibration = _calibration(picked, days, sign, horizon)
+    claims = np.array([np.nan if d.confidence is None else d.confidence for d in picked], dtype=float)
+    edges = sign * (column["chosen"] - column["random"])
+    summary["confidence_gap"] = confidence_gap(claims, edges, days, horizon)
+    calibration = confidence_bins(claims, edges, days, horizon)
     edge = summary["chosen_minus_random"]
     reliable = edge["low"] is not None and edge["low"] > 0
     verdict = _verdict(reliable, summary, calibration, len(picked), objective)
@@ -426,110 +382,29 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
         calibration=calibration, verdict=verdict, reliable_edge=reliable, notes=notes, decisions=decisions)
 
 
-def _share(flags: np.ndarray) -> float | None:
-    return float(flags.mean()) if len(flags) else None
-
-
-def _confidence_gap(picked: list[Decision], column: dict[str, np.ndarray], days: np.ndarray, horizon: int,
-                    sign: float) -> dict[str, Any]:
-    """How much more often the picks that carry a confidence beat a random pick than they claimed to (positive:
-    the confidence is too modest; negative: it claims too much): ``won`` and ``claimed`` are their shares, and
-    the interval (Student's t) takes their own outcome windows as the units."""
-    known = np.array([d.confidence is not None for d in picked], dtype=bool)
-    claimed = np.array([d.confidence for d in picked if d.confidence is not None], dtype=float)
-    hits = (sign * (column["chosen"] - column["random"]) > 0)[known].astype(float)
-    windows = outcome_windows(days[known], horizon)
-    gap = _mean_ci(hits - claimed, windows)
-    return {**gap, "won": _share(hits), "claimed": float(claimed.mean()) if len(claimed) else None,
-            "decisions": int(known.sum()), "windows": int(len(np.unique(windows)))}
-
-
-def confidence_line(summary: dict[str, Any]) -> str:
-    """One sentence: do the picks beat a random pick as often as their confidence claims, over all bins? Judged
-    only over MIN_BIN_TRIALS outcome windows or more, as a bin is."""
-    gap = summary["confidence_gap"]
-    if not gap["decisions"]:
-        return "no pick carried a confidence"
-    head = f"picks beat a random pick {gap['won']:.0%} of the time, claimed {gap['claimed']:.0%} on average"
-    if gap["windows"] < MIN_BIN_TRIALS:
-        return f"{head}: {gap['windows']} outcome window{'s' if gap['windows'] > 1 else ''}, too few to tell"
-    interval = f"{_fmt(gap['mean'])}, 95% CI {_fmt(gap['low'])}..{_fmt(gap['high'])}"
-    if gap["low"] > 0:
-        return f"{head} ({interval}): under-confident, the picks win more often than claimed"
-    if gap["high"] < 0:
-        return f"{head} ({interval}): over-confident, the picks win less often than claimed"
-    return f"{head} ({interval}): consistent, no gap clear of noise"
-
-
-def _confidence_check(claimed: float | None, low: float | None, high: float | None, trials: float) -> str | None:
-    """Is a bin what it claims? Contradicted only where its mean confidence lies outside the interval of how
-    often its picks beat a random pick; inside it, a bin worth fewer than MIN_BIN_TRIALS trials tells nothing."""
-    if claimed is None or low is None or high is None:
-        return None
-    if claimed > high:
-        return "over-confident"
-    if claimed < low:
-        return "under-confident"
-    return "consistent" if trials >= MIN_BIN_TRIALS else "too few trials"
-
-
-def _calibration(picked: list[Decision], days: np.ndarray, sign: float, horizon: int) -> list[dict[str, Any]]:
-    """Per confidence bin: how often the pick beat a random pick among the same configs, and by how much.
-    Its picks fall in independent outcome windows (counted among the bin's own picks); the interval counts
-    them as Kish's effective number of trials, (sum of window sizes)^2 / sum of squared sizes: windows of
-    equal size are one trial each, and one large window among small ones counts about once, so twelve wins
-    inside one window are one piece of evidence, not twelve."""
-    rows = []
-    for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
-        inside = [i for i, d in enumerate(picked) if d.confidence is not None
-                  and (low <= d.confidence < high or (high == 1.0 and d.confidence == 1.0))]
-        edges = np.array([sign * (picked[i].chosen - picked[i].random) for i in inside])
-        share = float((edges > 0).mean()) if inside else None
-        sizes = np.bincount(outcome_windows(days[inside], horizon)) if inside else np.zeros(0, dtype=np.int64)
-        # Rounded once, as shown: the check, the interval and top_bin all judge the number printed.
-        trials = round(float(sizes.sum() ** 2 / (sizes ** 2).sum()), 2) if inside else 0.0
-        hit_low, hit_high = _exact_interval(share, trials) if inside else (None, None)
-        claimed = float(np.mean([picked[i].confidence for i in inside])) if inside else None
-        rows.append({"bin": f"{low:.1f}-{high:.1f}", "low": low, "high": high, "decisions": len(inside),
-                     "independent_blocks": len(sizes), "effective_trials": trials,
-                     "mean_confidence": claimed, "beats_random": share, "beats_random_low": hit_low,
-                     "beats_random_high": hit_high, "mean_edge": float(edges.mean()) if inside else None,
-                     "confidence_check": _confidence_check(claimed, hit_low, hit_high, trials)})
-    return rows
-
-
-def top_bin(calibration: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest confidence bin whose picks are worth MIN_BIN_TRIALS independent trials or more."""
-    return next((row for row in reversed(calibration) if row["effective_trials"] >= MIN_BIN_TRIALS), None)
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:+.{digits}f}"
-
-
 def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str, Any]], picked: int,
              objective: str) -> str:
     edge, versus = summary["chosen_minus_random"], summary["chosen_minus_baseline"]
-    interval = f"95% CI {_fmt(edge['low'])}..{_fmt(edge['high'])}"
+    interval = f"95% CI {signed(edge['low'])}..{signed(edge['high'])}"
     if not picked:
         return f"{NO_EDGE}: no decision had a config with enough evidence to rank"
     if not reliable:
         return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
-                f"{_fmt(edge['mean'])} ({interval})")
+                f"{signed(edge['mean'])} ({interval})")
     top = top_bin(calibration)
     confident = (f"; picks at confidence {top['bin']} beat it {top['beats_random']:.0%} of the time, "
                  f"{CLAIMS[top['confidence_check']]} ({top['decisions']:,} decisions in "
                  f"{top['independent_blocks']:,} independent outcome windows)" if top else "")
-    return (f"the top suggestion beat a random pick among the same configs by {_fmt(edge['mean'])} {objective} "
+    return (f"the top suggestion beat a random pick among the same configs by {signed(edge['mean'])} {objective} "
             f"({interval}) over {picked:,} decisions, {_against_baseline(versus)}{confident}")
 
 
 def _against_baseline(versus: dict[str, float | None]) -> str:
     """The pick against the desk's best-so-far config: ahead or behind only where the interval says so (asked
     only of a reliable edge, which needs two windows or more, so the difference has its interval too)."""
-    interval = f"95% CI {_fmt(versus['low'])}..{_fmt(versus['high'])}"
+    interval = f"95% CI {signed(versus['low'])}..{signed(versus['high'])}"
     if versus["low"] <= 0 <= versus["high"]:
-        return (f"level with the best-so-far config ({_fmt(versus['mean'])}, {interval}): no edge clear of noise "
+        return (f"level with the best-so-far config ({signed(versus['mean'])}, {interval}): no edge clear of noise "
                 "over simply taking the config with the best record so far")
     if versus["mean"] >= 0:
         return f"and the best-so-far config by {versus['mean']:.3f} ({interval})"

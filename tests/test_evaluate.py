@@ -19,7 +19,8 @@ import metaspace
 from metaspace import pipeline
 from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
-from metaspace.evaluation import NO_EDGE, _decide, confidence_line
+from metaspace.evaluation import NO_EDGE, _decide
+from metaspace.evidence import confidence_line
 from metaspace.sample import write_runs
 from metaspace.store.connection import connect
 from metaspace.store.evaluation import DecisionPoint

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from metaspace.evaluation import Decision, _aggregate, _exact_interval, confidence_line
+from metaspace.evaluation import Decision, _aggregate
+from metaspace.evidence import confidence_line, share_interval
 from metaspace.overfitting import config_pbo, pbo
 
 HORIZON = 92
@@ -292,11 +293,11 @@ def test_a_bin_just_under_ten_trials_is_judged_as_it_is_shown() -> None:
 
 def test_the_exact_interval_is_clopper_pearsons_and_a_fraction_of_a_trial_counts() -> None:
     for wins, n in ((0, 1), (1, 1), (3, 4), (28, 40), (13, 13)):
-        low, high = _exact_interval(wins / n, n)
+        low, high = share_interval(wins / n, n)
         exact = binomtest(wins, n).proportion_ci(0.95, method="exact")
         assert (low, high) == (pytest.approx(exact.low), pytest.approx(exact.high))
     # Between 12 and 13 trials the interval is strictly between theirs: not rounded either way.
-    widths = [np.subtract(*_exact_interval(0.7, n)[::-1]) for n in (12.0, 12.5, 13.0)]
+    widths = [np.subtract(*share_interval(0.7, n)[::-1]) for n in (12.0, 12.5, 13.0)]
     assert widths[0] > widths[1] > widths[2]
 
 

@@ -15,7 +15,8 @@ from metaspace.cli.common import (
     progress_bar,
     with_total,
 )
-from metaspace.evaluation import confidence_line, evaluate
+from metaspace.evaluation import evaluate
+from metaspace.evidence import confidence_line
 
 SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of the configs tried)"),
                 ("baseline", "best-so-far config"), ("oracle", "oracle (best config tried)"),
