@@ -33,7 +33,7 @@ import corpora  # noqa: E402
 import suggest_variants  # noqa: E402
 
 from metaspace import evaluate, pipeline  # noqa: E402
-from metaspace.evidence import top_bin  # noqa: E402
+from metaspace.evidence import confidence_line, top_bin  # noqa: E402
 from metaspace.sample import sample_runs, write_runs  # noqa: E402
 from metaspace.store import migrate  # noqa: E402
 from metaspace.store.connection import resolve_url  # noqa: E402
@@ -159,6 +159,13 @@ def main(argv: list[str]) -> None:
             lines.append(_row(corpus, ranking, result))
             print(lines[-1], flush=True)
             print(f"    verdict: {result.verdict}", flush=True)
+            print(f"    {result.summary['independent_blocks']} outcome windows; confidence against outcomes: "
+                  f"{confidence_line(result.summary)}", flush=True)
+            for row in (r for r in result.calibration if r["decisions"]):
+                print(f"    bin {row['bin']}: {row['decisions']} picks, {row['effective_trials']:g} trials, claims "
+                      f"{row['mean_confidence']:.2f}, beat random {row['beats_random']:.2f} "
+                      f"[{row['beats_random_low']:.2f}, {row['beats_random_high']:.2f}]: {row['confidence_check']}",
+                      flush=True)
         if not args.keep:
             with psycopg.connect(resolve_url(None), autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(

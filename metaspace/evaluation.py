@@ -28,10 +28,10 @@ from metaspace.errors import MetaspaceError
 from metaspace.evidence import (
     confidence_bins,
     confidence_gap,
+    fmt_signed,
     mean_ci,
     outcome_windows,
     share,
-    signed,
     top_bin,
 )
 from metaspace.overfitting import config_pbo
@@ -385,26 +385,26 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
 def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str, Any]], picked: int,
              objective: str) -> str:
     edge, versus = summary["chosen_minus_random"], summary["chosen_minus_baseline"]
-    interval = f"95% CI {signed(edge['low'])}..{signed(edge['high'])}"
+    interval = f"95% CI {fmt_signed(edge['low'])}..{fmt_signed(edge['high'])}"
     if not picked:
         return f"{NO_EDGE}: no decision had a config with enough evidence to rank"
     if not reliable:
         return (f"{NO_EDGE}: over {picked:,} decisions the top suggestion's {objective} minus a random pick's is "
-                f"{signed(edge['mean'])} ({interval})")
+                f"{fmt_signed(edge['mean'])} ({interval})")
     top = top_bin(calibration)
     confident = (f"; picks at confidence {top['bin']} beat it {top['beats_random']:.0%} of the time, "
                  f"{CLAIMS[top['confidence_check']]} ({top['decisions']:,} decisions in "
                  f"{top['independent_blocks']:,} independent outcome windows)" if top else "")
-    return (f"the top suggestion beat a random pick among the same configs by {signed(edge['mean'])} {objective} "
+    return (f"the top suggestion beat a random pick among the same configs by {fmt_signed(edge['mean'])} {objective} "
             f"({interval}) over {picked:,} decisions, {_against_baseline(versus)}{confident}")
 
 
 def _against_baseline(versus: dict[str, float | None]) -> str:
     """The pick against the desk's best-so-far config: ahead or behind only where the interval says so (asked
     only of a reliable edge, which needs two windows or more, so the difference has its interval too)."""
-    interval = f"95% CI {signed(versus['low'])}..{signed(versus['high'])}"
+    interval = f"95% CI {fmt_signed(versus['low'])}..{fmt_signed(versus['high'])}"
     if versus["low"] <= 0 <= versus["high"]:
-        return (f"level with the best-so-far config ({signed(versus['mean'])}, {interval}): no edge clear of noise "
+        return (f"level with the best-so-far config ({fmt_signed(versus['mean'])}, {interval}): no edge clear of noise "
                 "over simply taking the config with the best record so far")
     if versus["mean"] >= 0:
         return f"and the best-so-far config by {versus['mean']:.3f} ({interval})"

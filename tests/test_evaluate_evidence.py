@@ -197,10 +197,11 @@ def test_no_skill_is_a_coin_flip_however_the_decisions_crowd_into_windows() -> N
 
 def test_a_bin_dominated_by_one_large_window_counts_about_one_trial() -> None:
     """100 winning picks in one window and nine lone losing ones: ten windows, but about one trial's worth
-    of evidence; the verdict must not quote that bin."""
+    of evidence; the verdict must not quote that bin. (Four hundred modest picks, each in its own window, give
+    the replay as a whole a reliable edge, so that the verdict quotes a bin at all.)"""
     decisions = [_decision(day % 60, 0.85, 1.0) for day in range(100)]
     decisions += [_decision(1000 + HORIZON * i, 0.85, -1.0) for i in range(9)]
-    decisions += [_decision(5000 + HORIZON * i, 0.65, 1.0 if i < 28 else -1.0) for i in range(40)]
+    decisions += [_decision(5000 + HORIZON * i, 0.65, 1.0 if i % 10 < 7 else -1.0) for i in range(400)]
     result = _aggregated(decisions)
     row = next(row for row in result.calibration if row["bin"] == "0.8-0.9")
     assert (row["decisions"], row["independent_blocks"]) == (109, 10)
@@ -302,9 +303,10 @@ def test_the_exact_interval_is_clopper_pearsons_and_a_fraction_of_a_trial_counts
 
 
 def test_picks_without_a_confidence_neither_count_as_wins_nor_move_the_windows() -> None:
-    """The claims are compared with the wins of the same picks, over their own windows."""
-    claimed = _lone(0.6, 24)
-    silent = [Decision(**{**vars(d), "confidence": None}) for d in _lone(0.6, 40, start=50_000)]
+    """The claims are compared with the wins of the same picks, over their own windows: two confident picks
+    80 days apart share one window, and a silent pick 50 days before them must not split it in two."""
+    claimed = [_decision(300 * i + offset, 0.6, 1.0 if i < 12 else -1.0) for i in range(20) for offset in (50, 130)]
+    silent = [Decision(**{**vars(d), "confidence": None}) for d in [_decision(300 * i, 0.6, 1.0) for i in range(20)]]
     alone, mixed = _aggregated(claimed).summary, _aggregated(claimed + silent).summary
     assert mixed["confidence_gap"] == alone["confidence_gap"]
     assert confidence_line(mixed) == confidence_line(alone)
@@ -364,3 +366,22 @@ def test_an_edge_over_three_windows_needs_students_t_to_be_called_reliable() -> 
     edge = result.summary["chosen_minus_random"]
     assert edge["mean"] == pytest.approx(0.6) and edge["low"] == pytest.approx(0.6 - 4.302653 * 0.4 / math.sqrt(3))
     assert not result.reliable_edge and result.verdict.startswith("no config has a reliable edge here")
+
+
+def test_each_confidence_falls_in_one_bin_by_its_lower_edge_and_none_in_no_bin() -> None:
+    confidences = [0.0, 0.49, 0.5, 0.6, 0.69999, 0.9, 0.99, 1.0, None, float("nan")]
+    decisions = [_decision(HORIZON * 2 * i, c, 1.0) for i, c in enumerate(confidences)]
+    counts = {row["bin"]: row["decisions"] for row in _aggregated(decisions).calibration}
+    assert counts == {"0.0-0.5": 2, "0.5-0.6": 1, "0.6-0.7": 2, "0.7-0.8": 0, "0.8-0.9": 0, "0.9-1.0": 3}
+
+
+def test_one_crowded_episode_is_no_reliable_edge_however_many_decisions_it_holds() -> None:
+    """200 winning decisions inside one outcome window and eleven lone ones that break even: twelve windows,
+    but about one window's worth of evidence (Kish 1.1). Weighting windows by their decisions and counting
+    degrees of freedom by windows called this a reliable edge of +0.95 (0.83..1.06)."""
+    decisions = [_decision(day % 60, 0.6, 1.0) for day in range(200)]
+    decisions += [_decision(1000 + HORIZON * i, 0.6, 0.1 if i % 2 else -0.1) for i in range(11)]
+    result = _aggregated(decisions)
+    assert result.summary["independent_blocks"] == 12
+    assert not result.reliable_edge and result.verdict.startswith("no config has a reliable edge here")
+    assert confidence_line(result.summary).endswith("too few to tell")
