@@ -96,10 +96,10 @@ def _answered_as_suggest(conn, objective: str, higher_is_better: bool) -> str:
     stored, latest = evaluation_store.stored_calibrations(conn, objective=objective,
                                                           higher_is_better=higher_is_better)
     if not stored:
-        return (f"ranked as metaspace suggest answers: no calibration of {objective} is stored, so v4's ranking "
+        return (f"ranked as metaspace suggest answers: no calibration of outcome.{objective} is stored, so v4's ranking "
                 "(evaluate --save-calibration fits and stores one)")
     return (f"ranked as metaspace suggest answers: suggest_configs_v5 with the {stored:,} stored calibrations "
-            f"of {objective}, each decision with the latest fitted by its date (the last until {latest})")
+            f"of outcome.{objective}, each decision with the latest fitted by its date (the last until {latest})")
 
 
 def _fit_note_for(conn, first_decision: dt.date | None) -> str | None:

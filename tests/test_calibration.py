@@ -225,10 +225,10 @@ def test_a_plain_evaluate_measures_what_suggest_answers_once_calibrations_are_st
     _load(db_url, _regime_change(5), tmp_path)
     since = (START + dt.timedelta(days=7 * 45)).isoformat()
     before = metaspace.evaluate(database_url=db_url, since=since)
-    assert any("no calibration of sharpe is stored" in note for note in before.notes)
+    assert any("no calibration of outcome.sharpe is stored" in note for note in before.notes)
     v5 = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=db_url, since=since)
     after = metaspace.evaluate(database_url=db_url, since=since, horizon=WINDOW)
-    assert after.ranking == "suggest" and any("stored calibrations of sharpe" in n for n in after.notes)
+    assert after.ranking == "suggest" and any("stored calibrations of outcome.sharpe" in n for n in after.notes)
     assert [d.chosen_config for d in after.decisions] == [d.chosen_config for d in v5.decisions]
     assert [d.confidence for d in after.decisions] == pytest.approx([d.confidence for d in v5.decisions], abs=1e-9)
     assert after.summary["chosen"]["mean"] == pytest.approx(v5.summary["chosen"]["mean"])
