@@ -162,7 +162,7 @@ def main(argv: list[str]) -> None:
             print(f"    {result.summary['independent_blocks']} outcome windows; confidence against outcomes: "
                   f"{confidence_line(result.summary)}", flush=True)
             for row in (r for r in result.calibration if r["decisions"]):
-                print(f"    bin {row['bin']}: {row['decisions']} picks, {row['effective_trials']:g} trials, claims "
+                print(f"    bin {row['bin']}: {row['decisions']} picks, {row['effective_trials']:g} trial{'' if row['effective_trials'] == 1 else 's'}, claims "
                       f"{row['mean_confidence']:.2f}, beat random {row['beats_random']:.2f} "
                       f"[{row['beats_random_low']:.2f}, {row['beats_random_high']:.2f}]: {row['confidence_check']}",
                       flush=True)

@@ -38,21 +38,25 @@ def mean_ci(values: np.ndarray, blocks: np.ndarray) -> dict[str, float | None]:
     """Mean and a 95 percent interval from block means (batch means), blocks weighted by their size, with
     Student's t quantile for the blocks' Kish-effective number less one degrees of freedom: a user's history
     may hold only a few outcome windows, or one crowded episode among lone decisions, and the normal quantile
-    (or windows counted as equals) calls an edge there reliable when it is not."""
+    (or windows counted as equals) calls an edge there reliable when it is not. Under two effective blocks
+    there is no interval (None), as with one. The degrees of freedom are a heuristic (Satterthwaite's when
+    decisions inside a window are independent); a few large windows among many lone decisions still leave
+    the interval somewhat narrow."""
     if len(values) == 0:
         return {"mean": None, "low": None, "high": None}
     mean = float(values.mean())
     labels, index = np.unique(blocks, return_inverse=True)
-    if len(labels) < 2:
-        return {"mean": mean, "low": None, "high": None}
     sizes = np.bincount(index).astype(float)
+    effective = float(sizes.sum() ** 2 / (sizes ** 2).sum())  # not rounded: it sets the degrees of freedom
+    if effective < 2:
+        return {"mean": mean, "low": None, "high": None}
     block_means = np.bincount(index, weights=values) / sizes
     # Variance of the overall mean from the spread of block means around it (a cluster-robust estimate).
     spread = ((sizes * (block_means - mean)) ** 2).sum() / sizes.sum() ** 2
     var = float(spread * len(labels) / (len(labels) - 1))
     from scipy.special import stdtrit  # scipy comes with scikit-learn; imported here, off the CLI's start
 
-    half = float(stdtrit(effective_count(sizes) - 1, 0.975)) * math.sqrt(var)
+    half = float(stdtrit(effective - 1, 0.975)) * math.sqrt(var)
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 

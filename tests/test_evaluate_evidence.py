@@ -7,6 +7,7 @@ test_evaluate.py); these decisions are built by hand so that each case has a kno
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 
 import numpy as np
@@ -385,3 +386,16 @@ def test_one_crowded_episode_is_no_reliable_edge_however_many_decisions_it_holds
     assert result.summary["independent_blocks"] == 12
     assert not result.reliable_edge and result.verdict.startswith("no config has a reliable edge here")
     assert confidence_line(result.summary).endswith("too few to tell")
+    # Under two effective windows there is no interval to give, as with one window: n/a, not +-6e9.
+    assert result.summary["chosen_minus_random"]["low"] is None and "(95% CI n/a..n/a)" in result.verdict
+
+
+def test_a_huge_window_beside_one_lone_decision_gives_no_interval_rather_than_nan() -> None:
+    """Kish 1.005, which rounds to 1.0: Student's t with zero degrees of freedom is NaN, and the JSON output
+    would carry a bare NaN."""
+    decisions = [_decision(day % 60, 0.6, 1.0) for day in range(450)] + [_decision(1000, 0.6, -1.0)]
+    result = _aggregated(decisions)
+    edge = result.summary["chosen_minus_random"]
+    assert edge["mean"] == pytest.approx(449 / 451) and edge["low"] is None and edge["high"] is None
+    assert "nan" not in result.verdict.lower()
+    json.dumps(result.as_dict(), allow_nan=False)
