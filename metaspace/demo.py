@@ -187,6 +187,7 @@ def run_demo(*, n: int = 20_000, seed: int = 7, out_dir: str = ".", database_url
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspace-demo-map") as pool:
         drawn = pool.submit(landscape.map_space, out=picture, space="joint", color="config.strategy",
                             database_url=url)
+        # The warning filters are process-wide: a note the picture's thread gives meanwhile lands here too.
         replay, notes = _noted(evaluate, objective="outcome.sharpe", sample=DEMO_DECISIONS, database_url=url)
         drawn.result()
     result.verdict = (f"7. Would the suggestions have earned it? Replaying {replay.evaluated:,} past decisions "

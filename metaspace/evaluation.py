@@ -401,7 +401,8 @@ def _verdict(reliable: bool, summary: dict[str, Any], calibration: list[dict[str
 
 def _against_baseline(versus: dict[str, float | None]) -> str:
     """The pick against the desk's best-so-far config: ahead or behind only where the interval says so (asked
-    only of a reliable edge, which needs two windows or more, so the difference has its interval too)."""
+    only of a reliable edge, which needs two effective windows or more, so the difference, over the same
+    windows, has its interval too)."""
     interval = f"95% CI {fmt_signed(versus['low'])}..{fmt_signed(versus['high'])}"
     if versus["low"] <= 0 <= versus["high"]:
         return (f"level with the best-so-far config ({fmt_signed(versus['mean'])}, {interval}): no edge clear of noise "
