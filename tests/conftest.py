@@ -136,9 +136,10 @@ def sample_db(server_url: str, template_url: str, sample_history: list[dict],
     name = f"s_{uuid.uuid4().hex[:12]}"
     url = _create_database(server_url, name, template=TEMPLATE)
     pipeline.import_runs([str(path)], database_url=url)
-    # every space gets its HNSW graph at this size too (by default a graph waits for 10,000 vectors), so the
-    # tests of the graph walk have one to walk; float32 graphs everywhere, the ones the plain form and every
-    # version of the search functions walk (tests/test_graphs.py covers the default halfvec branch graphs)
+    # every space indexed by default gets its HNSW graph at this size too (by default a graph waits for 10,000
+    # vectors), so the tests of the graph walk have one to walk, and config, as by default, has none; float32
+    # graphs, the ones the plain form and every version of the search functions walk (tests/test_graphs.py
+    # covers the default halfvec branch graphs)
     pipeline.embed_runs(database_url=url, index_min_vectors=0, graph_type="vector")
     yield url
     _drop_database(server_url, name)

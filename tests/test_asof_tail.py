@@ -86,8 +86,7 @@ def test_embed_runs_builds_prefix_graphs_at_dates_leaving_a_third_of_the_level_a
     with psycopg.connect(tail_db) as conn:
         prefixes = graphs.present_prefix(conn)
         total = conn.execute("SELECT count(*) FROM historical_db.joint_embeddings").fetchone()[0]
-        assert set(prefixes) == {("joint", "vector"), ("config", "halfvec"), ("env", "halfvec"),
-                                 ("outcome", "halfvec")}
+        assert set(prefixes) == {("joint", "vector"), ("env", "halfvec"), ("outcome", "halfvec")}
         joint = prefixes[("joint", "vector")]
         assert [p.name for p in joint] == [f"asof_joint_vector_{level}" for level in range(1, len(joint) + 1)]
         runs = [conn.execute("SELECT count(*) FROM historical_db.joint_embeddings WHERE as_of_date <= %s",
@@ -271,7 +270,7 @@ def test_0014_downgrade_drops_the_prefix_graphs_and_no_row(db_url: str, sample_h
     with psycopg.connect(db_url) as conn:
         built = [name for (name,) in conn.execute(prefix_graphs).fetchall()]
         rows_before = conn.execute(counts).fetchone()
-    assert {name.rsplit("_", 2)[0] for name in built} == {"asof_joint", "asof_config", "asof_env", "asof_outcome"}
+    assert {name.rsplit("_", 2)[0] for name in built} == {"asof_joint", "asof_env", "asof_outcome"}
     migrate.downgrade(db_url, "0013_suggest_v4", allow_data_loss=True)
     with psycopg.connect(db_url) as conn:
         assert conn.execute(prefix_graphs).fetchall() == []

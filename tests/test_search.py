@@ -22,8 +22,10 @@ from metaspace.errors import MetaspaceError
 from metaspace.sample import sample_runs, write_runs
 from metaspace.store import migrate
 from metaspace.store.connection import connect
+from metaspace.store.graphs import DEFAULT_SPACES
 
 SPACES = ("joint", "config", "env", "outcome")
+INDEXED = DEFAULT_SPACES  # the spaces with a graph by default: config's copies are searched exactly
 SLOW_DB = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -49,7 +51,7 @@ def sconn(sample_db: str):
 # -- the SQL functions ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("space", INDEXED)
 def test_search_walks_the_space_hnsw_index_and_exact_does_not(sconn, sample_history, space: str) -> None:
     index = "joint_embeddings_vector_hnsw" if space == "joint" else f"branch_embeddings_{space}_hnsw"
     query = _vector(sconn, sample_history[0]["run_id"], space)
@@ -72,7 +74,7 @@ def test_search_walks_the_space_hnsw_index_and_exact_does_not(sconn, sample_hist
     assert sum(min(hnsw.count(d), truth.count(d)) for d in set(hnsw)) >= 9
 
 
-@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("space", INDEXED)
 def test_plain_sql_over_the_view_uses_the_space_index(sconn, space: str) -> None:
     query = sconn.execute("SELECT vector FROM historical_db.run_vectors_v1 WHERE space = %s LIMIT 1", (space,)).fetchone()[0]
     plan = "\n".join(row[0] for row in sconn.execute(

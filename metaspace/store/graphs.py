@@ -7,9 +7,11 @@ A graph pays only where queries are asked of a space holding many vectors: its b
 the exact scan answers a k = 10 search in about 10-30 ms (docs/benchmarks.md, "Where a graph pays"). So:
 
 - a space gets a graph when it is among the indexed spaces and holds at least ``index_min_vectors``;
-- the indexed spaces are the team's choice (``embed-runs --indexed-spaces``); without one, all four while
-  the joint table holds fewer than ``LARGE_SCALE`` vectors, then joint and env (``LARGE_SCALE_SPACES``),
-  the ones ``search`` and ``suggest`` ask by default;
+- the indexed spaces are the team's choice (``embed-runs --indexed-spaces``); without one, joint, env and
+  outcome while the joint table holds fewer than ``LARGE_SCALE`` vectors (``DEFAULT_SPACES``), then joint
+  and env (``LARGE_SCALE_SPACES``), the ones ``search`` and ``suggest`` ask by default. Never config by
+  default: every run of a config shares its config vector, and an HNSW graph over a few dozen vectors each
+  copied hundreds of times can cut a config off from the walk (``CONFIG_COPIES``);
 - the graph's kind (``--graph-type``): by default a halfvec graph (0.57x the size, recall within 0.005 of
   float32 at 100,000 runs up to ef_search 100) for config, env and outcome, and a float32 one for joint, the space the plain
   ``ORDER BY vector <-> :q`` form of the design card asks; ``halfvec`` or ``vector`` makes all four alike.
@@ -71,6 +73,9 @@ PREFIX_STEP = 3  # each prefix graph holds a third of the runs of the one above 
 PREFIX_MIN_MULTIPLE = 50
 LARGE_SCALE = 1_000_000
 LARGE_SCALE_SPACES = ("joint", "env")
+DEFAULT_SPACES = ("joint", "env", "outcome")
+CONFIG_COPIES = ("config vectors are shared by every run of a config, and an HNSW graph over such copies can cut "
+                 "a config off from the walk, so config is not indexed by default")
 GRAPH_TYPES = ("vector", "halfvec")
 # The graphs of sql/vector_indexes_v1.sql (float32) and v2 (halfvec), one per space, in the files' order.
 # (store/vectors.py names the v1 ones too; this module imports nothing heavy, since a search by stored run
@@ -106,7 +111,7 @@ class IndexSettings:
         """The spaces to index, for a joint table of ``joint_vectors`` vectors."""
         if self.indexed_spaces is not None:
             return self.indexed_spaces
-        return LARGE_SCALE_SPACES if joint_vectors >= LARGE_SCALE else SPACES
+        return LARGE_SCALE_SPACES if joint_vectors >= LARGE_SCALE else DEFAULT_SPACES
 
     def kind(self, space: str) -> str:
         if self.graph_type is not None:
@@ -115,7 +120,7 @@ class IndexSettings:
 
     def describe(self) -> str:
         spaces = ", ".join(self.indexed_spaces) if self.indexed_spaces is not None else (
-            f"all four below {LARGE_SCALE:,} joint vectors, then {' and '.join(LARGE_SCALE_SPACES)}")
+            f"{', '.join(DEFAULT_SPACES)} below {LARGE_SCALE:,} joint vectors, then {' and '.join(LARGE_SCALE_SPACES)}")
         kind = self.graph_type or "halfvec, float32 for joint"
         prefix = "" if self.asof_exact_runs is None else f"; as-of prefix graphs down to {self.exact_runs:,} runs"
         return (f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors; graphs: {kind}"
@@ -237,9 +242,12 @@ def exact_only_note(conn: psycopg.Connection, space: str) -> str | None:
     indexed = settings.spaces(joint_vectors or 0)
     if space in indexed:
         return None
-    why = ("the indexed spaces chosen for this database are " + (", ".join(indexed) or "none")
-           if settings.indexed_spaces is not None
-           else f"above {LARGE_SCALE:,} runs only {' and '.join(LARGE_SCALE_SPACES)} are indexed by default")
+    if settings.indexed_spaces is not None:
+        why = "the indexed spaces chosen for this database are " + (", ".join(indexed) or "none")
+    elif space == "config":
+        why = CONFIG_COPIES
+    else:
+        why = f"above {LARGE_SCALE:,} runs only {' and '.join(LARGE_SCALE_SPACES)} are indexed by default"
     return (f"the {space} space has no HNSW graph ({why}): answered by exact search; "
             f"metaspace embed-runs --indexed-spaces {','.join(sorted({*indexed, space}, key=SPACES.index))} "
             "builds one")
