@@ -1,20 +1,18 @@
 """Search: recall@10 and latency of the HNSW path against the exact path, measured in the same run.
 
     python benchmarks/bench_search.py --n 100000
-    python benchmarks/bench_search.py --n 100000 --extra 900000     # the 1,000,000-vector run (joint space)
+    python benchmarks/bench_search.py --n 1000000                   # the 1,000,000-run figures
     python benchmarks/bench_search.py --n 100000 --halfvec          # and HNSW on halfvec(384) against vector(384)
 
 Builds a fresh database on the embedded server (or METASPACE_DATABASE_URL's server): N sample runs are
-imported and embedded the normal way; ``--extra M`` then adds M more joint vectors of further sample runs
-(encoded with the same registered version, written by binary COPY) to reach a million without paying
-for a million run records. Queries are the encodings of sample runs that are not in the database.
+imported and embedded the normal way (every run with its branch vectors, on the default layout). Queries
+are the encodings of sample runs that are not in the database.
 Every latency is one call of ``historical_db.search_runs_v1`` from Python (a round trip included).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -26,13 +24,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.types.json import Jsonb
 
 from metaspace import pipeline
 from metaspace.fitted import load_space
 from metaspace.sample import sample_runs, write_runs
 from metaspace.store import graphs, migrate, registry
-from metaspace.store import vectors as vector_store
 from metaspace.store.connection import connect, resolve_url
 from metaspace.store.sqlfiles import statements
 
@@ -48,7 +44,7 @@ def _create_database() -> tuple[str, str, str]:
     return server, name, make_conninfo(server, dbname=name)
 
 
-def _load(url: str, n: int, extra: int, seed: int) -> None:
+def _load(url: str, n: int, seed: int) -> None:
     migrate.upgrade(url)
     path = Path(tempfile.mkdtemp()) / "runs.jsonl.gz"
     write_runs(sample_runs(n, seed=seed), path)
@@ -56,38 +52,6 @@ def _load(url: str, n: int, extra: int, seed: int) -> None:
     pipeline.import_runs([str(path)], database_url=url)
     summary = pipeline.embed_runs(database_url=url)
     print(f"loaded {n:,} runs in {time.perf_counter() - started:.0f} s (HNSW builds {summary.index_seconds:.0f} s)")
-    if extra:
-        _add_joint_vectors(url, extra, seed)
-
-
-def _add_joint_vectors(url: str, extra: int, seed: int) -> None:
-    started = time.perf_counter()
-    with connect(url, autocommit=True) as conn:
-        version = registry.versions(conn)[-1].version
-        space = load_space(conn, version)
-        vector_store.drop_hnsw_indexes(conn)
-        done = 0
-        chunk = 0
-        while done < extra:
-            chunk += 1
-            runs = sample_runs(min(100_000, extra - done), seed=seed + 1000 + chunk)
-            vectors = space.encode(runs).joint
-            with conn.cursor().copy(
-                "COPY historical_db.joint_embeddings (joint_type, as_of_date, entity_scope, model_id, vector, "
-                "encoder_version) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["text", "date", "jsonb", "text", "vector", "int4"])
-                for run, vector in zip(runs, vectors):
-                    scope = {"run_id": f"X{chunk}_{run['run_id']}", "config_id": run["config_id"],
-                             "strategy_id": run["strategy_id"], "source": "meta-config-env"}
-                    copy.write_row(("META_CONFIG_ENV_V0", dt.date.fromisoformat(run["as_of_date"]), Jsonb(scope),
-                                    "joint-meta-config-env-v1", vector, version))
-            done += len(runs)
-            print(f"  added {done:,} / {extra:,} joint vectors ({time.perf_counter() - started:.0f} s)", flush=True)
-        build = time.perf_counter()
-        vector_store.ensure_hnsw_indexes(conn, "3GB")
-        vector_store.analyze(conn)
-        print(f"HNSW rebuilt over {done:,} more vectors in {time.perf_counter() - build:.0f} s")
 
 
 def _queries(url: str, count: int, seed: int, name: str = "joint") -> np.ndarray:
@@ -236,7 +200,6 @@ def compare_halfvec(url: str, queries: np.ndarray, space: str = "joint") -> None
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000, help="sample runs imported and embedded")
-    parser.add_argument("--extra", type=int, default=0, help="more joint vectors added by COPY")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
@@ -255,7 +218,7 @@ def main() -> None:
         server, name, url = _create_database()
     try:
         if not args.reuse:
-            _load(url, args.n, args.extra, args.seed)
+            _load(url, args.n, args.seed)
         queries = _queries(url, args.queries, args.seed)
         if not args.only_halfvec:
             measure(url, queries)

@@ -216,11 +216,3 @@ def test_the_same_run_cannot_be_written_twice_for_one_version(conn: psycopg.Conn
     conn.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(insert)
-
-
-def test_the_hnsw_index_names_match_the_sql_file() -> None:
-    from metaspace.store.sqlfiles import statements
-    from metaspace.store.vectors import HNSW_INDEX_NAMES
-
-    created = [statement.split("EXISTS", 1)[1].split()[0] for statement in statements("vector_indexes_v1.sql")]
-    assert tuple(created) == HNSW_INDEX_NAMES

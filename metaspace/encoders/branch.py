@@ -326,16 +326,6 @@ class BranchEncoder:
             vectors[list(errors)] = 0.0
         return vectors, errors
 
-    def coordinates_with_errors(
-        self, records: Sequence[Mapping[str, Any] | None], run_ids: Sequence[str] | None = None
-    ) -> tuple[np.ndarray, dict[int, EncodingError]]:
-        """Coordinates in the branch's own (at most 384-d) space, before the orthonormal embedding."""
-        X, coords, errors, ids = self._encode_rows(records, run_ids)
-        self._refuse_non_finite(coords, X, ids, errors)
-        if errors:
-            coords[list(errors)] = 0.0
-        return coords, errors
-
     def _encode_rows(
         self, records: Sequence[Mapping[str, Any] | None], run_ids: Sequence[str] | None
     ) -> tuple[np.ndarray, np.ndarray, dict[int, EncodingError], list[str]]:

@@ -97,8 +97,3 @@ def write(conn: psycopg.Connection, version: int, state: Mapping[str, Any]) -> b
                 text = "[" + ",".join(repr(float(w)) for w in weights.astype(np.float32)) + "]"
                 copy.write_row((version, matrix, row, text, bias))
     return True
-
-
-def has_state(conn: psycopg.Connection, version: int) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM historical_db.encoder_branches WHERE version = %s)",
-                        (version,)).fetchone()[0]

@@ -12,14 +12,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metaspace.errors import VersionChanged
-from metaspace.names import BRANCH_MODELS, DIMENSION, JOINT_MODEL, JOINT_TYPE, SCHEMA, SOURCE
-from metaspace.store.sqlfiles import statements
+from metaspace.names import BRANCH_MODELS, DIMENSION, JOINT_MODEL, JOINT_TYPE, SOURCE
 
-HNSW_INDEXES = "vector_indexes_v1.sql"
-# The HNSW indexes created by sql/vector_indexes_v1.sql (one per space); embed-runs drops and re-creates
-# them around a large backfill. tests/test_migrations.py checks this list against the file.
-HNSW_INDEX_NAMES = ("joint_embeddings_vector_hnsw", "branch_embeddings_config_hnsw", "branch_embeddings_env_hnsw",
-                    "branch_embeddings_outcome_hnsw")
 # Advisory lock key held by embed-runs while it writes (two backfills never interleave).
 EMBED_LOCK_KEY = 0x6D657461_7370  # "meta" "sp"
 
@@ -179,34 +173,6 @@ def owns_tables(conn: psycopg.Connection) -> bool:
         "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
         "WHERE c.oid = 'historical_db.joint_embeddings'::regclass"
     ).fetchone()[0]
-
-
-def drop_hnsw_indexes(conn: psycopg.Connection) -> None:
-    for name in HNSW_INDEX_NAMES:
-        conn.execute(f"DROP INDEX IF EXISTS {SCHEMA}.{name}")
-
-
-def missing_hnsw_indexes(conn: psycopg.Connection) -> list[str]:
-    present = {name for (name,) in conn.execute(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND indexname = ANY(%s)",
-        (SCHEMA, list(HNSW_INDEX_NAMES))).fetchall()}
-    return [name for name in HNSW_INDEX_NAMES if name not in present]
-
-
-def ensure_hnsw_indexes(conn: psycopg.Connection, maintenance_work_mem: str | None = None) -> list[str]:
-    """Create any missing HNSW index (after a bulk load, or after an interrupted one); return those built.
-
-    Only missing ones are created, so a writer that does not own the tables passes when all are there.
-    ``maintenance_work_mem`` is the server's own setting unless given: the server's memory is not the
-    client's to size (the embedded server is configured for index builds when it is created).
-    """
-    missing = missing_hnsw_indexes(conn)
-    if missing and maintenance_work_mem:
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-    for name, statement in zip(HNSW_INDEX_NAMES, statements(HNSW_INDEXES)):
-        if name in missing:
-            conn.execute(statement)
-    return missing
 
 
 def analyze(conn: psycopg.Connection) -> None:
