@@ -1,6 +1,8 @@
 """suggest_configs_v5's calibration, fitted on replayed past decisions: how far the neighbourhood moves each
 config's record (the local scale), and what a raw confidence is worth (a monotone map to the observed
-frequency that a pick beat the random pick).
+frequency that a pick beat the random pick). Only the fit lives here: the ranking at each local scale and the
+confidence through a map are computed in SQL (sql/suggest_v6.sql, suggest_ranking_v1, and
+calibrated_confidence_v1), the one place suggest and the replay both read them from.
 
 A calibration as of a date D is fitted only on decisions whose outcomes were known by D (their runs'
 as_of_date on or before D), each replayed as of its own decision date: nothing after D enters it. The
@@ -13,7 +15,6 @@ measured is what suggest answers. This module never touches the database.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,56 +31,6 @@ PRIOR_STRENGTH = 10.0
 
 
 @dataclass(frozen=True)
-class Candidates:
-    """One decision's ranking inputs from suggest_configs_v5, signed so that higher is better."""
-
-    configs: tuple[str, ...]
-    base: np.ndarray
-    relative: np.ndarray
-    estimated_weight: np.ndarray
-    base_var: np.ndarray
-    local_var: np.ndarray
-    environment_var: float
-
-    @classmethod
-    def from_rows(cls, rows: list[dict[str, Any]], higher_is_better: bool) -> Candidates:
-        sign = 1.0 if higher_is_better else -1.0
-        column = {name: np.array([float(r[name]) for r in rows]) for name in
-                  ("record_estimate", "relative_objective", "estimated_local_weight", "record_var", "local_var")}
-        return cls(tuple(r["config_id"] for r in rows), sign * column["record_estimate"],
-                   sign * column["relative_objective"], column["estimated_local_weight"], column["record_var"],
-                   column["local_var"], float(rows[0]["environment_var"]))
-
-    def pick(self, scale: float) -> tuple[str, float]:
-        """The top config at this local scale and its raw confidence: suggest_configs_v5's arithmetic."""
-        weight = scale * self.estimated_weight
-        expected = self.base + weight * (self.relative - self.base)
-        edge = expected - expected.mean()
-        posterior_var = (1 - weight) ** 2 * self.base_var + weight * self.local_var
-        best = max(range(len(self.configs)), key=lambda i: (edge[i], _Reversed(self.configs[i])))
-        return self.configs[best], _normal_cdf(edge[best] / math.sqrt(self.environment_var + posterior_var[best]))
-
-
-class _Reversed(str):
-    """A string that sorts backwards: ties on the edge go to the smaller config id, as in SQL."""
-
-    def __lt__(self, other: str) -> bool:
-        return str.__gt__(self, other)
-
-    def __gt__(self, other: str) -> bool:
-        return str.__lt__(self, other)
-
-
-def _normal_cdf(x: float) -> float:
-    """historical_db.normal_cdf_v1 (Abramowitz and Stegun 7.1.26), so that a replayed confidence is the SQL's."""
-    if x < -38 or x > 38:
-        return 0.0 if x < 0 else 1.0
-    t = 1 / (1 + 0.3275911 * abs(x) / math.sqrt(2.0))
-    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
-    return 0.5 * (1 + math.copysign(1.0, x) * (1 - poly * math.exp(-(x * x) / 2))) if x else 0.5
-
-
-@dataclass(frozen=True)
 class Calibration:
     """One fit: the local scale and the confidence map (knots; linear between, flat beyond)."""
 
@@ -89,14 +40,6 @@ class Calibration:
     confidence_to: tuple[float, ...]
     decisions: int
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def confidence(self, raw: float) -> float:
-        return calibrated_confidence(raw, self.confidence_from, self.confidence_to)
-
-
-def calibrated_confidence(raw: float, knots_from: tuple[float, ...], knots_to: tuple[float, ...]) -> float:
-    """historical_db.calibrated_confidence_v1 in Python: linear between the knots, the end values beyond."""
-    return float(np.interp(raw, knots_from, knots_to))
 
 
 def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray, prior_strength: float = PRIOR_STRENGTH,
@@ -156,10 +99,13 @@ class OnlineCalibration:
         self.fits: list[Calibration] = []
         self.fitted_map: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the last, adopted or not
 
-    def add(self, decision_date: dt.date, outcome_date: dt.date, gains: np.ndarray, raw: np.ndarray) -> None:
-        """A decision replayed (as of its decision date), to be used once its outcome is known."""
-        mapped = np.interp(raw, *self.fitted_map) if self.fitted_map else np.asarray(raw, dtype=float)
-        self.pending.append((outcome_date, _Realised(decision_date.toordinal(), gains, raw, mapped)))
+    def add(self, decision_date: dt.date, outcome_date: dt.date, gains: np.ndarray, raw: np.ndarray,
+            mapped: np.ndarray) -> None:
+        """A decision replayed (as of its decision date), to be used once its outcome is known: per local scale,
+        the pick's gain over the random pick, its raw confidence, and that confidence through the map fitted
+        when it was decided (:attr:`fitted_map`; historical_db.calibrated_confidence_v1 applies maps)."""
+        self.pending.append((outcome_date, _Realised(decision_date.toordinal(), np.asarray(gains, dtype=float),
+                                                     np.asarray(raw, dtype=float), np.asarray(mapped, dtype=float))))
 
     def as_of(self, day: dt.date) -> Calibration | None:
         """The calibration in force on ``day``: refitted on each date since the last fit on which outcomes came

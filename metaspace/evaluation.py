@@ -186,9 +186,14 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         # outcome windows (point in time), the horizon only dating the decisions; a calibration to be stored is
         # replayed on the exact path, whose answers as of a date no later run can move (a graph walk's can).
         blocks = None if ranking in ("v5", "suggest") else given_horizon
-        rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
-                                 higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                                 ranking=ranking, horizon=blocks, exact=save_calibration)
+        if ranking == "v5":
+            rank = functools.partial(evaluation_store.picks_at_scales, objective=".".join(path),
+                                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                                     horizon=blocks, exact=save_calibration)
+        else:
+            rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
+                                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                                     ranking=ranking, horizon=blocks, exact=save_calibration)
         if ranking == "v5":
             tops = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
                                       higher_is_better=higher_is_better, notes=notes,
@@ -219,32 +224,35 @@ REPLAY_CONNECTIONS = 2  # decisions are independent queries: a second connection
 
 
 def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.timedelta,
-                       rank: Callable[..., list[dict[str, Any]]], progress: Callable[[int, int], None] | None, *,
+                       rank: Callable[..., Any], progress: Callable[[int, int], None] | None, *,
                        horizon: int, higher_is_better: bool, notes: list[str], context: dict[str, Any],
                        save: Callable[..., int] | None) -> list[dict[str, Any] | None]:
-    """v5's top suggestion at each of ``points``: every decision known is replayed uncalibrated, oldest first,
-    and each is answered with the calibration fitted on the decisions realised by its date, the one
-    suggest_configs_v5 reads once ``save`` has stored them."""
-    from metaspace.calibration import Candidates, OnlineCalibration
+    """v5's top suggestion at each of ``points``: every decision known is replayed uncalibrated, oldest first
+    (``rank`` gives its top config and raw confidence at every local scale of the grid, from SQL), and each is
+    answered with the calibration fitted on the decisions realised by its date, the one suggest_configs
+    reads once ``save`` has stored them. Maps are applied by the SQL that suggest applies them with."""
+    from metaspace.calibration import OnlineCalibration
 
-    ranked_all = _replay(conn, url, every_point, lag, rank, progress)
     online = OnlineCalibration(horizon, context=context)
+    picks_all = _replay(conn, url, every_point, lag, functools.partial(rank, scales=online.scales), progress)
     sign = 1.0 if higher_is_better else -1.0
     tops: dict[Any, dict[str, Any] | None] = {}
-    for point, ranked in zip(every_point, ranked_all):
+    for point, picks in zip(every_point, picks_all):
         day = point.as_of_date - lag
         fit = online.as_of(day)
-        if not ranked:
+        if not picks:
             tops[point] = None
             continue
-        candidates = Candidates.from_rows(ranked, higher_is_better)
         values, random = dict(zip(point.configs, point.values)), float(np.mean(point.values))
-        picks = [candidates.pick(scale) for scale in online.scales]
-        online.add(day, point.as_of_date, np.array([sign * (values[c] - random) for c, _ in picks]),
-                   np.array([raw for _, raw in picks]))
-        config, raw = candidates.pick(fit.local_scale) if fit else candidates.pick(1.0)
-        tops[point] = {"config_id": config, "deflated_confidence": fit.confidence(raw) if fit else raw,
-                       "raw_confidence": raw}
+        chosen = [picks[scale] for scale in online.scales]
+        raw = [confidence for _, confidence in chosen]
+        mapped = evaluation_store.calibrated_confidences(conn, raw, *(online.fitted_map or (None, None)))
+        online.add(day, point.as_of_date, np.array([sign * (values[c] - random) for c, _ in chosen]),
+                   np.array(raw), np.array(mapped))
+        config, top_raw = picks[fit.local_scale if fit else 1.0]
+        confidence = (evaluation_store.calibrated_confidences(conn, [top_raw], fit.confidence_from,
+                                                              fit.confidence_to)[0] if fit else top_raw)
+        tops[point] = {"config_id": config, "deflated_confidence": confidence, "raw_confidence": top_raw}
     if every_point:  # and on to the last outcome known, so that suggest as of today has the freshest fit
         online.as_of(max(p.as_of_date for p in every_point))
     last = online.fits[-1] if online.fits else None
@@ -255,7 +263,7 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
            f"{last.decisions:,} decisions" if last else f"; fewer than {online.min_decisions} realised: none fitted"))
     if save is not None:
         stored = save(fits=online.fits)
-        notes.append(f"stored {stored:,} calibrations: suggest_configs_v5 (metaspace suggest) applies the latest "
+        notes.append(f"stored {stored:,} calibrations: suggest_configs (metaspace suggest) applies the latest "
                      "fitted on or before each answer's date")
     return [tops[p] for p in points]
 

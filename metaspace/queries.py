@@ -330,7 +330,7 @@ RECORD_ONLY = ("the calibration applied (fitted until {fitted_until}) found that
                "each config's record did not pay over the replayed past: the environment asked about only chooses "
                "the candidates (configs with evidence nearby), which are ranked by their records (local scale 0; "
                "metaspace evaluate shows the pick against the best-so-far config)")
-HISTORY_RUNS = 20_000  # suggest_configs_v4's default: the records read the latest runs known, shared among candidates
+HISTORY_RUNS = search_store.HISTORY_RUNS
 
 
 def _calibrated_otherwise(conn, objective: str, higher_is_better: bool, fitted_until: Any,
@@ -379,13 +379,15 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             if key.note and key.note not in said:
                 said.add(key.note)
                 notes = [key.note, *notes]
+            why_empty: list[str] = []
             encoder, rows, notes = _following_switches(
                 conn, encoder, query, vector, notes,
-                lambda v, version, key=key, query=query: search_store.suggest(
+                lambda v, version, key=key, query=query, why_empty=why_empty: search_store.suggest(
                     conn, v, k=k, as_of=query.as_of, objective=".".join(key.path),
                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
                     strategies=_names(strategy), exact=exact, encoder_version=version, history=history,
-                    horizon=horizon))
+                    horizon=horizon, notes=why_empty))
+            notes = [*notes, *why_empty]
             note = fit_note(encoder.version, encoder.fitted_through, query.as_of)
             uncalibrated = UNCALIBRATED.format(objective=".".join(key.path))
             if rows and rows[0].get("calibrated_until") is None and uncalibrated not in said:

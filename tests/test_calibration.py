@@ -1,5 +1,7 @@
-"""suggest_configs_v5's calibration: fitted on past decisions only, monotone, choosing the record where the
-neighbourhood stopped predicting, and what evaluate measures is what the SQL answers."""
+"""suggest_configs' calibration (version 5's, kept by version 6): fitted on past decisions only, monotone,
+choosing the record where the neighbourhood stopped predicting, and what evaluate measures is what the SQL
+answers. np.interp is the tests' oracle of a map (linear between the knots, flat beyond); the product applies
+maps in SQL only (historical_db.calibrated_confidence_v1)."""
 
 from __future__ import annotations
 
@@ -18,20 +20,13 @@ from test_roles import _login
 
 import metaspace
 from metaspace import pipeline
-from metaspace.calibration import (
-    IDENTITY,
-    Calibration,
-    Candidates,
-    OnlineCalibration,
-    calibrated_confidence,
-    isotonic_map,
-)
+from metaspace.calibration import IDENTITY, Calibration, OnlineCalibration, isotonic_map
 from metaspace.cli import cli
 from metaspace.errors import MetaspaceError
 from metaspace.sample import write_runs
 from metaspace.store import migrate
 from metaspace.store.connection import connect
-from metaspace.store.evaluation import decision_points, ranked_eligible
+from metaspace.store.evaluation import decision_points, picks_at_scales, ranked_eligible
 
 # -- the map ----------------------------------------------------------------------------------------
 
@@ -63,20 +58,26 @@ def test_the_map_is_monotone_and_stays_between_0_and_1(points, strength) -> None
     assert all(b >= a for a, b in zip(knots_to, knots_to[1:]))
     assert all(0.0 <= y <= 1.0 for y in knots_to)
     grid = np.linspace(0, 1, 21)
-    mapped = [calibrated_confidence(x, knots_from, knots_to) for x in grid]
+    mapped = [float(np.interp(x, knots_from, knots_to)) for x in grid]
     assert all(b >= a - 1e-12 for a, b in zip(mapped, mapped[1:]))
 
 
-def test_the_sql_map_is_the_python_map(conn: psycopg.Connection) -> None:
+def test_the_sql_map_is_linear_between_its_knots_and_flat_beyond(conn: psycopg.Connection) -> None:
     knots_from, knots_to = (0.52, 0.6, 0.71, 0.9), (0.4, 0.55, 0.55, 0.8)
     for raw in (0.0, 0.52, 0.55, 0.6, 0.65, 0.71, 0.8, 0.9, 0.95, 1.0):
         (sql_value,) = conn.execute("SELECT historical_db.calibrated_confidence_v1(%s, %s, %s)",
                                     (raw, list(knots_from), list(knots_to))).fetchone()
-        assert sql_value == pytest.approx(calibrated_confidence(raw, knots_from, knots_to), abs=1e-12)
+        assert sql_value == pytest.approx(float(np.interp(raw, knots_from, knots_to)), abs=1e-12)
     assert conn.execute("SELECT historical_db.calibrated_confidence_v1(0.7, NULL, NULL)").fetchone()[0] == 0.7
 
 
 # -- the online fit ---------------------------------------------------------------------------------
+
+
+def _add(online: OnlineCalibration, day: dt.date, known: dt.date, gains: np.ndarray, raw: np.ndarray) -> None:
+    """A decision, its raw confidences through the map in force (as the replay has SQL apply it)."""
+    mapped = np.interp(raw, *online.fitted_map) if online.fitted_map else raw
+    online.add(day, known, gains, raw, mapped)
 
 
 def _feed(online: OnlineCalibration, rng: np.random.Generator, first: dt.date, count: int, *,
@@ -86,7 +87,7 @@ def _feed(online: OnlineCalibration, rng: np.random.Generator, first: dt.date, c
         day = first + dt.timedelta(days=7 * i)
         gains = np.full(len(online.scales), -0.2) + rng.normal(0, 0.05, len(online.scales))
         gains[better] = 0.5
-        online.add(day, day + dt.timedelta(days=WINDOW), gains, rng.uniform(0.5, 0.9, len(online.scales)))
+        _add(online, day, day + dt.timedelta(days=WINDOW), gains, rng.uniform(0.5, 0.9, len(online.scales)))
 
 
 @settings(max_examples=25, deadline=None)
@@ -102,7 +103,7 @@ def test_a_fit_as_of_d_never_depends_on_decisions_realised_after_d(offset: int, 
         for i in range(extra):
             gains = np.zeros(len(online.scales))
             gains[scale] = 1e6
-            online.add(day, day + dt.timedelta(days=1 + i), gains, np.full(len(online.scales), 0.99))
+            _add(online, day, day + dt.timedelta(days=1 + i), gains, np.full(len(online.scales), 0.99))
         fits.append(online.as_of(day))
     assert fits[0] == fits[1]
 
@@ -122,8 +123,8 @@ def _replay_confidences(online: OnlineCalibration, hits: list[bool], raw: list[f
     for i, (hit, confidence) in enumerate(zip(hits, raw)):
         day = START + dt.timedelta(days=i)
         online.as_of(day)
-        online.add(day, day + dt.timedelta(days=1), np.full(len(online.scales), 0.3 if hit else -0.3),
-                   np.full(len(online.scales), confidence))
+        _add(online, day, day + dt.timedelta(days=1), np.full(len(online.scales), 0.3 if hit else -0.3),
+             np.full(len(online.scales), confidence))
     return online.as_of(START + dt.timedelta(days=len(hits) + 1))
 
 
@@ -131,7 +132,7 @@ def test_the_map_is_used_where_it_has_beaten_the_raw_confidence() -> None:
     online = OnlineCalibration(1)  # over-confident throughout: 0.9 said, half of the picks beat random
     fit = _replay_confidences(online, [i % 2 == 0 for i in range(120)], [0.9] * 120)
     assert fit.settings["map_used"] and fit.settings["map_brier"] < fit.settings["raw_brier"]
-    assert fit.confidence(0.9) < 0.7
+    assert np.interp(0.9, fit.confidence_from, fit.confidence_to) < 0.7
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -148,7 +149,7 @@ def test_the_map_is_dropped_where_it_only_adds_noise_to_a_calibrated_confidence(
     for fit in online.fits:
         assert fit.settings["map_used"] == (fit.settings["map_brier"] < fit.settings["raw_brier"])
         if not fit.settings["map_used"]:
-            assert fit.confidence_from == (0.0, 1.0) == fit.confidence_to and fit.confidence(0.73) == 0.73
+            assert fit.confidence_from == (0.0, 1.0) == fit.confidence_to
 
 
 def test_no_calibration_before_enough_decisions_are_realised() -> None:
@@ -285,14 +286,14 @@ def _sql_top(conn: psycopg.Connection, point, day: dt.date, **arguments) -> dict
                        "AND encoder_version = historical_db.active_encoder_version_v1()",
                        (point.env_run_id,)).fetchone()[0]
     cursor = conn.execute(
-        "SELECT * FROM historical_db.suggest_configs_v5(%s, k => 4, as_of => %s, eligible_configs => %s"
+        "SELECT * FROM historical_db.suggest_configs(%s, k => 4, as_of => %s, eligible_configs => %s"
         + "".join(f", {name} => %s" for name in arguments) + ")",
         (env, day, list(point.configs), *arguments.values()))
     columns = [d.name for d in cursor.description]
     return dict(zip(columns, cursor.fetchone()))
 
 
-def test_what_evaluate_measured_is_what_suggest_configs_v5_answers(signal_db: str) -> None:
+def test_what_evaluate_measured_is_what_suggest_configs_answers(signal_db: str) -> None:
     result = metaspace.evaluate(save_calibration=True, horizon=WINDOW, database_url=signal_db)
     with connect(signal_db) as conn:
         points = {p.as_of_date.isoformat(): p for p in decision_points(conn, ["sharpe"], None)}
@@ -308,17 +309,35 @@ def test_what_evaluate_measured_is_what_suggest_configs_v5_answers(signal_db: st
 
 
 @pytest.mark.parametrize("higher", [True, False])
-def test_the_replay_scores_other_local_scales_as_the_sql_does(signal_db: str, higher: bool) -> None:
+def test_the_replay_picks_at_every_local_scale_what_suggest_configs_picks_at_it(signal_db: str, higher: bool) -> None:
     with connect(signal_db) as conn:
         for point in decision_points(conn, ["sharpe"], None)[40::10]:
             day = point.as_of_date - dt.timedelta(days=WINDOW)
-            rows = ranked_eligible(conn, point, as_of=day, objective="sharpe", higher_is_better=higher,
-                                   neighbours=1000, min_runs=3, ranking="v5")
-            candidates = Candidates.from_rows(rows, higher)
+            picks = picks_at_scales(conn, point, as_of=day, objective="sharpe", higher_is_better=higher,
+                                    neighbours=1000, min_runs=3, scales=(0.0, 0.25, 0.5, 1.0))
+            assert sorted(picks) == [0.0, 0.25, 0.5, 1.0]
             for scale in (0.0, 0.25, 0.5, 1.0):
                 top = _sql_top(conn, point, day, local_scale=scale, calibrated=False, higher_is_better=higher)
-                config, raw = candidates.pick(scale)
+                config, raw = picks[scale]
                 assert (config, raw) == (top["config_id"], pytest.approx(top["raw_confidence"], abs=1e-12))
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_version_6_answers_exactly_as_version_5(signal_db: str, higher: bool) -> None:
+    """Version 6 is version 5 cut into shared parts (and what it says when its answer is empty)."""
+    answered = 0
+    with connect(signal_db) as conn:
+        for point in decision_points(conn, ["sharpe"], None)[::15]:
+            for day in (point.as_of_date - dt.timedelta(days=WINDOW), None):
+                for scale in (None, 0.25):
+                    answers = [conn.execute(
+                        f"SELECT * FROM historical_db.suggest_configs_{version}((SELECT vector FROM "
+                        "historical_db.branch_embeddings WHERE run_id = %s AND branch = 'env'), k => 20, "
+                        "as_of => %s, higher_is_better => %s, local_scale => %s)",
+                        (point.env_run_id, day, higher, scale)).fetchall() for version in ("v5", "v6")]
+                    assert answers[0] == answers[1]
+                    answered += bool(answers[0])
+    assert answered > 10
 
 
 def test_without_a_calibration_v5_answers_as_v4_and_says_so(db_url: str, tmp_path: Path) -> None:

@@ -13,15 +13,16 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from metaspace.store.search import SUGGESTION_COLUMNS, _call
+from metaspace.store.search import HISTORY_RUNS, SUGGESTION_COLUMNS, _call
 
 # The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
 # with suggest_configs_v2's signature, named schema.function.
 # "v2" is the v2 ranking; suggest_configs_v3 computes it over whichever graph the env space has (revision 0012).
+# "v5" is replayed through picks_at_scales (the ranking at every local scale of the calibration's grid).
 RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db", "suggest_configs_v3"),
-            "v4": ("historical_db", "suggest_configs_v4"), "v5": ("historical_db", "suggest_configs_v5"),
-            # what `metaspace suggest` answers: v5 with the calibrations stored as of each date (v4 without any)
-            "suggest": ("historical_db", "suggest_configs_v5")}
+            "v4": ("historical_db", "suggest_configs_v4"),
+            # what `metaspace suggest` answers: the stable name, with the calibrations stored as of each date
+            "suggest": ("historical_db", "suggest_configs")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
 # Runs that report the objective as a number and have an env vector of the active encoder version, known by
@@ -105,7 +106,7 @@ def _ranking_function(ranking: str) -> sql.Composable:
     if ranking in RANKINGS:
         return sql.Identifier(*RANKINGS[ranking])
     if not _QUALIFIED.match(ranking):
-        raise ValueError(f"unknown ranking {ranking!r}: use suggest, v1, v2, v4, v5 or schema.function")
+        raise ValueError(f"unknown ranking {ranking!r}: use suggest, v1, v2, v4 or schema.function")
     return sql.Identifier(*ranking.split("."))
 
 
@@ -116,8 +117,7 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
 
     v2 and its variants restrict the candidates in SQL (``eligible_configs``); v1 has no such argument, so it
     ranks every config and the eligible ones are kept in its order. ``horizon`` (days of one outcome
-    window) reaches v4 and v5, which count evidence in blocks of it. v5 is asked uncalibrated, at v4's local
-    scale: its rows carry what a calibration is fitted on (the replay applies one itself, as of each date)."""
+    window) reaches v4 and suggest, which count evidence in blocks of it."""
     env = sql.SQL(
         "(SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env' "
         "AND b.encoder_version = historical_db.active_encoder_version_v1())")
@@ -135,12 +135,46 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
         "higher_is_better => %(higher)s, neighbours => %(neighbours)s, min_runs => %(min_runs)s, "
         "exact => %(exact)s, eligible_configs => %(eligible)s{horizon})").format(
             fn=_ranking_function(ranking), env=env,
-            horizon=sql.SQL({"v4": ", horizon => %(horizon)s", "suggest": ", horizon => %(horizon)s",
-                             "v5": ", horizon => %(horizon)s, local_scale => 1, calibrated => false"}.get(ranking, "")))
+            horizon=sql.SQL({"v4": ", horizon => %(horizon)s", "suggest": ", horizon => %(horizon)s"}.get(ranking, "")))
     cursor = conn.execute(statement, params | {"k": len(point.configs), "eligible": list(point.configs),
                                                "horizon": horizon})
     columns = [d.name for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def picks_at_scales(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt.date, objective: str,
+                    higher_is_better: bool, neighbours: int, min_runs: int, scales: tuple[float, ...],
+                    exact: bool = False, horizon: int | None = None) -> dict[float, tuple[str, float]]:
+    """Among the configs tried at the point, the top suggestion as of ``as_of`` at each local scale, and its
+    raw confidence: {scale: (config_id, raw_confidence)}, empty where no config has the evidence. Computed
+    by suggest_configs' own parts (suggest_evidence_v1, then suggest_ranking_v1 at every scale in one call),
+    uncalibrated: the replay fits the calibrations."""
+    rows = _call(conn, """
+        SELECT r.local_scale, r.config_id, r.raw_confidence
+        FROM historical_db.suggest_ranking_v1(ARRAY(
+            SELECT e FROM historical_db.suggest_evidence_v1(
+                (SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env'
+                   AND b.encoder_version = historical_db.active_encoder_version_v1()),
+                %(as_of)s, %(path)s, %(direction)s, %(neighbours)s, %(min_runs)s, NULL, %(exact)s, %(eligible)s,
+                historical_db.active_encoder_version_v1(), %(history)s, %(horizon)s) e), %(scales)s) r
+        WHERE r.rank = 1""",
+        {"run": point.env_run_id, "as_of": as_of, "path": objective.split("."),
+         "direction": 1.0 if higher_is_better else -1.0, "neighbours": neighbours, "min_runs": min_runs,
+         "exact": exact, "eligible": list(point.configs), "history": HISTORY_RUNS, "horizon": horizon,
+         "scales": [float(scale) for scale in scales]})
+    return {float(scale): (config, float(raw)) for scale, config, raw in rows}
+
+
+def calibrated_confidences(conn: psycopg.Connection, raw: list[float], knots_from: tuple[float, ...] | None,
+                           knots_to: tuple[float, ...] | None) -> list[float]:
+    """Raw confidences through a calibration's map (historical_db.calibrated_confidence_v1, the one suggest
+    applies); without a map, the raw confidences."""
+    if knots_from is None:
+        return [float(x) for x in raw]
+    rows = conn.execute(
+        "SELECT historical_db.calibrated_confidence_v1(u.x, %s, %s) FROM unnest(%s::float8[]) WITH ORDINALITY "
+        "AS u (x, i) ORDER BY u.i", (list(knots_from), list(knots_to), [float(x) for x in raw])).fetchall()
+    return [float(value) for (value,) in rows]
 
 
 def stored_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool) -> tuple[int, Any]:

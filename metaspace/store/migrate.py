@@ -115,9 +115,27 @@ def _root_message(exc: BaseException) -> str:
     return f"{exc}".strip() + (f" (hint: {hint})" if hint else "")
 
 
+# The oldest PostgreSQL metaspace runs on: the functions use pg_input_is_valid (16). Tested on 16 and 18.
+MIN_SERVER = 160000
+
+
+def check_server(conn: psycopg.Connection) -> None:
+    """Refuse a server older than :data:`MIN_SERVER`, naming both versions."""
+    number, shown = conn.execute("SELECT current_setting('server_version_num')::integer, "
+                                 "current_setting('server_version')").fetchone()
+    if number < MIN_SERVER:
+        raise MetaspaceError(
+            f"this server is PostgreSQL {shown.split()[0]}; metaspace needs PostgreSQL {MIN_SERVER // 10000} or "
+            "newer (with pgvector 0.8 or newer). Upgrade the server, or leave --database-url and "
+            "METASPACE_DATABASE_URL unset to use metaspace's embedded PostgreSQL")
+
+
 def upgrade(url: str, to: str = "head", *, concurrently: bool = False) -> list[str]:
-    """Upgrade the schema to ``to`` (head by default)."""
+    """Upgrade the schema to ``to`` (head by default), on PostgreSQL 16 or newer."""
     from alembic import command
+
+    with psycopg.connect(url) as conn:
+        check_server(conn)
 
     return _run(command.upgrade, url, to, concurrently=concurrently)
 

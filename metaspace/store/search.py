@@ -1,4 +1,5 @@
-"""Calls of the SQL search functions (sql/search_v3.sql, sql/suggest_v5.sql): the only Python that names them."""
+"""Calls of the SQL search functions by their stable names (sql/stable_v1.sql), the names SQL clients call:
+the Python API answers as SQL does because it asks the same functions. The only Python that names them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from metaspace.errors import MetaspaceError, VersionChanged
 if TYPE_CHECKING:
     import numpy as np
 
+HISTORY_RUNS = 20_000  # suggest's default: the records read the latest runs known, shared among the candidates
 MATCH_COLUMNS = ("run_id", "config_id", "strategy_id", "as_of_date", "distance", "entity_scope")
 SUGGESTION_COLUMNS = ("config_id", "config", "score", "weighted_objective", "runs", "mean_distance", "objective_mean", "objective_std",
                       "best_run_id", "best_objective", "edge_z", "deflated_confidence", "candidates", "environments",
@@ -34,9 +36,13 @@ class Filters:
                 "configs": list(self.configs) or None, "scope": Jsonb(self.scope) if self.scope else None}
 
 
-def _call(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> list[tuple]:
+def _call(conn: psycopg.Connection, statement: Any, params: dict[str, Any], notes: list[str] | None = None) -> list[tuple]:
     """Run a search function; its argument errors (SQLSTATE 22023, P0002) become MetaspaceError, and a
-    query encoded with a version that is no longer active (55000) VersionChanged."""
+    query encoded with a version that is no longer active (55000) VersionChanged. What the function says
+    with RAISE NOTICE (why an answer is empty, and what to change) is added to ``notes``."""
+    said: list[psycopg.errors.Diagnostic] = []
+    listen = said.append
+    conn.add_notice_handler(listen)
     try:
         return conn.execute(statement, params).fetchall()
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
@@ -44,6 +50,11 @@ def _call(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> l
     except (psycopg.errors.InvalidParameterValue, psycopg.errors.NoDataFound) as exc:
         hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
         raise MetaspaceError(f"{exc.diag.message_primary}{hint}") from None
+    finally:
+        conn.remove_notice_handler(listen)
+        if notes is not None:
+            notes.extend(f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "") for d in said
+                         if d.severity_nonlocalized == "NOTICE")
 
 
 def _float32(vector: Any) -> np.ndarray:
@@ -63,7 +74,7 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
     the active one)."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.search_runs_v3(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.search_runs(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s, %(version)s)",
         {"q": _float32(vector), "k": k, "space": space, "exact": exact, "version": version}
         | filters.params(),
@@ -75,7 +86,7 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.neighbours_v3(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
+        "SELECT * FROM historical_db.neighbours(%(run)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, %(configs)s, "
         "%(scope)s, %(exact)s)",
         {"run": run_id, "k": k, "space": space, "exact": exact} | filters.params(),
     )
@@ -85,17 +96,19 @@ def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filter
 def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date | None, objective: str,
             higher_is_better: bool, neighbours: int, min_runs: int, strategies: tuple[str, ...],
             exact: bool, history: int | None, horizon: int | None,
-            encoder_version: int | None = None) -> list[dict[str, Any]]:
-    """suggest_configs_v5 (with the stored calibration as of the date, if any); ``encoder_version`` (the version
-    ``env`` was encoded with) fails fast if it is no longer the active one."""
+            encoder_version: int | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """historical_db.suggest_configs (with the stored calibration as of the date, if any); ``encoder_version`` (the version
+    ``env`` was encoded with) fails fast if it is no longer the active one. Why an empty answer is empty is added to
+    ``notes``."""
     rows = _call(
         conn,
-        "SELECT * FROM historical_db.suggest_configs_v5(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
+        "SELECT * FROM historical_db.suggest_configs(%(env)s, %(k)s, %(as_of)s, %(objective)s, %(higher)s, "
         "%(neighbours)s, %(min_runs)s, %(strategies)s, %(exact)s, encoder_version => %(version)s, "
         "history => %(history)s, horizon => %(horizon)s)",
         {"env": _float32(env), "k": k, "as_of": as_of, "objective": objective,
          "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs,
          "strategies": list(strategies) or None, "exact": exact, "version": encoder_version,
          "history": history, "horizon": horizon},
+        notes,
     )
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
