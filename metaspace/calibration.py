@@ -1,4 +1,4 @@
-"""suggest_configs_v5's calibration, fitted on replayed past decisions: how far the neighbourhood moves each
+"""The calibration of what suggest ranks by (historical_db.suggest_configs), fitted on replayed past decisions: how far the neighbourhood moves each
 config's record (the local scale), and what a raw confidence is worth (a monotone map to the observed
 frequency that a pick beat the random pick). Only the fit lives here: the ranking at each local scale and the
 confidence through a map are computed in SQL (sql/suggest_v6.sql, suggest_ranking_v1, and
@@ -8,7 +8,7 @@ A calibration as of a date D is fitted only on decisions whose outcomes were kno
 as_of_date on or before D), each replayed as of its own decision date: nothing after D enters it. The
 replay of ``metaspace evaluate`` refits one at every decision date where new outcomes have come in and
 applies it to that date's decisions; ``--save-calibration`` stores every one it used, and
-``historical_db.suggest_configs_v5`` applies the latest stored on or before an answer's date, so what evaluate
+``historical_db.suggest_configs`` applies the latest stored on or before an answer's date, so what evaluate
 measured is what suggest answers. This module never touches the database.
 """
 

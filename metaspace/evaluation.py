@@ -98,7 +98,7 @@ def _answered_as_suggest(conn, objective: str, higher_is_better: bool) -> str:
     if not stored:
         return (f"ranked as metaspace suggest answers: no calibration of outcome.{objective} is stored, so v4's ranking "
                 "(evaluate --save-calibration fits and stores one)")
-    return (f"ranked as metaspace suggest answers: suggest_configs_v5 with the {stored:,} stored calibrations "
+    return (f"ranked as metaspace suggest answers: suggest_configs with the {stored:,} stored calibrations "
             f"of outcome.{objective}, each decision with the latest fitted by its date (the last until {latest})")
 
 
@@ -122,12 +122,13 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     date (evaluate as of it: nothing dated later is read). ``horizon``: days from a decision to its outcome
     (by default inferred from the runs' ``test_start`` field). ``sample``: replay only N decision points,
     drawn with ``seed``. ``plot``: write the reliability plot (PNG) there. ``ranking`` picks the SQL ranking
-    replayed: by default ``suggest``, what ``metaspace suggest`` answers (suggest_configs_v5 with the
-    calibrations stored as of each decision date; with none stored, v4's answers), or ``v5``, ``v4``, ``v2``,
-    ``v1``, or a function with suggest_configs_v2's arguments, for benchmarks. ``v5`` replays every decision
+    replayed: by default ``suggest``, what ``metaspace suggest`` answers (historical_db.suggest_configs with the
+    calibrations stored as of each decision date; with none stored, version 4's answers), or ``v5`` (that
+    ranking, calibrated by the replay itself), or the released ``v4``, ``v2``, ``v1`` or a function with version
+    2's arguments, for the benchmarks that compare them. ``v5`` replays every decision
     known by ``until`` and calibrates as of each decision date on
     the decisions realised by then (metaspace.calibration); ``save_calibration`` (v5, the default with it)
-    stores those calibrations, which suggest_configs_v5 then applies: what was measured is what suggest
+    stores those calibrations, which suggest_configs then applies: what was measured is what suggest
     answers. ``progress(step, total)`` is called as decisions are replayed.
     """
     started = time.perf_counter()

@@ -7,7 +7,7 @@ here on purpose. ``tests/test_models.py`` compares :data:`metadata` with a datab
 chain (tables, columns, types, nullability, indexes, foreign keys), so a revision that changes a table
 fails the tests until this module follows it. Check constraints and server defaults live in the
 migrations only. metaspace writes through its own commands and SQL functions (``import-runs``,
-``embed-runs``, ``historical_db.store_run_v3``), which keep its rules; the mappings do not.
+``embed-runs``, ``historical_db.store_run``), which keep its rules; the mappings do not.
 
 The plain nearest-neighbour query, which uses the HNSW index::
 
@@ -17,10 +17,14 @@ The plain nearest-neighbour query, which uses the HNSW index::
             .order_by(JointEmbedding.vector.l2_distance(q))
             .limit(10))
 
-and a search function, with PostgreSQL's named arguments::
+and a search function by its stable name (what the CLI answers; docs/sql.md), with PostgreSQL's named
+arguments::
 
-    hits = search_runs_v1(q, k=10, space="env", as_of=date(2024, 3, 29))
+    hits = search_runs(q, k=10, space="env", as_of=date(2024, 3, 29))
     session.execute(select(hits.c.run_id, hits.c.distance)).all()
+
+The ``_vN`` wrappers below map the released versions for an application that pins one; the superseded ones
+are deprecated (docs/sql.md lists which).
 
 Importing this module imports SQLAlchemy; ``import metaspace`` does not import it.
 """
@@ -66,7 +70,8 @@ from metaspace.names import DIMENSION, SCHEMA
 __all__ = [
     "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
     "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
-    "RunVector", "Setting", "engine", "metadata", "neighbours_v1", "neighbours_v2", "neighbours_v3", "search_runs_v1",
+    "RunVector", "Setting", "engine", "metadata", "neighbours", "search_record", "search_runs", "suggest_configs",
+    "suggest_for_env", "neighbours_v1", "neighbours_v2", "neighbours_v3", "search_runs_v1",
     "search_runs_v2", "search_runs_v3", "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v3",
     "suggest_configs_v4", "suggest_configs_v5", "SuggestCalibration", "views",
 ]
@@ -463,7 +468,7 @@ def suggest_configs_v2(env: Any, k: int | None = None, as_of: dt.date | str | No
                        strategy_ids: list[str] | None = None, exact: bool | None = None,
                        eligible_configs: list[str] | None = None,
                        encoder_version: int | None = None) -> TableValuedAlias:
-    """``historical_db.suggest_configs_v2``: what ``metaspace suggest`` ranks by. Columns as
+    """``historical_db.suggest_configs_v2``: version 2's ranking (superseded). Columns as
     :func:`suggest_configs_v1`, plus environments and relative_objective."""
     params = _SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
     columns = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double))
@@ -475,7 +480,6 @@ def suggest_configs_v2(env: Any, k: int | None = None, as_of: dt.date | str | No
 
 # Version 3 (sql/search_v3.sql, sql/suggest_v3.sql, revision 0012): version 2's arguments and columns,
 # walking whichever HNSW graph the space has (halfvec, float32) or scanning exactly where it has none.
-# What the CLI calls.
 
 
 def search_runs_v3(query: Any, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
@@ -520,7 +524,7 @@ def suggest_configs_v4(env: Any, k: int | None = None, as_of: dt.date | str | No
                        strategy_ids: list[str] | None = None, exact: bool | None = None,
                        eligible_configs: list[str] | None = None, encoder_version: int | None = None,
                        history: int | None = None, horizon: int | None = None) -> TableValuedAlias:
-    """``historical_db.suggest_configs_v4`` (sql/suggest_v4.sql): what ``metaspace suggest`` ranks by. Columns
+    """``historical_db.suggest_configs_v4`` (sql/suggest_v4.sql): version 5's ranking before calibration. Columns
     as :func:`suggest_configs_v2`, plus history_objective, history_blocks and local_weight."""
     params = (_SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
               | {"history": Integer(), "horizon": Integer()})
@@ -540,8 +544,8 @@ def suggest_configs_v5(env: Any, k: int | None = None, as_of: dt.date | str | No
                        eligible_configs: list[str] | None = None, encoder_version: int | None = None,
                        history: int | None = None, horizon: int | None = None, local_scale: float | None = None,
                        calibrated: bool | None = None) -> TableValuedAlias:
-    """``historical_db.suggest_configs_v5`` (sql/suggest_v5.sql): what ``metaspace suggest`` ranks by, with
-    the stored calibration as of the date. Columns as :func:`suggest_configs_v4`, plus the calibration's
+    """``historical_db.suggest_configs_v5`` (sql/suggest_v5.sql): the calibrated ranking, with the stored
+    calibration as of the date (version 6 answers the same). Columns as :func:`suggest_configs_v4`, plus the calibration's
     parts (estimated_local_weight, local_scale, record_estimate, record_var, local_var, environment_var,
     raw_confidence, calibrated_until)."""
     params = (_SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
@@ -556,3 +560,77 @@ def suggest_configs_v5(env: Any, k: int | None = None, as_of: dt.date | str | No
                       neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
                       eligible_configs=eligible_configs, encoder_version=encoder_version, history=history,
                       horizon=horizon, local_scale=local_scale, calibrated=calibrated))
+
+
+# The stable names (sql/stable_v1.sql, revision 0017): the current versions' arguments and columns, what the
+# command line answers. An application that calls these follows metaspace's upgrades.
+_SUGGESTION_COLUMNS = (*_CONFIG_SUGGESTION, ("environments", Integer), ("relative_objective", Double),
+                       ("history_objective", Double), ("history_blocks", Integer), ("local_weight", Double),
+                       ("estimated_local_weight", Double), ("local_scale", Double), ("record_estimate", Double),
+                       ("record_var", Double), ("local_var", Double), ("environment_var", Double),
+                       ("raw_confidence", Double), ("calibrated_until", Date))
+_CURRENT_SUGGEST = (_SUGGEST_PARAMS | {"eligible_configs": ARRAY(Text())} | _VERSIONED
+                    | {"history": Integer(), "horizon": Integer(), "local_scale": Double(), "calibrated": Boolean()})
+
+
+def search_runs(query: Any, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                scope: dict[str, Any] | None = None, exact: bool | None = None,
+                encoder_version: int | None = None) -> TableValuedAlias:
+    """``historical_db.search_runs``: the k nearest runs to ``query`` (a vector, or a SQL expression giving one)
+    in a space, as of a date. Columns: run_id, config_id, strategy_id, as_of_date, distance, entity_scope."""
+    return _call("search_runs", {"query": VECTOR(DIMENSION)} | _SEARCH_PARAMS | _VERSIONED, _RUN_MATCH,
+                 dict(query=query, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact, encoder_version=encoder_version))
+
+
+def neighbours(of_run: str, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+               strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+               scope: dict[str, Any] | None = None, exact: bool | None = None,
+               encoder_version: int | None = None) -> TableValuedAlias:
+    """``historical_db.neighbours``: the k nearest runs to a stored run, itself excluded (``metaspace search
+    --run``). Columns as :func:`search_runs`."""
+    return _call("neighbours", {"of_run": Text()} | _SEARCH_PARAMS | _VERSIONED, _RUN_MATCH,
+                 dict(of_run=of_run, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact, encoder_version=encoder_version))
+
+
+def search_record(record: Any, k: int | None = None, space: str | None = None, as_of: dt.date | str | None = None,
+                  strategy_ids: list[str] | None = None, config_ids: list[str] | None = None,
+                  scope: dict[str, Any] | None = None, exact: bool | None = None) -> TableValuedAlias:
+    """``historical_db.search_record``: the k nearest runs to a JSON record (``metaspace search --record``),
+    encoded inside the database. Columns as :func:`search_runs`."""
+    return _call("search_record", {"record": JSONB()} | _SEARCH_PARAMS, _RUN_MATCH,
+                 dict(record=record, k=k, space=space, as_of=as_of, strategy_ids=strategy_ids,
+                      config_ids=config_ids, scope=scope, exact=exact))
+
+
+def suggest_configs(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                    objective: str | None = None, higher_is_better: bool | None = None,
+                    neighbours: int | None = None, min_runs: int | None = None,
+                    strategy_ids: list[str] | None = None, exact: bool | None = None,
+                    eligible_configs: list[str] | None = None, encoder_version: int | None = None,
+                    history: int | None = None, horizon: int | None = None, local_scale: float | None = None,
+                    calibrated: bool | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_configs``: configs that worked in environments like ``env`` (an env vector), as
+    of a date, what ``metaspace suggest`` answers. Columns as :func:`suggest_configs_v5`."""
+    return _call("suggest_configs", _CURRENT_SUGGEST, _SUGGESTION_COLUMNS,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
+                      eligible_configs=eligible_configs, encoder_version=encoder_version, history=history,
+                      horizon=horizon, local_scale=local_scale, calibrated=calibrated))
+
+
+def suggest_for_env(env: Any, k: int | None = None, as_of: dt.date | str | None = None,
+                    objective: str | None = None, higher_is_better: bool | None = None,
+                    neighbours: int | None = None, min_runs: int | None = None,
+                    strategy_ids: list[str] | None = None, exact: bool | None = None,
+                    history: int | None = None, horizon: int | None = None) -> TableValuedAlias:
+    """``historical_db.suggest_for_env``: :func:`suggest_configs` on a JSON env, encoded inside the database."""
+    params = {key: value for key, value in _CURRENT_SUGGEST.items()
+              if key not in ("eligible_configs", "encoder_version", "local_scale", "calibrated")} | {"env": JSONB()}
+    return _call("suggest_for_env", params, _SUGGESTION_COLUMNS,
+                 dict(env=env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
+                      neighbours=neighbours, min_runs=min_runs, strategy_ids=strategy_ids, exact=exact,
+                      history=history, horizon=horizon))
+

@@ -324,7 +324,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
 
 
 UNCALIBRATED = ("no calibration of outcome.{objective} fitted by this date for the active encoder version: ranked "
-                "as suggest_configs_v4 ranks, with its uncalibrated confidence (metaspace evaluate "
+                "at local scale 1 (version 4's weighting of the neighbourhood), with its uncalibrated confidence (metaspace evaluate "
                 "--save-calibration fits and stores calibrations)")
 RECORD_ONLY = ("the calibration applied (fitted until {fitted_until}) found that the neighbourhood's departures from "
                "each config's record did not pay over the replayed past: the environment asked about only chooses "
@@ -415,7 +415,7 @@ def suggest(env: Any, *, k: int = 5, objective: str | None = None, higher_is_bet
             exact: bool = False, history: int | None = HISTORY_RUNS, horizon: int | None = None,
             database_url: str | None = None, as_frame: bool = False):
     """Configs that worked in environments like ``env`` (as of a date), best first, with their evidence and a
-    deflated confidence (README, "suggest_configs_v5"); the same options as ``metaspace suggest``. ``env``
+    deflated confidence (docs/sql.md, "suggest_configs"); the same options as ``metaspace suggest``. ``env``
     may be a record with its own as_of_date (capped by ``as_of``), or a list of them: one answer each."""
     batch, items = _many(env)
     queries = queries_from("env", [(f"env[{i}]" if batch else "env", item) for i, item in enumerate(items)],

@@ -137,9 +137,8 @@ def sample_db(server_url: str, template_url: str, sample_history: list[dict],
     url = _create_database(server_url, name, template=TEMPLATE)
     pipeline.import_runs([str(path)], database_url=url)
     # every space indexed by default gets its HNSW graph at this size too (by default a graph waits for 10,000
-    # vectors), so the tests of the graph walk have one to walk, and config, as by default, has none; float32
-    # graphs, the ones the plain form and every version of the search functions walk (tests/test_graphs.py
-    # covers the default halfvec branch graphs)
-    pipeline.embed_runs(database_url=url, index_min_vectors=0, graph_type="vector")
+    # vectors), so the tests of the graph walk have one to walk, and config, as by default, has none; the
+    # default graph types (float32 joint, halfvec env and outcome), the layout the functions walk by default
+    pipeline.embed_runs(database_url=url, index_min_vectors=0)
     yield url
     _drop_database(server_url, name)

@@ -11,14 +11,23 @@ import metaspace
 PACKAGE = Path(metaspace.__file__).parent
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, package: str | None = None) -> set[str]:
+    """Every module a file imports, relative imports resolved against its package (``metaspace.store`` for a
+    file in metaspace/store/; given, or read from where the file lies under the package)."""
+    if package is None:
+        package = ".".join(("metaspace", *path.relative_to(PACKAGE).parent.parts))
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -52,4 +61,12 @@ def test_the_store_imports_nothing_above_it() -> None:
 def test_the_rule_check_sees_an_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from psycopg import sql\nimport numpy\n")
-    assert "psycopg" in _imports(bad)
+    assert "psycopg" in _imports(bad, "metaspace.encoders")
+
+
+def test_the_rule_check_sees_a_relative_import_across_layers(tmp_path: Path) -> None:
+    """An encoder that reached the store by ``from ..store import runs`` is caught like an absolute import."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from ..store import runs\nfrom . import features\nfrom .. import names\n")
+    found = _imports(bad, "metaspace.encoders")
+    assert {"metaspace.store", "metaspace.store.runs", "metaspace.encoders.features", "metaspace.names"} <= found

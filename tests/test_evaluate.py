@@ -277,6 +277,11 @@ _BAD_SUGGEST_ARGUMENTS = [
     *(("suggest_configs_v4", *case) for case in _BAD_SUGGEST_ARGUMENTS),
     ("suggest_configs_v4", "history => 0", psycopg.errors.InvalidParameterValue, "history must be 1 or more runs"),
     ("suggest_configs_v4", "horizon => 0", psycopg.errors.InvalidParameterValue, "horizon must be 1 or more days"),
+    *(("suggest_configs", *case) for case in _BAD_SUGGEST_ARGUMENTS),
+    ("suggest_configs", "history => 0", psycopg.errors.InvalidParameterValue, "history must be 1 or more runs"),
+    ("suggest_configs", "horizon => 0", psycopg.errors.InvalidParameterValue, "horizon must be 1 or more days"),
+    ("suggest_configs", "local_scale => 2", psycopg.errors.InvalidParameterValue, "local_scale must be between"),
+    ("suggest_configs", "objective => 'sharp'", psycopg.errors.InvalidParameterValue, "sharp: no run reports it"),
 ])
 def test_suggest_checks_its_arguments(signal_db: str, function: str, arguments: str, error, message: str) -> None:
     with connect(signal_db, autocommit=True) as conn, pytest.raises(error, match=message):

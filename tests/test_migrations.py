@@ -216,3 +216,55 @@ def test_the_same_run_cannot_be_written_twice_for_one_version(conn: psycopg.Conn
     conn.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(insert)
+
+
+POSTGRES_15 = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture(scope="module")
+def postgres_15():
+    """A PostgreSQL 15 server (Debian's package, without pgvector), as its own system user."""
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    if not os.path.exists(f"{POSTGRES_15}/postgres"):
+        pytest.skip(f"no PostgreSQL 15 at {POSTGRES_15} (Debian's postgresql-15 package)")
+    user = "postgres" if os.geteuid() == 0 else None
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.skip("running as root and no 'postgres' system user to run PostgreSQL 15 as")
+    home = Path(tempfile.mkdtemp(prefix="metaspace-pg15-"))  # not under pytest's root-only basetemp
+    data = home / "data"
+    data.mkdir()
+    if user is not None:
+        shutil.chown(data.parent, user)
+        shutil.chown(data, user)
+    run = ["runuser", "-u", user, "--"] if user else []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*run, f"{POSTGRES_15}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*run, f"{POSTGRES_15}/pg_ctl", "start", "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=''"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@/postgres?host={data}&port={port}"
+    finally:
+        subprocess.run([*run, f"{POSTGRES_15}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_migrate_refuses_a_server_older_than_16_naming_both_versions(postgres_15: str) -> None:
+    """Before, migrate succeeded on 15 and every suggest and evaluate then failed (pg_input_is_valid is 16's)."""
+    with pytest.raises(MetaspaceError, match=r"this server is PostgreSQL 15\.[0-9]+; metaspace needs PostgreSQL 16"):
+        migrate.upgrade(postgres_15)
+    with psycopg.connect(postgres_15) as conn:
+        assert conn.execute("SELECT to_regclass('public.metaspace_schema_version')").fetchone()[0] is None

@@ -175,7 +175,7 @@ def test_the_orm_nearest_neighbour_query_uses_the_hnsw_index_and_finds_the_exact
         plan = "\n".join(session.execute(Explain(stmt)).scalars())
         found = session.execute(stmt).scalars().all()
         exact = session.execute(
-            text("SELECT run_id, distance FROM historical_db.search_runs_v1(:q, 10, 'joint', exact => true)")
+            text("SELECT run_id, distance FROM historical_db.search_runs(:q, 10, 'joint', exact => true)")
             .bindparams(bindparam("q", type_=VECTOR(DIMENSION))), {"q": q}
         ).all()
 
@@ -193,15 +193,15 @@ def test_search_runs_through_the_orm_with_keywords_matches_the_sql_call(sample_e
     as_of = dt.date(2018, 6, 30)
     with Session(sample_engine) as session:
         (_, q), = _stored_vectors(session, "env", 1)
-        hits = models.search_runs_v1(q, k=7, space="env", as_of=as_of)
+        hits = models.search_runs(q, k=7, space="env", as_of=as_of)
         orm = session.execute(select(hits).order_by(hits.c.distance, hits.c.run_id)).all()
         raw = session.execute(
-            text("SELECT * FROM historical_db.search_runs_v1(:q, k => 7, space => 'env', as_of => :as_of) "
+            text("SELECT * FROM historical_db.search_runs(:q, k => 7, space => 'env', as_of => :as_of) "
                  "ORDER BY distance, run_id")
             .bindparams(bindparam("q", type_=VECTOR(DIMENSION))), {"q": q, "as_of": as_of}
         ).all()
 
-        as_text = session.execute(select(models.search_runs_v1(q, k=7, space="env", as_of="2018-06-30"))).all()
+        as_text = session.execute(select(models.search_runs(q, k=7, space="env", as_of="2018-06-30"))).all()
 
     assert len(orm) == 7
     assert [tuple(row) for row in as_text] == [tuple(row) for row in orm]
@@ -213,10 +213,10 @@ def test_search_runs_through_the_orm_with_keywords_matches_the_sql_call(sample_e
 def test_search_and_neighbours_through_the_orm_give_the_cli_answer(sample_engine: Engine, sample_db: str) -> None:
     with Session(sample_engine) as session:
         (run_id, q), = _stored_vectors(session, "joint", 1)
-        hits = models.search_runs_v1(q, k=11, space="joint")
+        hits = models.search_runs(q, k=11, space="joint")
         searched = [r for r in session.execute(select(hits.c.run_id).order_by(hits.c.distance)).scalars()
                     if r != run_id]
-        near = models.neighbours_v1(run_id, k=10)
+        near = models.neighbours(run_id, k=10)
         neighbours = session.execute(select(near.c.run_id)).scalars().all()
     result = CliRunner().invoke(cli, ["search", "--database-url", sample_db, "--run", run_id, "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -232,10 +232,10 @@ def test_suggest_configs_through_the_orm_matches_the_sql_call(sample_engine: Eng
         (run_id, _), = _stored_vectors(session, "env", 1)
         env = (select(models.RunVector.vector)
                .where(models.RunVector.space == "env", models.RunVector.run_id == run_id).scalar_subquery())
-        suggestions = models.suggest_configs_v1(env, k=3, objective="max_drawdown", higher_is_better=False)
+        suggestions = models.suggest_configs(env, k=3, objective="max_drawdown", higher_is_better=False)
         orm = session.execute(select(suggestions.c.config_id, suggestions.c.score)).all()
         raw = session.execute(text(
-            "SELECT config_id, score FROM historical_db.suggest_configs_v1("
+            "SELECT config_id, score FROM historical_db.suggest_configs("
             "(SELECT vector FROM historical_db.run_vectors_v1 WHERE space = 'env' AND run_id = :run), "
             "k => 3, objective => 'max_drawdown', higher_is_better => false)"), {"run": run_id}).all()
 
@@ -290,3 +290,18 @@ def test_suggest_configs_v4_through_the_orm_answers_like_metaspace_suggest(sampl
     assert orm and all(blocks >= 0 and 0 <= weight <= 1 for _, blocks, weight in orm)
     answer = metaspace.suggest(env=run["env"], k=4, as_of=run["as_of_date"], exact=True, database_url=sample_db)
     assert [row[0] for row in orm] == [row["config_id"] for row in answer]
+
+
+def test_search_record_and_suggest_for_env_through_the_orm_match_the_sql_call(sample_engine: Engine,
+                                                                              sample_history: list[dict]) -> None:
+    run = sample_history[9]
+    with Session(sample_engine) as session:
+        found = session.execute(select(models.search_record({"env": run["env"]}, k=5, space="env"))).all()
+        raw = session.execute(text("SELECT * FROM historical_db.search_record(CAST(:r AS jsonb), 5, 'env')"),
+                              {"r": json.dumps({"env": run["env"]})}).all()
+        suggested = session.execute(select(models.suggest_for_env(run["env"], k=3))).all()
+        direct = session.execute(text("SELECT * FROM historical_db.suggest_for_env(CAST(:e AS jsonb), 3)"),
+                                 {"e": json.dumps(run["env"])}).all()
+    assert len(found) == 5 and [tuple(r) for r in found] == [tuple(r) for r in raw]
+    assert suggested and [tuple(r) for r in suggested] == [tuple(r) for r in direct]
+

@@ -22,6 +22,7 @@ from metaspace.landscape import plots
 from metaspace.sample import sample_runs
 from metaspace.store import migrate
 from metaspace.store.connection import connect
+from metaspace.store.graphs import INDEX_NAMES, IndexSettings
 
 PROBE = 23  # the sample run the searches start from
 
@@ -65,7 +66,7 @@ def _vectors(conn: psycopg.Connection, space: str) -> tuple[list[str], np.ndarra
 
 
 def _hnsw_scans(conn: psycopg.Connection, space: str) -> int:
-    index = "joint_embeddings_vector_hnsw" if space == "joint" else f"branch_embeddings_{space}_hnsw"
+    index = INDEX_NAMES[(space, IndexSettings().kind(space))]  # the default layout's graph
     conn.execute("SELECT pg_stat_clear_snapshot()")
     return conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)).fetchone()[0]
 

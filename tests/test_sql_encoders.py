@@ -247,3 +247,68 @@ def test_versions_registered_before_the_sql_encoders_are_derived_by_the_migratio
     migrate.downgrade(empty_db, "0010_suggest_v2")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('historical_db.encoder_matrices')").fetchone()[0] is None
+
+
+def test_the_sql_encoder_implements_the_state_format_python_writes() -> None:
+    from metaspace.encoders.branch import FORMAT_VERSION
+    from metaspace.store.sql_encoders import SQL_ENCODER_FORMAT
+
+    assert SQL_ENCODER_FORMAT == FORMAT_VERSION, (
+        "the Python encoders write a new state format: write the SQL encoder for it (a new encode_vN.sql and its "
+        "revision) before moving SQL_ENCODER_FORMAT")
+
+
+@pytest.fixture(scope="module")
+def transform_versions(encoders_db) -> dict[str, tuple[int, MetaSpace]]:
+    """One version per transform of TRANSFORMS, each forced on realized_vol (and on a config knob)."""
+    from metaspace.encoders.branch import TRANSFORMS
+
+    url, _ = encoders_db
+    history = sample_runs(300, seed=6)
+    out = {}
+    with connect(url, autocommit=True) as conn:
+        for transform in TRANSFORMS:
+            space = MetaSpace(overrides={"env": {"realized_vol": {"transform": transform}},
+                                         "config": {"lookback_days": {"transform": transform}}}).fit(history)
+            state = space.to_dict()
+            out[transform] = (registry.register(conn, state, state["fingerprint"], 10, activate=False), space)
+    return out
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-12, 0.004, 0.31, 1.0, 7.5, 1e6, -2.0, 1e300])
+def test_every_transform_encodes_alike_in_sql_and_python(encoders_db, transform_versions, value) -> None:
+    from metaspace.encoders.branch import TRANSFORMS
+
+    url, _ = encoders_db
+    assert set(transform_versions) == set(TRANSFORMS)
+    run = sample_runs(1, seed=8)[0]
+    record = {"config": dict(run["config"], lookback_days=value), "env": dict(run["env"], realized_vol=value),
+              "outcome": run["outcome"]}
+    with connect(url, autocommit=True) as conn:
+        for transform, (version, space) in transform_versions.items():
+            feature = next(f for f in space.branches_["env"].features_ if f["key"] == "realized_vol")
+            assert feature["transform"] == transform
+            _assert_agree(conn, space, version, record)
+
+
+def test_the_sql_encoder_refuses_a_transform_it_does_not_know(encoders_db) -> None:
+    """encoder_features_v1 ended its transforms with ELSE the value itself: one it did not know became the
+    identity, silently. Now the one function of the transforms raises."""
+    url, _ = encoders_db
+    with connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT historical_db.encoder_transform_v1('log', 1.0, 1.0)").fetchone()[0] == 0.0
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="does not know the transform 'cube'"):
+            conn.execute("SELECT historical_db.encoder_transform_v1('cube', 2.0, 1.0)")
+
+
+def test_the_database_accepts_exactly_the_transforms_python_has(encoders_db) -> None:
+    """A transform added to the Python encoders alone would fail every registration on the table's CHECK (and
+    embed-runs with it): the lists must move together, with the SQL transform and a revision."""
+    from metaspace.encoders.branch import TRANSFORMS
+
+    url, _ = encoders_db
+    with connect(url, autocommit=True) as conn:
+        check = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'encoder_features_transform_check'"
+        ).fetchone()[0]
+    assert sorted(re.findall(r"'(\w+)'::text", check)) == sorted(TRANSFORMS)

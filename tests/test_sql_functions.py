@@ -1,6 +1,7 @@
 """Every argument of the SQL functions has an effect, checked against a brute-force answer computed here
-from the stored vectors (numpy) and the stored records: search_runs_v2, neighbours_v2, suggest_configs_v1
-and suggest_configs_v2, on the module's sample history (3,000 runs)."""
+from the stored vectors (numpy) and the stored records: the stable search_runs, neighbours and suggest_configs
+(what the CLI calls), and the released suggest_configs_v1, v2 and v4 a pinned client may call, on the module's
+sample history (3,000 runs, the default layout)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from metaspace.store.connection import connect
+from metaspace.store.graphs import INDEX_NAMES, IndexSettings
 
 SPACES = ("joint", "config", "env", "outcome")
-SEARCHES = ("search_runs_v2", "neighbours_v2")
+SEARCHES = ("search_runs", "neighbours")
 PROBE = 17  # the sample run the searches start from
 
 
@@ -95,11 +97,11 @@ def _call(conn: psycopg.Connection, function: str, first: Any, **arguments: Any)
 
 def _first(function: str, data: Stored, run_id: str) -> Any:
     """What the function is asked about: the run's stored vector (search) or its id (neighbours)."""
-    return data.vectors[data.index(run_id)] if function == "search_runs_v2" else run_id
+    return data.vectors[data.index(run_id)] if function == "search_runs" else run_id
 
 
 def _expected(function: str, data: Stored, run_id: str, k: int, **filters: Any) -> list[tuple[str, float]]:
-    exclude = run_id if function == "neighbours_v2" else None
+    exclude = run_id if function == "neighbours" else None
     return _brute(data, data.vectors[data.index(run_id)], k, exclude=exclude, **filters)
 
 
@@ -114,13 +116,13 @@ def _assert_same_answer(rows: list[dict[str, Any]], expected: list[tuple[str, fl
 
 
 def _hnsw_scans(conn: psycopg.Connection, space: str) -> int:
-    index = "joint_embeddings_vector_hnsw" if space == "joint" else f"branch_embeddings_{space}_hnsw"
+    index = INDEX_NAMES[(space, IndexSettings().kind(space))]  # the default layout's graph
     conn.execute("SELECT pg_stat_force_next_flush()")
     conn.execute("SELECT pg_stat_clear_snapshot()")
     return conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)).fetchone()[0]
 
 
-# -- search_runs_v2 and neighbours_v2 -------------------------------------------------------------------
+# -- search_runs and neighbours --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("function", SEARCHES)
@@ -304,9 +306,9 @@ def _reference_suggest(data: Stored, records: dict[str, dict], env: np.ndarray, 
     return sorted(kept, key=lambda s: (-direction * s["score"], s["config_id"]))[:k]
 
 
-SUGGESTS = ("suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v4")
+SUGGESTS = ("suggest_configs", "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v4")
 EVIDENCE = {"suggest_configs_v1": "runs", "suggest_configs_v2": "environments",  # what min_runs counts
-            "suggest_configs_v4": "environments"}
+            "suggest_configs_v4": "environments", "suggest_configs": "environments"}
 
 
 def _suggest(conn: psycopg.Connection, env: np.ndarray, function: str = "suggest_configs_v1",
@@ -424,7 +426,7 @@ def test_suggest_strategy_ids_take_evidence_only_from_those_strategies(sconn, st
     assert sum(r["runs"] for r in rows) == 200
 
 
-@pytest.mark.parametrize("function", SUGGESTS)
+@pytest.mark.parametrize("function", ["suggest_configs", "suggest_configs_v4"])  # v1, v2 walk float32 graphs only
 def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     before = _hnsw_scans(sconn, "env")
@@ -434,7 +436,7 @@ def test_suggest_exact_never_walks_the_env_graph(sconn, stored, probe, function)
     assert _hnsw_scans(sconn, "env") == before + 1
 
 
-@pytest.mark.parametrize("function", ["suggest_configs_v2", "suggest_configs_v4"])
+@pytest.mark.parametrize("function", ["suggest_configs", "suggest_configs_v2", "suggest_configs_v4"])
 def test_suggest_eligible_configs_restrict_the_candidates_not_the_evidence(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     every = _suggest(sconn, env, function, k=1000, min_runs=1, exact=True)
@@ -450,7 +452,7 @@ def test_suggest_eligible_configs_restrict_the_candidates_not_the_evidence(sconn
         _suggest(sconn, env, function, eligible_configs=[])
 
 
-@pytest.mark.parametrize("function", ["suggest_configs_v2", "suggest_configs_v4"])
+@pytest.mark.parametrize("function", ["suggest_configs", "suggest_configs_v2", "suggest_configs_v4"])
 def test_suggest_encoder_version_must_be_the_active_one(sconn, stored, probe, function) -> None:
     env = _env(stored, probe["run_id"])
     active = sconn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
@@ -669,9 +671,9 @@ def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, pr
 
 
 @pytest.mark.parametrize("arguments", V4_ARGUMENTS.values(), ids=V4_ARGUMENTS)
-def test_suggest_v5_uncalibrated_at_scale_1_answers_as_v4(sconn, stored, probe, arguments) -> None:
-    """v5's ranking is v4's copied into a new released file: the copy must not drift from v4."""
+def test_suggest_configs_uncalibrated_at_scale_1_answers_as_v4(sconn, stored, probe, arguments) -> None:
+    """What suggest answers without a calibration is v4's ranking, recomputed above from its documented formula."""
     env = _env(stored, probe["run_id"])
     v4 = _suggest(sconn, env, "suggest_configs_v4", exact=True, **arguments)
-    v5 = _suggest(sconn, env, "suggest_configs_v5", exact=True, calibrated=False, local_scale=1.0, **arguments)
-    assert v4 and [{c: row[c] for c in v4[0]} for row in v5] == v4
+    shipped = _suggest(sconn, env, "suggest_configs", exact=True, calibrated=False, local_scale=1.0, **arguments)
+    assert v4 and [{c: row[c] for c in v4[0]} for row in shipped] == v4

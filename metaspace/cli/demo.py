@@ -59,4 +59,4 @@ def demo_command(n: int, seed: int, out_dir: str) -> None:
     click.echo(f"   metaspace search --run {run} --space env")
     click.echo("   metaspace evaluate --since 2014-01-01 --plot reliability.png")
     click.echo("   metaspace cluster --auto && metaspace map --color cluster --out clusters.png")
-    click.echo(f"   psql \"$METASPACE_DATABASE_URL\" -c \"SELECT * FROM historical_db.neighbours_v2('{run}', 5)\"")  # noqa: S608 (printed advice)
+    click.echo(f"   psql \"$METASPACE_DATABASE_URL\" -c \"SELECT * FROM historical_db.neighbours('{run}', 5)\"")  # noqa: S608 (printed advice)

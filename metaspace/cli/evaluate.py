@@ -42,7 +42,7 @@ SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of t
               help="Environments of evidence a config needs to be ranked.")
 @click.option("--plot", metavar="FILE.png", help="Write the reliability plot of deflated_confidence there.")
 @click.option("--save-calibration", is_flag=True,
-              help="Replay suggest_configs_v5, calibrated as of each decision date, and store the calibrations: "
+              help="Replay what suggest ranks by, calibrated as of each decision date, and store the calibrations: "
                    "metaspace suggest then applies them (replays every decision; not with --sample; needs --horizon).")
 @format_option
 @domain_errors

@@ -177,7 +177,7 @@ def suggest_command(env, k, objective, higher_is_better, as_of, neighbours, min_
     Takes the nearest runs in env space (as of the date), judges each config against the others run in
     the same environment, and ranks by its record over the history known then, moved toward what it did in
     environments like this as far as that evidence holds up, and as far as it held up in the replayed past
-    (suggest_configs_v5, with the calibration metaspace evaluate --save-calibration stored). Each comes with
+    (historical_db.suggest_configs, with the calibration metaspace evaluate --save-calibration stored). Each comes with
     its evidence and a confidence that its pick beats a random one. Revalidate by backtest.
 
     \b

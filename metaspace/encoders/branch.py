@@ -103,6 +103,8 @@ def _apply(transform: str, x: np.ndarray, shift: float) -> np.ndarray:
             return np.arcsin(np.sqrt(np.clip(x, 0.0, 1.0)))
         if transform == "sqrt":
             return np.sqrt(np.clip(x, 0.0, 1.0))
+    if transform != "identity":
+        raise ValueError(f"unknown transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
     return x
 
 

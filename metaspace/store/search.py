@@ -40,8 +40,12 @@ def _call(conn: psycopg.Connection, statement: Any, params: dict[str, Any], note
     """Run a search function; its argument errors (SQLSTATE 22023, P0002) become MetaspaceError, and a
     query encoded with a version that is no longer active (55000) VersionChanged. What the function says
     with RAISE NOTICE (why an answer is empty, and what to change) is added to ``notes``."""
-    said: list[psycopg.errors.Diagnostic] = []
-    listen = said.append
+    said: list[str] = []
+
+    def listen(diag: psycopg.errors.Diagnostic) -> None:  # read now: the diagnostic is freed after the call
+        if diag.severity_nonlocalized == "NOTICE":
+            said.append(f"{diag.message_primary}" + (f" ({diag.message_hint})" if diag.message_hint else ""))
+
     conn.add_notice_handler(listen)
     try:
         return conn.execute(statement, params).fetchall()
@@ -53,8 +57,7 @@ def _call(conn: psycopg.Connection, statement: Any, params: dict[str, Any], note
     finally:
         conn.remove_notice_handler(listen)
         if notes is not None:
-            notes.extend(f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "") for d in said
-                         if d.severity_nonlocalized == "NOTICE")
+            notes.extend(said)
 
 
 def _float32(vector: Any) -> np.ndarray:

@@ -25,7 +25,11 @@ import psycopg
 DIM = 384
 BRANCHES = ("config", "env", "outcome")
 MAX_VECTOR_DIM = 16_000  # pgvector's limit for one vector
-FORMAT_VERSION = 1  # the encoders' state format these rows are derived for
+# The encoder state format that sql/encode_v1.sql implements: a fact about the SQL, not a second copy of the
+# format Python writes (metaspace.encoders.branch.FORMAT_VERSION). A state of another format is not derived,
+# and encode_v1 refuses it, rather than SQL encoding it by rules it does not follow; tests/test_sql_encoders.py
+# fails when Python's format moves on without a SQL encoder for it.
+SQL_ENCODER_FORMAT = 1
 
 
 def _array(spec: Mapping[str, Any]) -> np.ndarray:
@@ -36,7 +40,7 @@ def _array(spec: Mapping[str, Any]) -> np.ndarray:
 def derive(state: Mapping[str, Any]) -> tuple[list[tuple], list[tuple], list[tuple]] | None:
     """(branches, features, matrices) rows of a state, without the version; None if SQL cannot encode it
     (another format version, or a branch wider than a pgvector row)."""
-    if state.get("format_version") != FORMAT_VERSION:
+    if state.get("format_version") != SQL_ENCODER_FORMAT:
         return None
     branches, features, matrices = [], [], []
     coords = []
