@@ -120,9 +120,9 @@ def main() -> None:
 
     python = sys.executable
     metaspace_cli = shutil.which("metaspace", path=str(Path(python).parent)) or "metaspace"
-    neighbours_call = ("SELECT * FROM historical_db.neighbours_v3(%s, 5, 'joint', NULL, NULL, NULL, NULL, false)",
+    neighbours_call = ("SELECT * FROM historical_db.neighbours(%s, 5, 'joint', NULL, NULL, NULL, NULL, false)",
                        run_id)
-    suggest_call = ("SELECT * FROM historical_db.suggest_configs_v4(%s::vector, 5, NULL, 'outcome.sharpe', true, "
+    suggest_call = ("SELECT * FROM historical_db.suggest_configs(%s::vector, 5, NULL, 'outcome.sharpe', true, "
                     "1000, 3, NULL, false)", vector_text)
     _median_ms([metaspace_cli, "search", "--run", run_id, "-k", "5"], 2, env)  # the server's caches warm
 

@@ -401,7 +401,7 @@ def stage_prefix(conn, truth: Truth, queries, count: int, threshold: int, plain:
 
 # 2c. the product, after revision 0014 -------------------------------------------------------------------
 
-PRODUCT = "SELECT distance FROM historical_db.search_runs_v3(%(q)s, 10, 'joint', %(d)s)"
+PRODUCT = "SELECT distance FROM historical_db.search_runs(%(q)s, 10, 'joint', %(d)s)"
 BEFORE = "SELECT distance FROM historical_db.search_runs_v1(%(q)s, 10, 'joint', %(d)s)"  # the rule before 0014
 PRODUCT_WALK = ("SELECT run_id FROM historical_db.run_vectors_v1 r WHERE r.space = 'joint' AND r.encoder_version = "
                 "%(v)s AND r.as_of_date <= %(d)s ORDER BY r.vector <-> %(q)s LIMIT 10")

@@ -7,7 +7,7 @@
 Builds a fresh database on the embedded server (or METASPACE_DATABASE_URL's server): N sample runs are
 imported and embedded the normal way (every run with its branch vectors, on the default layout). Queries
 are the encodings of sample runs that are not in the database.
-Every latency is one call of ``historical_db.search_runs_v1`` from Python (a round trip included).
+Every latency is one call of ``historical_db.search_runs`` (what the CLI calls) from Python (a round trip included).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-SEARCH = "SELECT distance FROM historical_db.search_runs_v1(%s, %s, 'joint', %s, exact => %s)"
+SEARCH = "SELECT distance FROM historical_db.search_runs(%s, %s, 'joint', %s, exact => %s)"
 
 
 def measure(url: str, queries: np.ndarray) -> None:

@@ -1,11 +1,11 @@
-"""The encoders inside PostgreSQL: encode_v1, suggest_for_env_v1 and embed_pending_v1, each next to its limit
-measured in the same run on the same database.
+"""The encoders inside PostgreSQL, by the stable names SQL clients call: encode, suggest_for_env and
+embed_pending, each next to its limit measured in the same run on the same database.
 
     python benchmarks/bench_sql_encoders.py [--n 20000] [--m 2000] [--sample] [--repeat 300]
 
-- encode_v1 of one env record (median ms), next to a `SELECT 1` round trip and to the Python encoder;
-- suggest_for_env_v1(env jsonb) next to suggest_configs_v2 with the env vector precomputed (the limit);
-- embed_pending_v1 (batches of 500) next to `metaspace embed-runs` (Python encoders, binary COPY) on as many
+- encode of one env record (median ms), next to a `SELECT 1` round trip and to the Python encoder;
+- suggest_for_env(env jsonb) next to suggest_configs with the env vector precomputed (the limit);
+- embed_pending (batches of 500) next to `metaspace embed-runs` (Python encoders, binary COPY) on as many
   runs, both writing into the HNSW-indexed tables; and the encoding alone (encode_run_v1 over stored runs,
   next to MetaSpace.encode of the same runs in one batch).
 
@@ -84,7 +84,7 @@ def main() -> None:
             conn.execute("DELETE FROM historical_db.branch_embeddings WHERE run_id = ANY(%s)", (ids,))
             embedded, started = 0, time.perf_counter()
             while embedded < args.m:
-                done = conn.execute("SELECT embedded + quarantined FROM historical_db.embed_pending_v1(%s)",
+                done = conn.execute("SELECT embedded + quarantined FROM historical_db.embed_pending(%s)",
                                     (min(500, args.m - embedded),)).fetchone()[0]
                 if not done:
                     break
@@ -107,8 +107,8 @@ def main() -> None:
             version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
             space = load_space(conn, version)
             round_trip = median_ms(conn, "SELECT 1", (), args.repeat)
-            encode = median_ms(conn, "SELECT historical_db.encode_v1('env', %s)", (Jsonb(env),), args.repeat)
-            joint = median_ms(conn, "SELECT historical_db.encode_v1('joint', %s)", (Jsonb(runs[7]),), args.repeat)
+            encode = median_ms(conn, "SELECT historical_db.encode('env', %s)", (Jsonb(env),), args.repeat)
+            joint = median_ms(conn, "SELECT historical_db.encode('joint', %s)", (Jsonb(runs[7]),), args.repeat)
             times = []
             for _ in range(args.repeat):
                 started = time.perf_counter()
@@ -117,18 +117,18 @@ def main() -> None:
             python_encode = statistics.median(times) * 1000
             vector = conn.execute("SELECT historical_db.encode_v1('env', %s)", (Jsonb(env),)).fetchone()[0]
             suggest_args = "4, '2030-01-01', 'sharpe', true, 1000, 3, NULL, false"
-            limit = median_ms(conn, f"SELECT * FROM historical_db.suggest_configs_v2(%s, {suggest_args})",  # noqa: S608
+            limit = median_ms(conn, f"SELECT * FROM historical_db.suggest_configs(%s, {suggest_args})",  # noqa: S608
                               (vector,), args.repeat // 3)
-            suggest = median_ms(conn, f"SELECT * FROM historical_db.suggest_for_env_v1(%s, {suggest_args})",  # noqa: S608
+            suggest = median_ms(conn, f"SELECT * FROM historical_db.suggest_for_env(%s, {suggest_args})",  # noqa: S608
                                 (Jsonb(env),), args.repeat // 3)
         leaves = len(env)
         print(f"runs: {args.n} ({'sample history' if args.sample else 'synthetic'}), env keys: {leaves}")
         print(f"SELECT 1 round trip:                       {round_trip:7.3f} ms")
-        print(f"encode_v1('env', one env record):          {encode:7.3f} ms median (target <= 2 ms)")
-        print(f"encode_v1('joint', one run record):        {joint:7.3f} ms median")
+        print(f"encode('env', one env record):             {encode:7.3f} ms median (target <= 2 ms)")
+        print(f"encode('joint', one run record):           {joint:7.3f} ms median")
         print(f"Python env encoder, one record (no I/O):   {python_encode:7.3f} ms median")
-        print(f"suggest_configs_v2(precomputed vector):    {limit:7.3f} ms median (the limit)")
-        print(f"suggest_for_env_v1(env jsonb):             {suggest:7.3f} ms median  ratio: {suggest / limit:.2f}x "
+        print(f"suggest_configs(precomputed vector):       {limit:7.3f} ms median (the limit)")
+        print(f"suggest_for_env(env jsonb):                {suggest:7.3f} ms median  ratio: {suggest / limit:.2f}x "
               "(target <= 2x)")
         print(f"embed-runs (Python), {args.m} runs:          {python_s:7.2f} s  {args.m / python_s:8.0f} runs/s "
               f"({python.embedded} embedded)")
