@@ -26,6 +26,7 @@ _API = {
     "import_optuna": "metaspace.sources",
     "optuna_warm_start": "metaspace.sources",
     "migrate": "metaspace.database",
+    "close": "metaspace.store.session",
 }
 
 __all__ = sorted(_API)

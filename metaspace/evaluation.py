@@ -37,7 +37,8 @@ from metaspace.evidence import (
 from metaspace.overfitting import config_pbo
 from metaspace.records import parse_date
 from metaspace.store import evaluation as evaluation_store
-from metaspace.store.connection import connect, connection, resolve_url
+from metaspace.store.connection import connect
+from metaspace.store.session import session
 
 NO_EDGE = "no config has a reliable edge here"
 # How the verdict words a bin's check of its own claim: the verdict quotes a bin worth MIN_BIN_TRIALS trials, and
@@ -146,8 +147,9 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     if plot and not Path(plot).resolve().parent.is_dir():
         raise MetaspaceError(f"--plot {plot}: no such folder to write the picture in")
     notes: list[str] = []
-    url = resolve_url(database_url)
-    with connection(url, autocommit=True) as conn:
+    with session(database_url) as asked:
+        conn, url = asked.conn, asked.url
+        notes.extend(asked.notes)
         key = keys.resolve(conn, objective, branch="outcome", option="objective", as_of=until_date)
         if key.note:
             notes.append(key.note)

@@ -486,25 +486,30 @@ def _fetch_and_encode(reader, space: MetaSpace, version: int, selection, pending
         yield runs, encoded, time.perf_counter() - started, unseen
 
 
-_ONLINE: dict[str, tuple[int, bool]] = {}
+_ONLINE: dict[str, tuple[int, bool, str]] = {}  # database -> active version, legacy bytes column, fingerprint
 
 
 def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
               conn: Any = None) -> np.ndarray:
     """Store one new run and its vectors with the active encoder version, right after its backtest.
 
-    One round trip once warm: the run is encoded here and stored with its four vectors by one call of
-    historical_db.store_run_v3 (the active version and the table's form are remembered per database and
-    looked up again only when a rebuild has switched versions). Returns the joint vector. Raises
+    Two round trips once warm, on the connection this process keeps (store/session.py): the question's facts,
+    then one call of historical_db.store_run with the run and its four vectors, encoded here (the active version
+    and the table's form are remembered per database and looked up again only when a rebuild has switched
+    versions). Returns the joint vector. Raises
     InvalidRecordError / MetaspaceError naming the field of a bad record.
     """
     run = validate(record)
     if conn is None:
-        with connection(database_url, autocommit=True) as own:
-            return embed_run(record, conn=own)
+        from metaspace.store.session import session
+
+        with session(database_url) as asked:
+            for note in asked.notes:
+                warnings.warn(note, stacklevel=2)
+            return embed_run(record, conn=asked.conn)
     for attempt in (1, 2):
-        version, legacy = _online_target(conn, refresh=attempt == 2)
-        space = load_space(conn, version)
+        version, legacy, fingerprint = _online_target(conn, refresh=attempt == 2)
+        space = load_space(conn, version, fingerprint)
         encoded = _encode_one(space, run)
         try:
             vector_store.store_run(conn, run.as_record() | {"extra": run.extra}, run.sha256, version,
@@ -517,13 +522,13 @@ def embed_run(record: Mapping[str, Any], *, database_url: str | None = None,
     raise AssertionError("unreachable")
 
 
-def _online_target(conn, *, refresh: bool) -> tuple[int, bool]:
+def _online_target(conn, *, refresh: bool) -> tuple[int, bool, str]:
     key = conn.info.dsn
     if refresh or key not in _ONLINE:
-        active = next((v.version for v in registry.versions(conn) if v.is_active), None)
+        active = next((v for v in registry.versions(conn) if v.is_active), None)
         if active is None:
             raise MetaspaceError("no encoder version is registered yet: run `metaspace embed-runs` first")
-        _ONLINE[key] = (active, vector_store.has_legacy_bytes(conn))
+        _ONLINE[key] = (active.version, vector_store.has_legacy_bytes(conn), active.fingerprint)
     return _ONLINE[key]
 
 

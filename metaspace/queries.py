@@ -24,7 +24,7 @@ from metaspace.names import BRANCHES, SPACES
 from metaspace.records import parse_date
 from metaspace.store import graphs, registry
 from metaspace.store import search as search_store
-from metaspace.store.connection import connection
+from metaspace.store.session import Facts, session
 
 if TYPE_CHECKING:
     import numpy as np
@@ -132,15 +132,21 @@ def _as_record(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Encoder:
-    """Encodes query records with the active version, imputing branches a joint query does not give."""
+    """Encodes query records with the active version, imputing branches a joint query does not give. From the
+    facts a question started with (no query when the version's state is cached), else read anew (after a
+    rebuild switched versions)."""
 
-    def __init__(self, conn):
+    def __init__(self, conn, facts: Facts | None = None):
         from metaspace.fitted import load_space
 
         self.conn = conn
-        self.version = active_version(conn)
-        self.space = load_space(conn, self.version)
-        self.fitted_through = _fitted_through(conn, self.version)
+        if facts is not None and facts.version is not None:
+            self.version, self.fitted_through = facts.version, facts.fitted_through
+            self.space = load_space(conn, self.version, facts.fingerprint)
+        else:
+            self.version = active_version(conn)
+            self.space = load_space(conn, self.version)
+            self.fitted_through = _fitted_through(conn, self.version)
 
     def vector(self, query: Query) -> tuple[np.ndarray, list[str]]:
         from metaspace.encoders import EncodingError, SchemaDriftWarning
@@ -225,13 +231,15 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
 
     Each query vector is searched with the encoder version it was made with: if a rebuild switches versions
     during the batch, the queries still to come are encoded again with the new one."""
-    with connection(database_url, autocommit=True) as conn:
-        version = active_version(conn)
-        fitted_through = _fitted_through(conn, version)
-        encoder = _Encoder(conn) if any(q.kind == "record" for q in queries) else None
-        exact_only = _exact_only_notes(conn)
+    with session(database_url) as asked:
+        conn, facts = asked.conn, asked.facts
+        version, fitted_through = _active(facts), facts.fitted_through
+        encoder = _Encoder(conn, facts) if any(q.kind == "record" for q in queries) else None
+        exact_only = _exact_only_notes(facts)
         prepared = [(q, *(encoder.vector(q) if q.kind == "record" else (None, []))) for q in queries]
-        for query, vector, notes in prepared:
+        for i, (query, vector, notes) in enumerate(prepared):
+            if i == 0:
+                notes = [*asked.notes, *notes]
             filters = search_store.Filters(query.as_of, _names(strategy), _names(config_id), scope)
             if query.kind == "run":
                 rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
@@ -245,15 +253,18 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
             yield Answer(query, rows, [*notes, *exact_only(query.space), *([note] if note else [])])
 
 
-def _exact_only_notes(conn) -> Callable[[str], list[str]]:
-    """space -> the note that it has no HNSW graph because it is not indexed (asked once per space)."""
-    said: dict[str, list[str]] = {}
+def _active(facts: Facts) -> int:
+    if facts.version is None:
+        raise MetaspaceError("no encoder version is active: nothing has been embedded yet; run metaspace embed-runs")
+    return facts.version
+
+
+def _exact_only_notes(facts: Facts) -> Callable[[str], list[str]]:
+    """space -> the note that it has no HNSW graph because it is not indexed (from the question's facts)."""
 
     def notes(space: str) -> list[str]:
-        if space not in said:
-            note = graphs.exact_only_note(conn, space)
-            said[space] = [note] if note else []
-        return said[space]
+        note = graphs.exact_only_note_for(space, facts.indexed_spaces, facts.joint_vectors, facts.graphs)
+        return [note] if note else []
 
     return notes
 
@@ -309,10 +320,10 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     kind = chosen[0]
     if kind == "vector":
         target = check_space(space or "joint")
-        with connection(database_url, autocommit=True) as conn:
+        with session(database_url) as asked:
             filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
-            rows = search_store.search(conn, vector, k, target, filters, exact)
-            for note in _exact_only_notes(conn)(target):
+            rows = search_store.search(asked.conn, vector, k, target, filters, exact)
+            for note in [*asked.notes, *_exact_only_notes(asked.facts)(target)]:
                 warnings.warn(note, stacklevel=2)
         return _rows_or_frame(rows, as_frame)
     batch, items = _many(given[kind])
@@ -333,14 +344,32 @@ RECORD_ONLY = ("the calibration applied (fitted until {fitted_until}) found that
 HISTORY_RUNS = search_store.HISTORY_RUNS
 
 
-def _calibrated_otherwise(conn, objective: str, higher_is_better: bool, fitted_until: Any,
+# Per process, what the notes of earlier questions read: the settings of a stored calibration (until the
+# calibrations change) and the objective keys resolved (until the runs change), so that a warm question costs
+# its facts and itself. Bounded: the oldest entries go first.
+_SETTINGS: dict[tuple, dict[str, Any]] = {}
+_OBJECTIVES: dict[tuple, dict[Any, Any]] = {}
+_KEPT = 256
+
+
+def _remember(cache: dict, key: tuple, value: Any) -> Any:
+    while len(cache) >= _KEPT:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
+def _calibrated_otherwise(conn, facts: Facts, objective: str, higher_is_better: bool, fitted_until: Any,
                           asked: dict[str, Any]) -> str | None:
     """A note when the calibration applied was fitted on a replay asked with other settings than this answer:
     its local scale and confidence map were measured on other rankings."""
     from metaspace.store import evaluation as evaluation_store
 
-    stored = evaluation_store.calibration_settings(conn, objective=objective, higher_is_better=higher_is_better,
-                                                   fitted_until=fitted_until)
+    key = (conn.info.dsn, facts.fingerprint, facts.calibrated_at, objective, higher_is_better, fitted_until)
+    stored = _SETTINGS.get(key)
+    if stored is None:
+        stored = _remember(_SETTINGS, key, evaluation_store.calibration_settings(
+            conn, objective=objective, higher_is_better=higher_is_better, fitted_until=fitted_until))
     names = {"neighbours": "neighbours", "min_runs": "min_runs", "horizon_given": "horizon"}
     differ = [f"{names[key]} {stored.get(key)} there, {value} here" for key, value in asked.items()
               if key in stored and stored[key] != value]
@@ -365,16 +394,24 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
     if horizon is not None and horizon < 1:
         raise MetaspaceError(f"horizon must be 1 or more days, got {horizon}")
 
-    with connection(database_url, autocommit=True) as conn:
-        # the objective among the runs known as of each date asked
-        resolved = keys.resolve_each(conn, objective, (q.as_of for q in queries), branch="outcome",
-                                     option="objective")
+    with session(database_url) as asked:
+        conn, facts = asked.conn, asked.facts
+        # the objective among the runs known as of each date asked (remembered until the runs change)
+        dates = frozenset(q.as_of for q in queries)
+        remembered = (conn.info.dsn, objective, dates, facts.runs_changes)
+        resolved = _OBJECTIVES.get(remembered)
+        if resolved is None:
+            resolved = _remember(_OBJECTIVES, remembered, keys.resolve_each(conn, objective, dates, branch="outcome",
+                                                                           option="objective"))
         said: set[str] = set()
         mismatch: dict[tuple[str, Any], str | None] = {}
-        exact_only = _exact_only_notes(conn)
-        encoder = _Encoder(conn)
+        exact_only = _exact_only_notes(facts)
+        _active(facts)
+        encoder = _Encoder(conn, facts)
         prepared = [(q, *encoder.vector(q)) for q in queries]
-        for query, vector, notes in prepared:
+        for i, (query, vector, notes) in enumerate(prepared):
+            if i == 0:
+                notes = [*asked.notes, *notes]
             key = resolved[query.as_of]
             if key.note and key.note not in said:
                 said.add(key.note)
@@ -396,7 +433,7 @@ def suggest_many(queries: Sequence[Query], *, k: int = 5, objective: str | None 
             elif rows:
                 which = (".".join(key.path), rows[0]["calibrated_until"])
                 if which not in mismatch:  # one read per calibration, not per answer of a FILE
-                    mismatch[which] = _calibrated_otherwise(conn, which[0], higher_is_better, which[1],
+                    mismatch[which] = _calibrated_otherwise(conn, facts, which[0], higher_is_better, which[1],
                                                             {"neighbours": neighbours, "min_runs": min_runs,
                                                              "horizon_given": horizon})
                 other = mismatch[which]

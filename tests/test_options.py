@@ -72,7 +72,9 @@ def _hnsw_scans(conn: psycopg.Connection, space: str) -> int:
 
 
 def _settled_scans(conn: psycopg.Connection, space: str) -> int:
-    """The graph walks counted once earlier commands' server processes have all reported theirs."""
+    """The graph walks counted once earlier commands' server processes have all reported theirs (the
+    connections this process keeps are closed first: a server process reports as it exits)."""
+    metaspace.close()
     last = _hnsw_scans(conn, space)
     while True:
         time.sleep(0.5)
@@ -86,6 +88,7 @@ def _walks_after(conn: psycopg.Connection, space: str, before: int) -> int:
     """How many graph walks the commands run since ``before`` made. Each command's server process
     reports its statistics as it exits, a moment after the command returns: wait for one walk to show,
     then long enough for any other to show too."""
+    metaspace.close()
     deadline = time.monotonic() + 10
     while _hnsw_scans(conn, space) == before and time.monotonic() < deadline:
         time.sleep(0.05)

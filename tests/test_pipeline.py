@@ -210,7 +210,7 @@ def test_embed_run_is_one_round_trip_and_follows_a_version_switch(db_url: str, r
 
         conn.execute = counting_execute
         pipeline.embed_run(second, conn=conn)
-        assert len(statements) == 1 and "store_run_v3" in statements[0]
+        assert len(statements) == 1 and "historical_db.store_run(" in statements[0]
         conn.execute = real_execute
         pipeline.embed_runs(database_url=db_url, rebuild=True)  # a new version becomes active meanwhile
         vector = pipeline.embed_run(third, conn=conn)

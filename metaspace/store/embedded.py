@@ -233,6 +233,11 @@ def _ready_socket(data_dir: Path) -> str | None:
     return socket_dir
 
 
+def ready() -> bool:
+    """Whether the embedded server is up and ready (read from its postmaster.pid, no connection made)."""
+    return _ready_socket(pgdata()) is not None
+
+
 def _uri(socket_dir: str, database: str) -> str:
     """The wheel's form of a URL (``PostmasterInfo.get_uri``): user postgres over the Unix socket."""
     return f"postgresql://postgres:@/{database}?host={socket_dir}"

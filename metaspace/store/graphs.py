@@ -226,19 +226,14 @@ def build(conn: psycopg.Connection, graphs: set[Graph]) -> set[Graph]:
     return missing
 
 
-def exact_only_note(conn: psycopg.Connection, space: str) -> str | None:
-    """What a search in ``space`` says when the space is not among the indexed spaces and has no graph:
-    it was answered by exact search (one catalog query; the table's size is the planner's estimate)."""
-    row = conn.execute(
-        f"""SELECT (SELECT value FROM {SCHEMA}.settings WHERE name = 'indexed_spaces'),
-                   (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)),
-                   to_regclass(%s) IS NOT NULL OR to_regclass(%s) IS NOT NULL""",  # noqa: S608
-        (f"{SCHEMA}.joint_embeddings", f"{SCHEMA}.{INDEX_NAMES[(space, 'vector')]}",
-         f"{SCHEMA}.{INDEX_NAMES[(space, 'halfvec')]}")).fetchone()
-    stored, joint_vectors, has_graph = row
-    if has_graph:
+def exact_only_note_for(space: str, indexed_spaces: tuple[str, ...] | None, joint_vectors: float,
+                        present_indexes: frozenset[str] | set[str]) -> str | None:
+    """What a search in ``space`` says when the space is not among the indexed spaces and has no graph: it
+    was answered by exact search. From the stored choice, the joint table's size (the planner's estimate)
+    and the names of the HNSW indexes present (store/session.py reads them with a question's facts)."""
+    if {INDEX_NAMES[(space, "vector")], INDEX_NAMES[(space, "halfvec")]} & set(present_indexes):
         return None
-    settings = IndexSettings(tuple(stored) if stored is not None else None)
+    settings = IndexSettings(indexed_spaces)
     indexed = settings.spaces(joint_vectors or 0)
     if space in indexed:
         return None

@@ -42,6 +42,15 @@ def load_state(conn: psycopg.Connection, version: int) -> tuple[dict[str, Any], 
     return row[0], row[1]
 
 
+def fingerprint(conn: psycopg.Connection, version: int) -> str:
+    """A registered version's fingerprint (what its cached state is checked against)."""
+    row = conn.execute("SELECT fingerprint FROM historical_db.encoder_versions WHERE version = %s",
+                       (version,)).fetchone()
+    if row is None:
+        raise LookupError(f"encoder version {version} is not registered")
+    return row[0]
+
+
 def active_version(conn: psycopg.Connection) -> int | None:
     """The active encoder version, or None before the first fit."""
     row = conn.execute(

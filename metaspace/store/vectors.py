@@ -1,5 +1,5 @@
 """Writing vectors: the bulk path (binary COPY into staging, one set-based insert), the online path
-(store_run_v3), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
+(historical_db.store_run), the quarantine, the HNSW indexes around a backfill, and the writers' lock."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
 
 def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, version: int, fingerprint: str,
               vectors: Mapping[str, np.ndarray], legacy_bytes: bool) -> None:
-    """One run and its four vectors in one statement (sql/store_run_v3.sql): the online path."""
+    """One run and its four vectors in one statement (historical_db.store_run): the online path."""
     joint = vectors["joint"]
     if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         # The caller's connection leaves committing to the caller: open its transaction first, so that the
@@ -138,7 +138,7 @@ def store_run(conn: psycopg.Connection, record: Mapping[str, Any], sha256: str, 
     try:
         with conn.transaction():  # a savepoint inside the caller's transaction; a transaction in autocommit
             conn.execute(
-                "SELECT historical_db.store_run_v3(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "SELECT historical_db.store_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (Jsonb(dict(record)), sha256, version, fingerprint, joint, vectors["config"], vectors["env"],
                  vectors["outcome"], joint.astype("<f4").tobytes() if legacy_bytes else None),
             )
