@@ -47,7 +47,13 @@ def isotonic_map(raw: np.ndarray, hits: np.ndarray, weights: np.ndarray, prior_s
     """Knots of a non-decreasing map from raw confidence to the weighted frequency of a hit (pool adjacent
     violators), each pooled bin drawn toward its own raw confidence (or ``prior_toward``) by
     ``prior_strength`` pseudo-decisions and pooled again where that broke the order. With prior_strength 0
-    and frequencies that already rise with the raw confidence, the knots are those frequencies."""
+    and frequencies that already rise with the raw confidence, the knots are those frequencies.
+
+    Not scikit-learn's IsotonicRegression: it pools only strict violations and its fitted function steps
+    between the sample points of a pooled block, where this map has one knot at each pooled block's weighted
+    mean raw confidence (equal rates pooled too) and is linear between knots; the two differ on every random
+    case tried (200 of 200, prior strength 0), and switching would change what every stored calibration
+    means to historical_db.calibrated_confidence_v1."""
     order = np.argsort(raw, kind="stable")
     values, first = np.unique(raw[order], return_index=True)
     w = np.add.reduceat(weights[order], first)
