@@ -27,6 +27,8 @@ _API = {
     "optuna_warm_start": "metaspace.sources",
     "migrate": "metaspace.database",
     "close": "metaspace.store.session",
+    "propose": "metaspace.proposals",
+    "TransferSampler": "metaspace.sampler",
 }
 
 __all__ = sorted(_API)

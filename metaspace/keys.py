@@ -47,8 +47,8 @@ def resolve(conn, key: str | None, *, branch: str | None = None, numeric: bool =
     """The stored key that ``key`` names (``outcome.sharpe``, or ``sharpe`` within ``branch``), among the
     runs known by ``as_of`` when given (so an answer as of a date never depends on keys of later runs).
 
-    With ``key`` None the objective default applies: the one numeric outcome leaf named ``sharpe`` at any
-    depth, named in the returned note. Raises MetaspaceError listing the keys that exist, closest first.
+    With ``key`` None the objective default applies: the only numeric outcome key, else the one numeric
+    outcome leaf named ``sharpe`` at any depth, named in the returned note. Raises MetaspaceError listing the keys that exist, closest first.
     """
     if key is None:
         return _default_objective(conn, option, as_of)
@@ -95,6 +95,10 @@ def resolve_each(conn, key: str | None, dates: Iterable[Any], *, branch: str, op
 
 def _default_objective(conn, option: str, as_of: Any = None) -> Key:
     seen = branch_keys(conn, "outcome", as_of)
+    numeric_keys = [k for k, n in seen.items() if n]
+    if len(numeric_keys) == 1:  # an ML history: its one metric (Optuna's value, an MLflow metric)
+        return Key("outcome", tuple(numeric_keys[0].split(".")),
+                   f"{option} not given: ranking by outcome.{numeric_keys[0]}, the only numeric outcome key")
     named = sorted(k for k, n in seen.items() if n and k.split(".")[-1].lower() == DEFAULT_OBJECTIVE_LEAF)
     if len(named) == 1:
         return Key("outcome", tuple(named[0].split(".")),

@@ -229,3 +229,33 @@ def test_importing_metaspace_imports_neither_mlflow_nor_optuna() -> None:
     code = "import sys, metaspace; print(sorted({'mlflow', 'optuna'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _studies(root: Path, names: list[str]) -> str:
+    url = f"sqlite:///{root}/many.db"
+    for n, name in enumerate(names):
+        study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "maximize"])
+        study.set_user_attr("n_samples", 1000 * (n + 1))
+        study.add_trials([_trial(i) for i in range(5)])
+    return url
+
+
+def _strategies(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url) as conn:
+        return dict(conn.execute("SELECT strategy_id, count(*) FROM historical_db.runs GROUP BY 1").fetchall())
+
+
+def test_import_optuna_takes_every_study_named_and_every_study_with_all_studies(db_url: str,
+                                                                                tmp_path: Path) -> None:
+    """--study A --study B imported only B (click kept the last value)."""
+    url = _studies(tmp_path, ["tune_a", "tune_b", "tune_c"])
+    result = run_cli("--database-url", db_url, "import-optuna", "--storage", url, "--study", "tune_a", "--study",
+                     "tune_b", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert _strategies(db_url) == {"tune_a": 5, "tune_b": 5}
+    summary = metaspace.import_optuna(url, all_studies=True, database_url=db_url)
+    assert (summary.inserted, summary.unchanged) == (5, 10) and _strategies(db_url)["tune_c"] == 5
+    both = run_cli("--database-url", db_url, "import-optuna", "--storage", url, "--study", "tune_a", "--all-studies")
+    assert both.exit_code == 1 and "not both" in both.output
+    neither = run_cli("--database-url", db_url, "import-optuna", "--storage", url)
+    assert neither.exit_code == 1 and "--all-studies" in neither.output

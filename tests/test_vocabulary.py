@@ -19,7 +19,7 @@ FUNCTIONS = {
     "migrate": "migrate", "import-runs": "import_runs", "import-mlflow": "import_mlflow",
     "import-optuna": "import_optuna", "embed-runs": "embed_runs", "search": "search", "suggest": "suggest",
     "map": "map_space", "cluster": "cluster", "sample-runs": "sample_runs", "demo": "metaspace.demo:run_demo",
-    "evaluate": "evaluate",
+    "evaluate": "evaluate", "propose": "propose",
 }
 CLI_ONLY = {"fmt", "database_url", "help"}
 NOT_PYTHON = {"db"}  # managing the embedded server: metaspace.store.embedded.start/stop/status

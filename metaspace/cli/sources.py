@@ -77,14 +77,15 @@ def import_mlflow_command(tracking_uri, experiment, since, map, rejects, strict,
 @click.command("import-optuna")
 @database_url_option
 @click.option("--storage", required=True, metavar="URL", help="The Optuna storage, e.g. sqlite:///optuna.db.")
-@click.option("--study", required=True, metavar="NAME", help="The study to import.")
+@click.option("--study", multiple=True, metavar="NAME", help="A study to import; repeat it for several.")
+@click.option("--all-studies", is_flag=True, help="Import every study of the storage.")
 @map_option
 @rejects_option
 @strict_option
 @format_option
 @domain_errors
-def import_optuna_command(storage, study, map, rejects, strict, fmt) -> None:
-    """Import the completed trials of an Optuna study as runs, through Optuna's storage API.
+def import_optuna_command(storage, study, all_studies, map, rejects, strict, fmt) -> None:
+    """Import the completed trials of Optuna studies as runs, through Optuna's storage API.
 
     params → config; the objective values → outcome (named by the study's metric_names, else value or
     values_0, values_1, ...); user attributes outcome.* → outcome; attributes env.* and the study's user
@@ -94,9 +95,10 @@ def import_optuna_command(storage, study, map, rejects, strict, fmt) -> None:
     \b
     Example:
         metaspace import-optuna --storage sqlite:///optuna.db --study momentum-tuning
-        metaspace import-optuna --storage sqlite:///optuna.db --study s1 --map map.json --format json
+        metaspace import-optuna --storage sqlite:///optuna.db --study s1 --study s2 --map map.json
+        metaspace import-optuna --storage sqlite:///optuna.db --all-studies
     """
     with progress_bar("trials") as bar:
-        summary = import_optuna(storage, study=study, map=map, database_url=database_url(), rejects=rejects,
-                                strict=strict, progress=bar.update)
+        summary = import_optuna(storage, study=study, all_studies=all_studies, map=map, database_url=database_url(),
+                                rejects=rejects, strict=strict, progress=bar.update)
     _report(summary, rejects, fmt)

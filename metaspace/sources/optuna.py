@@ -12,7 +12,7 @@ counted with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,51 +34,72 @@ def _optuna():
     return optuna
 
 
-def load_study(storage: str, study: str):
-    """The Optuna study ``study`` in ``storage``, or a MetaspaceError that says what is wrong."""
+def _study_names(storage: str) -> list[str]:
+    """Every study name in the storage, or a MetaspaceError that says why the storage cannot be read."""
     optuna = _optuna()
     where = shown(storage)
     path = local_file(storage, "sqlite")
     if path is not None and not Path(path).is_file():
         raise MetaspaceError(f"no Optuna storage at {where}: {path} does not exist")
     try:
-        names = optuna.get_all_study_names(storage=storage)
+        return optuna.get_all_study_names(storage=storage)
     except Exception as exc:  # noqa: BLE001 (SQLAlchemy, driver and URL errors all mean: cannot open)
         raise MetaspaceError(f"cannot open the Optuna storage at {where}: {first_line(exc)}") from None
+
+
+def load_study(storage: str, study: str, names: list[str] | None = None):
+    """The Optuna study ``study`` in ``storage``, or a MetaspaceError that says what is wrong."""
+    names = _study_names(storage) if names is None else names
     if study not in names:
-        raise MetaspaceError(f"no Optuna study named {study!r} in {where} (studies: {', '.join(sorted(names)) or 'none'})")
-    return optuna.load_study(study_name=study, storage=storage)
+        raise MetaspaceError(f"no Optuna study named {study!r} in {shown(storage)} "
+                             f"(studies: {', '.join(sorted(names)) or 'none'})")
+    return _optuna().load_study(study_name=study, storage=storage)
 
 
 def import_optuna(
-    storage: str, *, study: str, map: str | Path | dict[str, Any] | FieldMap | None = None,  # noqa: A002
+    storage: str, *, study: str | Sequence[str] = (), all_studies: bool = False,
+    map: str | Path | dict[str, Any] | FieldMap | None = None,  # noqa: A002
     database_url: str | None = None, rejects: str | None = None, strict: bool = False, batch_size: int = 5_000,
     progress: Progress | None = None,
 ) -> SourceImportSummary:
-    """Import the completed trials of an Optuna study as run records, the way import-runs does: upserted by
+    """Import the completed trials of Optuna studies as run records, the way import-runs does: upserted by
     run_id (a rerun leaves unchanged trials alone), invalid ones rejected with the run id and the field;
-    pruned, failed and unfinished trials skipped with the reason."""
+    pruned, failed and unfinished trials skipped with the reason. ``study``: one name or several; with
+    ``all_studies``, every study of the storage. All of them land in one import (each batch whole)."""
+    wanted = [study] if isinstance(study, str) else list(study)
+    if all_studies and wanted:
+        raise MetaspaceError("give --study names or --all-studies, not both")
+    if not all_studies and not wanted:
+        raise MetaspaceError("name a study with --study (repeat it for several), or give --all-studies")
     fmap = load_map(map)
-    loaded = load_study(storage, study)
-    trials = loaded.get_trials(deepcopy=False)
-    names = _value_names(loaded)
-    study_attrs = dict(loaded.user_attrs)
+    names = _study_names(storage)
+    if all_studies:
+        wanted = sorted(names)
+        if not wanted:
+            raise MetaspaceError(f"the Optuna storage at {shown(storage)} holds no study")
+    studies = [load_study(storage, name, names) for name in dict.fromkeys(wanted)]
     skips: list[dict[str, Any]] = []
 
     def records() -> Iterator[tuple[str, int, Any]]:
-        for trial in trials:
-            if progress:
-                progress(1)
-            run_id = f"{SOURCE}:{study}:{trial.number}"
-            reason = _skip_reason(trial)
-            if reason:
-                skips.append({"run_id": run_id, "state": trial.state.name, "reason": reason})
-                continue
-            yield f"optuna:{study}", trial.number, _record(run_id, study, trial, names, study_attrs, fmap)
+        for loaded in studies:
+            name = loaded.study_name
+            values = _value_names(loaded)
+            study_attrs = dict(loaded.user_attrs)
+            for trial in loaded.get_trials(deepcopy=False):
+                if progress:
+                    progress(1)
+                run_id = f"{SOURCE}:{name}:{trial.number}"
+                reason = _skip_reason(trial)
+                if reason:
+                    skips.append({"run_id": run_id, "state": trial.state.name, "reason": reason})
+                    continue
+                yield f"optuna:{name}", trial.number, _record(run_id, name, trial, values, study_attrs, fmap)
 
     summary = import_records(records(), database_url=database_url, rejects=rejects, strict=strict,
                              batch_size=batch_size)
-    return SourceImportSummary.of(summary, skips, [])
+    notes = [f"imported {len(studies)} studies: {', '.join(s.study_name for s in studies[:8])}"
+             f"{' ...' if len(studies) > 8 else ''}"] if len(studies) > 1 else []
+    return SourceImportSummary.of(summary, skips, notes)
 
 
 def _value_names(study) -> list[str]:
