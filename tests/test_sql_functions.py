@@ -672,8 +672,25 @@ def test_suggest_v4_equals_its_documented_computation(sconn, stored, records, pr
 
 @pytest.mark.parametrize("arguments", V4_ARGUMENTS.values(), ids=V4_ARGUMENTS)
 def test_suggest_configs_uncalibrated_at_scale_1_answers_as_v4(sconn, stored, probe, arguments) -> None:
-    """What suggest answers without a calibration is v4's ranking, recomputed above from its documented formula."""
+    """Without a calibration, version 6 (what suggest answers where runs carry outcome windows: the test below)
+    is v4's ranking, recomputed above from its documented formula."""
     env = _env(stored, probe["run_id"])
     v4 = _suggest(sconn, env, "suggest_configs_v4", exact=True, **arguments)
-    shipped = _suggest(sconn, env, "suggest_configs", exact=True, calibrated=False, local_scale=1.0, **arguments)
+    shipped = _suggest(sconn, env, "suggest_configs_v6", exact=True, calibrated=False, local_scale=1.0, **arguments)
     assert v4 and [{c: row[c] for c in v4[0]} for row in shipped] == v4
+
+
+@pytest.mark.parametrize("arguments", V4_ARGUMENTS.values(), ids=V4_ARGUMENTS)
+def test_suggest_configs_answers_as_version_6_where_the_runs_carry_outcome_windows(sconn, stored, probe,
+                                                                                  arguments) -> None:
+    """Version 7 changes only what a windowless history (a search's) is answered with."""
+    env = _env(stored, probe["run_id"])
+    v6 = _suggest(sconn, env, "suggest_configs_v6", exact=True, **arguments)
+    shipped = _suggest(sconn, env, "suggest_configs", exact=True, **arguments)
+    assert v6 and [row["config_id"] for row in shipped] == [row["config_id"] for row in v6]
+    for got, want in zip(shipped, v6):
+        assert {k: v for k, v in got.items() if not isinstance(v, float)} == {
+            k: v for k, v in want.items() if not isinstance(v, float)}
+        assert [v for v in got.values() if isinstance(v, float)] == pytest.approx(
+            [v for v in want.values() if isinstance(v, float)], rel=1e-12, abs=1e-12)
+

@@ -318,3 +318,27 @@ def test_a_space_param_is_a_param_of_the_model() -> None:
     space = space_from_distributions({"lr": json.loads(distribution_to_json(SPACE["lr"])), "kind": SPACE["kind"]})
     assert space.params == [Param("kind", "categorical", choices=("a", "b", "c")),
                             Param("lr", "float", 1e-4, 1.0, True, None)]
+
+
+# -- suggest on a search's history (suggest_configs_v7) ---------------------------------------------------------
+
+
+def test_suggest_on_a_search_history_says_why_it_is_empty_and_then_ranks_near_studies_with_bounded_confidence(
+        toy_db: str) -> None:
+    """Version 6 on such a history: nothing by default, and with min_runs 1 the configs of the farthest studies
+    with a confidence of 1.0 and an edge_z of 5e5, each from one run."""
+    env = _env(3)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert metaspace.suggest(env, objective="value", database_url=toy_db) == []
+    assert any("none ran in 3 or more environments" in str(w.message) and "Lower min_runs to 1" in str(w.message)
+               for w in said)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = metaspace.suggest(env, objective="value", min_runs=1, k=10, database_url=toy_db)
+    assert len(rows) == 10
+    assert all(0.5 <= r["deflated_confidence"] < 0.99 and abs(r["edge_z"]) < 50 for r in rows)
+    with psycopg.connect(toy_db) as conn:
+        study = conn.execute("SELECT strategy_id FROM historical_db.runs WHERE run_id = %s",
+                             (rows[0]["best_run_id"],)).fetchone()[0]
+    assert study == "toy-3"  # the study in this very environment, not the one whose trials scored highest

@@ -146,22 +146,19 @@ def picks_at_scales(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
                     higher_is_better: bool, neighbours: int, min_runs: int, scales: tuple[float, ...],
                     exact: bool = False, horizon: int | None = None) -> dict[float, tuple[str, float]]:
     """Among the configs tried at the point, the top suggestion as of ``as_of`` at each local scale, and its
-    raw confidence: {scale: (config_id, raw_confidence)}, empty where no config has the evidence. Computed
-    by suggest_configs' own parts (suggest_evidence_v1, then suggest_ranking_v1 at every scale in one call),
-    uncalibrated: the replay fits the calibrations."""
+    raw confidence: {scale: (config_id, raw_confidence)}, empty where no config has the evidence. Asked of
+    historical_db.suggest_picks (what suggest_configs ranks by, at every scale in one call), uncalibrated: the
+    replay fits the calibrations."""
     rows = _call(conn, """
-        SELECT r.local_scale, r.config_id, r.raw_confidence
-        FROM historical_db.suggest_ranking_v1(ARRAY(
-            SELECT e FROM historical_db.suggest_evidence_v1(
-                (SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env'
-                   AND b.encoder_version = historical_db.active_encoder_version_v1()),
-                %(as_of)s, %(path)s, %(direction)s, %(neighbours)s, %(min_runs)s, NULL, %(exact)s, %(eligible)s,
-                historical_db.active_encoder_version_v1(), %(history)s, %(horizon)s) e), %(scales)s) r
-        WHERE r.rank = 1""",
-        {"run": point.env_run_id, "as_of": as_of, "path": objective.split("."),
-         "direction": 1.0 if higher_is_better else -1.0, "neighbours": neighbours, "min_runs": min_runs,
-         "exact": exact, "eligible": list(point.configs), "history": HISTORY_RUNS, "horizon": horizon,
-         "scales": [float(scale) for scale in scales]})
+        SELECT p.local_scale, p.config_id, p.raw_confidence
+        FROM historical_db.suggest_picks(
+            (SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env'
+               AND b.encoder_version = historical_db.active_encoder_version_v1()),
+            %(as_of)s, %(objective)s, %(higher)s, %(neighbours)s, %(min_runs)s, %(eligible)s, %(exact)s, %(horizon)s,
+            %(scales)s, %(history)s) p""",
+        {"run": point.env_run_id, "as_of": as_of, "objective": objective, "higher": higher_is_better,
+         "neighbours": neighbours, "min_runs": min_runs, "eligible": list(point.configs), "exact": exact,
+         "horizon": horizon, "scales": [float(scale) for scale in scales], "history": HISTORY_RUNS})
     return {float(scale): (config, float(raw)) for scale, config, raw in rows}
 
 
