@@ -144,18 +144,31 @@ def _optional_id(record: Mapping[str, Any], field: str, run_id: str) -> str | No
     return text
 
 
-def parse_date(value: Any, label: str) -> dt.date | None:
-    """None for no date; a date from a date, a datetime or ISO text; else an error naming ``label``."""
-    if value is None or value == "":
-        return None
+def iso_date(value: Any) -> dt.date:
+    """A date from a date, a datetime, or text that is an ISO date or an ISO date-time (whose time part is
+    dropped); ValueError for anything else (``2024-03-29garbage`` too: nothing is cut to fit)."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    text = value.strip()
+    if len(text) == 10:
+        return dt.date.fromisoformat(text)
+    if len(text) > 10 and text[10] in "T ":
+        return dt.datetime.fromisoformat(text).date()
+    raise ValueError(value)
+
+
+def parse_date(value: Any, label: str) -> dt.date | None:
+    """None for no date; else :func:`iso_date`, or an error naming ``label``."""
+    if value is None or value == "":
+        return None
     try:
-        return dt.date.fromisoformat(str(value)[:10])
+        return iso_date(value)
     except ValueError:
-        raise MetaspaceError(f"{label} {value!r} is not an ISO date (YYYY-MM-DD)") from None
+        raise MetaspaceError(f"{label} {value!r} is not an ISO date (YYYY-MM-DD, or an ISO date-time)") from None
 
 
 def validate(record: Any) -> Run:
@@ -177,9 +190,10 @@ def validate(record: Any) -> Run:
     if raw_date is None or raw_date == "":
         raise InvalidRecordError(run_id, "as_of_date", "required: an ISO date such as 2024-03-29")
     try:
-        as_of = dt.date.fromisoformat(str(raw_date)[:10])
+        as_of = iso_date(raw_date)
     except ValueError:
-        raise InvalidRecordError(run_id, "as_of_date", f"{raw_date!r} is not an ISO date (YYYY-MM-DD)") from None
+        raise InvalidRecordError(run_id, "as_of_date", f"{raw_date!r} is not an ISO date (YYYY-MM-DD, or an ISO "
+                                 "date-time whose time is dropped)") from None
     branches = {}
     for branch in BRANCHES:
         value = record.get(branch)

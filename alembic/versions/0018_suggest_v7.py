@@ -9,6 +9,8 @@ does (Optuna studies, MLflow experiments) evidence in blocks of environments, ob
 environment's spread, evidence counted by how near its environment is, and no confidence from a zero
 variance (in both kinds of history). ``suggest_answer_v1`` is the last step, shared from now on.
 ``sql/stable_v2.sql``: the stable suggest names replaced in place (same arguments and columns).
+``sql/record_as_of_strict_v1.sql``: a record's as_of_date read strictly (an ISO date or date-time), replaced
+in place; '2024-03-29garbage' is now an error, as it is on import.
 
 Nothing is stored: downgrading gives the stable names back their 0017 bodies and drops what this installs.
 """
@@ -27,6 +29,7 @@ FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "suggest_v7.sql": "83337989b9d395a854bbf75e23861edd49487756c8265c4d08ad6d390249fbee",
     "stable_v2.sql": "088a943366d1c43a89b896d27866a0b02c501caa5f2952cd65a7c5e5df91420e",
+    "record_as_of_strict_v1.sql": "979eef57be04f6f1f4c1fd21ca9b2255c76f8bc635ae96ad51f767c5ffcf49dd",
 }
 
 FROZEN = Path(__file__).parent / "frozen"
@@ -59,14 +62,23 @@ def _released_0017(names: tuple[str, ...]) -> list[str]:
     return bodies
 
 
+def _released_0011_as_of() -> str:
+    """record_as_of_v1 as revision 0011 installed it (its frozen search_record_v1.sql), as a replacement."""
+    text = (FROZEN / "0011_search_record_v1.sql").read_text(encoding="utf-8")
+    body = re.search(r"^CREATE FUNCTION historical_db\.record_as_of_v1\(.*?^\$fn\$;$", text, re.MULTILINE | re.DOTALL)
+    return "CREATE OR REPLACE" + body.group(0)[len("CREATE"):]
+
+
 def upgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("suggest_v7.sql"))
     op.execute(_frozen("stable_v2.sql"))
+    op.execute(_frozen("record_as_of_strict_v1.sql"))
 
 
 def downgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
+    op.execute(_released_0011_as_of())
     for statement in _released_0017(("suggest_configs", "suggest_for_env")):
         op.execute(statement)
     for name in DROPPED:
