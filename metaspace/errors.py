@@ -21,3 +21,8 @@ class InvalidRecordError(MetaspaceError):
 
 class VersionChanged(MetaspaceError):
     """The encoder version a vector was made with is no longer the active one (a rebuild switched)."""
+
+
+class Note(UserWarning):
+    """Something a command says in passing (one line; the command line prints it as ``note: ...``)."""
+

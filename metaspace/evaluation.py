@@ -157,17 +157,20 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
         given_horizon = horizon  # v4 counts evidence in blocks of it; without it, of the runs' own windows
         if horizon is None:
             longest = evaluation_store.test_window_horizon(conn, until_date)
-            if longest is None:
-                raise MetaspaceError("give --horizon DAYS (days from a decision to its outcome's as_of_date): the "
-                                     "runs carry no test_start date to infer it from")
-            if save_calibration:  # each stored calibration is applied as of its date: nothing later may shape it
+            if longest is None:  # a search's history: trials and runs, not backtests with outcome windows
+                horizon = 1
+                notes.append("the runs carry no outcome window (no test_start): each decision, the configs tried "
+                             "together in one environment (a study, an experiment), is ranked from the runs dated "
+                             "before its day; --horizon DAYS spaces them further")
+            elif save_calibration:  # each stored calibration is applied as of its date: nothing later may shape it
                 raise MetaspaceError(
                     f"--save-calibration needs --horizon DAYS: inferred, the horizon is read from every run known "
                     f"(today the longest outcome window is {longest} days, so --horizon {longest + 1}), and the "
                     f"calibrations stored for earlier dates would then depend on runs dated after them")
-            horizon = longest + 1
-            notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
-                         f"minus test_start, {longest} days) plus the decision day")
+            else:
+                horizon = longest + 1
+                notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
+                             f"minus test_start, {longest} days) plus the decision day")
         else:
             notes.append(f"horizon {horizon} days, as given")
         every_point = evaluation_store.decision_points(conn, path, until_date)

@@ -185,13 +185,37 @@ class _Encoder:
         notes = [f"{query.label}: no '{b}' given; imputed with the mean {b} vector of the runs encoder version "
                  f"{self.version} was fitted on" for b in missing]
         for branch in given if query.space == "joint" else [query.space]:
-            expected = set(self.space.branches_[branch].feature_keys(always_present=True))
-            absent = sorted(expected - set(flatten(record[branch])))
+            encoder = self.space.branches_[branch]
+            flat = flatten(record[branch])
+            expected = set(encoder.feature_keys(always_present=True))
+            absent = sorted(expected - set(flat))
             if absent:
                 shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
                 notes.append(f"{query.label}: {len(absent)} {branch} key(s) that every stored run has were not "
                              f"given, encoded as missing: {shown}")
+            notes += _typos(query.label, branch, encoder, flat)
         return notes
+
+
+def _typos(label: str, branch: str, encoder, flat: Mapping[str, Any]) -> list[str]:
+    """Notes on what looks like a typo in a query: a key the encoder was not fitted on (ignored), and a
+    category it never saw (encoded as an unseen one), each with the nearest known name."""
+    import difflib
+
+    known = encoder.feature_keys()
+    notes = []
+    for key in sorted(set(flat) - set(known) - set(encoder.ignored_keys_)):
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        notes.append(f"{label}: {branch}.{key} is not a key the encoder was fitted on, and was ignored"
+                     + (f": did you mean {branch}.{near[0]}?" if near else ""))
+    for spec in encoder.features_:
+        value = flat.get(spec["key"])
+        if spec["kind"] != "category" or value is None or str(value) in map(str, spec["categories"]):
+            continue
+        near = difflib.get_close_matches(str(value), [str(c) for c in spec["categories"]], n=1, cutoff=0.6)
+        notes.append(f"{label}: {branch}.{spec['key']} {value!r} was never seen when the encoder was fitted (encoded "
+                     "as an unseen category)" + (f": did you mean {near[0]!r}?" if near else ""))
+    return notes
 
 
 def fit_note(version: int, fitted_through: dt.date | None, as_of: dt.date | None) -> str | None:
@@ -250,6 +274,8 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
                         conn, v, k, query.space, filters, exact, version))
                 version, fitted_through = encoder.version, encoder.fitted_through
             note = fit_note(version, fitted_through, query.as_of)
+            if not rows:
+                notes = [*notes, search_store.why_nothing(conn, query.space, filters)]
             yield Answer(query, rows, [*notes, *exact_only(query.space), *([note] if note else [])])
 
 

@@ -18,7 +18,6 @@ from psycopg.conninfo import make_conninfo
 import metaspace
 from metaspace import pipeline
 from metaspace.cli import cli
-from metaspace.errors import MetaspaceError
 from metaspace.evaluation import NO_EDGE, _decide
 from metaspace.evidence import confidence_line
 from metaspace.sample import write_runs
@@ -166,11 +165,13 @@ def test_a_config_that_wins_everywhere_is_suggested_even_from_a_noisy_neighbourh
     assert picks.count("STEADY") / len(picks) >= 0.8
 
 
-def test_evaluate_needs_a_horizon_when_runs_carry_no_test_start(db_url: str, tmp_path: Path) -> None:
+def test_without_test_start_evaluate_decides_from_the_runs_before_each_day_and_says_so(db_url: str,
+                                                                                      tmp_path: Path) -> None:
+    """It asked for --horizon in terms of test_start, which an ML history does not have (issue 27)."""
     records = [{k: v for k, v in r.items() if k != "test_start"} for r in _history(3, signal=True, dates=12)]
     _load(db_url, records, tmp_path)
-    with pytest.raises(MetaspaceError, match="--horizon"):
-        metaspace.evaluate(database_url=db_url)
+    result = metaspace.evaluate(database_url=db_url)
+    assert result.horizon == 1 and any("no outcome window" in note for note in result.notes)
     assert metaspace.evaluate(horizon=WINDOW, database_url=db_url).horizon == WINDOW
 
 

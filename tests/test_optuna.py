@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 import metaspace
 from metaspace.cli import cli
+from metaspace.sources.optuna import storage_location
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
@@ -121,7 +122,9 @@ def test_trials_map_to_config_env_and_outcome_by_default(db_url: str, storage: s
     assert set(run["outcome"]) == {"sharpe", "max_drawdown", "turnover"}
     assert run["env"] == {"realized_vol": 0.211, "regime_mix": {"bull": 0.789, "bear": 0.211}, "universe_size": 480}
     assert run["as_of_date"] == dt.date(2023, 1, 3) and run["strategy_id"] == STUDY
-    assert run["extra"]["optuna"] == {"study": STUDY, "trial": 1, "datetime_complete": "2023-01-03T13:00:00"}
+    assert run["extra"]["optuna"] == {"study": STUDY, "trial": 1, "datetime_complete": "2023-01-03T13:00:00",
+                                      "source": storage_location(storage)}
+    assert run["extra"]["optuna"]["source"].startswith("sqlite:////")  # the file's absolute path
     assert run["config_id"] == _stored(db_url, f"optuna:{STUDY}:{1 + len(GRID)}")["config_id"]
     assert run["config_id"] != _stored(db_url, f"optuna:{STUDY}:2")["config_id"]
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -104,6 +105,24 @@ def cli() -> None:
         metaspace demo
         metaspace --database-url postgresql://me@db/quant migrate
     """
+    previous = warnings.showwarning
+    warnings.showwarning = _show_note
+    click.get_current_context().call_on_close(lambda: setattr(warnings, "showwarning", previous))
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """metaspace's notes (UserWarnings raised in its own modules) as one ``note:`` line on stderr; any other
+    warning as Python shows it."""
+    from metaspace.errors import Note
+
+    if issubclass(category, Note) or (issubclass(category, UserWarning)
+                                      and "metaspace" in str(filename).replace("\\", "/").split("/")):
+        click.echo(f"note: {message}", err=True)
+        return
+    _shown_as_python(message, category, filename, lineno, file, line)
+
+
+_shown_as_python = warnings.showwarning
 
 
 def main() -> None:

@@ -79,12 +79,15 @@ def import_mlflow_command(tracking_uri, experiment, since, map, rejects, strict,
 @click.option("--storage", required=True, metavar="URL", help="The Optuna storage, e.g. sqlite:///optuna.db.")
 @click.option("--study", multiple=True, metavar="NAME", help="A study to import; repeat it for several.")
 @click.option("--all-studies", is_flag=True, help="Import every study of the storage.")
+@click.option("--source-name", metavar="NAME",
+              help="Import beside a study of the same name from another storage: run ids become "
+                   "optuna:NAME:STUDY:TRIAL (default: optuna:STUDY:TRIAL, the storage's location recorded).")
 @map_option
 @rejects_option
 @strict_option
 @format_option
 @domain_errors
-def import_optuna_command(storage, study, all_studies, map, rejects, strict, fmt) -> None:
+def import_optuna_command(storage, study, all_studies, source_name, map, rejects, strict, fmt) -> None:
     """Import the completed trials of Optuna studies as runs, through Optuna's storage API.
 
     params → config; the objective values → outcome (named by the study's metric_names, else value or
@@ -99,6 +102,6 @@ def import_optuna_command(storage, study, all_studies, map, rejects, strict, fmt
         metaspace import-optuna --storage sqlite:///optuna.db --all-studies
     """
     with progress_bar("trials") as bar:
-        summary = import_optuna(storage, study=study, all_studies=all_studies, map=map, database_url=database_url(),
-                                rejects=rejects, strict=strict, progress=bar.update)
+        summary = import_optuna(storage, study=study, all_studies=all_studies, source_name=source_name, map=map,
+                                database_url=database_url(), rejects=rejects, strict=strict, progress=bar.update)
     _report(summary, rejects, fmt)

@@ -210,6 +210,10 @@ def _record(client, where: str, experiment, run, fmap: FieldMap, scratch: str) -
     except InvalidRecordError as exc:
         return exc
     config = parts.branches["config"]
+    # The tags no branch took (a user's own: not MLflow's mlflow.*), kept with the run rather than dropped.
+    branch_of = _default_branch(fmap.env_prefix)
+    kept = {k: v for k, v in data.tags.items() if not k.startswith("mlflow.") and not fmap.is_special("tags", k)
+            and (fmap.explicit("tags", k) or branch_of("tags", k)) is None}
     return {
         "run_id": run_id,
         "as_of_date": as_of,
@@ -218,7 +222,8 @@ def _record(client, where: str, experiment, run, fmap: FieldMap, scratch: str) -
         "config": config,
         "env": env,
         "outcome": parts.branches["outcome"],
-        SOURCE: {**_scope(experiment), "end_time": info.end_time, "run_name": info.run_name},
+        SOURCE: {**_scope(experiment), "end_time": info.end_time, "run_name": info.run_name,
+                 **({"tags": dict(sorted(kept.items()))} if kept else {})},
     }
 
 

@@ -12,10 +12,12 @@ counted with the reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from metaspace.encoders.features import flatten
 from metaspace.errors import InvalidRecordError, MetaspaceError
@@ -56,8 +58,39 @@ def load_study(storage: str, study: str, names: list[str] | None = None):
     return _optuna().load_study(study_name=study, storage=storage)
 
 
+def storage_location(storage: str) -> str:
+    """Where a storage is, without credentials (a password change does not move it): a SQLite file's absolute
+    path, else the URL without its user and password."""
+    path = local_file(storage, "sqlite")
+    if path is not None:
+        return f"sqlite:///{Path(path).resolve()}"
+    if "://" in storage:
+        parts = urlsplit(storage)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return storage
+
+
+def _run_prefix(source_name: str | None, study: str) -> str:
+    return f"{SOURCE}:{study}" if source_name is None else f"{SOURCE}:{source_name}:{study}"
+
+
+def _refuse_other_sources(names: list[str], location: str, database_url: str | None) -> None:
+    """A study name already imported from another storage is refused, never overwritten."""
+    from metaspace.store import runs as run_store
+    from metaspace.store.connection import connection
+
+    with connection(database_url, autocommit=True) as conn:
+        for name in names:
+            others = [s for s in run_store.sources_of(conn, f"^{re.escape(_run_prefix(None, name))}:[0-9]+$", SOURCE)
+                      if s is not None and s != location]
+            if others:
+                raise MetaspaceError(
+                    f"a study named {name!r} was already imported from {others[0]}; this one is in {location}: give "
+                    f"--source-name NAME to import it beside the other (its runs become optuna:NAME:{name}:<trial>)")
+
+
 def import_optuna(
-    storage: str, *, study: str | Sequence[str] = (), all_studies: bool = False,
+    storage: str, *, study: str | Sequence[str] = (), all_studies: bool = False, source_name: str | None = None,
     map: str | Path | dict[str, Any] | FieldMap | None = None,  # noqa: A002
     database_url: str | None = None, rejects: str | None = None, strict: bool = False, batch_size: int = 5_000,
     progress: Progress | None = None,
@@ -65,7 +98,11 @@ def import_optuna(
     """Import the completed trials of Optuna studies as run records, the way import-runs does: upserted by
     run_id (a rerun leaves unchanged trials alone), invalid ones rejected with the run id and the field;
     pruned, failed and unfinished trials skipped with the reason. ``study``: one name or several; with
-    ``all_studies``, every study of the storage. All of them land in one import (each batch whole)."""
+    ``all_studies``, every study of the storage. All of them land in one import (each batch whole).
+
+    Run ids are ``optuna:<study>:<trial>``, the storage's location recorded with each run; a study of the
+    same name imported from another storage is refused (never overwritten) unless ``source_name`` is given,
+    whose runs are then ``optuna:<source_name>:<study>:<trial>``."""
     wanted = [study] if isinstance(study, str) else list(study)
     if all_studies and wanted:
         raise MetaspaceError("give --study names or --all-studies, not both")
@@ -78,6 +115,11 @@ def import_optuna(
         if not wanted:
             raise MetaspaceError(f"the Optuna storage at {shown(storage)} holds no study")
     studies = [load_study(storage, name, names) for name in dict.fromkeys(wanted)]
+    if source_name is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", source_name):
+        raise MetaspaceError(f"--source-name {source_name!r}: use letters, digits, '.', '_' or '-'")
+    location = source_name or storage_location(storage)
+    if source_name is None:
+        _refuse_other_sources([s.study_name for s in studies], location, database_url)
     skips: list[dict[str, Any]] = []
 
     def records() -> Iterator[tuple[str, int, Any]]:
@@ -88,12 +130,13 @@ def import_optuna(
             for trial in loaded.get_trials(deepcopy=False):
                 if progress:
                     progress(1)
-                run_id = f"{SOURCE}:{name}:{trial.number}"
+                run_id = f"{_run_prefix(source_name, name)}:{trial.number}"
                 reason = _skip_reason(trial)
                 if reason:
                     skips.append({"run_id": run_id, "state": trial.state.name, "reason": reason})
                     continue
-                yield f"optuna:{name}", trial.number, _record(run_id, name, trial, values, study_attrs, fmap)
+                yield f"optuna:{name}", trial.number, _record(run_id, name, trial, values, study_attrs, fmap,
+                                                              location)
 
     summary = import_records(records(), database_url=database_url, rejects=rejects, strict=strict,
                              batch_size=batch_size)
@@ -141,7 +184,7 @@ def _default_branch(fmap: FieldMap):
 
 
 def _record(run_id: str, study: str, trial, names: list[str], study_attrs: dict[str, Any],
-            fmap: FieldMap) -> dict[str, Any] | InvalidRecordError:
+            fmap: FieldMap, source: str) -> dict[str, Any] | InvalidRecordError:
     values = trial.values or []
     items = [*(("study_user_attrs", k, v) for k, v in study_attrs.items()),
              *(("params", k, v) for k, v in trial.params.items()),
@@ -163,7 +206,7 @@ def _record(run_id: str, study: str, trial, names: list[str], study_attrs: dict[
         "config": config,
         "env": parts.branches["env"],
         "outcome": parts.branches["outcome"],
-        SOURCE: {"study": study, "trial": trial.number,
+        SOURCE: {"study": study, "trial": trial.number, "source": source,
                  "datetime_complete": completed.isoformat() if completed else None},
     }
 
@@ -191,8 +234,8 @@ def optuna_warm_start(
     """Enqueue the configs metaspace suggests for ``env`` (as of a date) as the study's next trials.
 
     Each suggested parameter is checked against the study's distributions (``distributions``, else those
-    of its trials so far): a parameter the study does not have, or a value outside its distribution, is
-    not enqueued (the sampler chooses it) and is reported. A config already tried in the study is reported
+    of its trials so far; a study with neither is refused): a parameter the study does not have, or a value
+    outside its distribution, is not enqueued (the sampler chooses it) and is reported. A config already tried in the study is reported
     and not enqueued again. Each enqueued trial carries ``metaspace.config_id`` as a user attribute, so
     that import-optuna files its result under the same config.
     """
@@ -201,8 +244,10 @@ def optuna_warm_start(
     result = WarmStart()
     known = dict(distributions) if distributions is not None else _study_distributions(study)
     if not known:
-        result.notes.append("the study has no trials yet and no distributions were given: "
-                            "the suggested params were enqueued unchecked")
+        raise MetaspaceError(
+            "the study has no trials yet, so its parameters' distributions are not known and the suggested params "
+            "cannot be checked against them: pass distributions={name: optuna distribution} (the ones the "
+            "objective asks for), or warm-start after a first trial")
     tried = study.get_trials(deepcopy=False)
     suggestions = suggest(env, k=k, as_of=as_of, objective=objective, higher_is_better=higher_is_better,
                           database_url=database_url, **suggest_options)

@@ -77,14 +77,35 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
     return conn
 
 
-@contextmanager
-def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """Resolve the URL, connect, and check that the schema is at head before handing the connection out."""
-    from metaspace.store.migrate import require_current
+def embedded_default(url: str | None) -> bool:
+    """Whether a command with this URL uses the embedded server (no URL given, none in the environment)."""
+    return not url and not os.environ.get(ENV_URL)
 
-    conn = connect(resolve_url(url), autocommit=autocommit, register=False)
+
+def checked(conn: psycopg.Connection, url: str | None, resolved: str) -> None:
+    """Check that the schema is at head. On the embedded default, a schema that is missing or behind is
+    created or upgraded here (when that is quick), and the command says so in one line (a warning the
+    command line prints as a note); on a user's own server it refuses, naming `metaspace migrate`."""
+    from metaspace.errors import Note, SchemaBehindError
+    from metaspace.store.migrate import require_current, upgrade_embedded
+
     try:
         require_current(conn)
+    except SchemaBehindError:
+        if not embedded_default(url):
+            raise
+        warnings.warn(upgrade_embedded(resolved), Note, stacklevel=3)
+        require_current(conn)
+
+
+@contextmanager
+def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """Resolve the URL, connect, and check that the schema is at head before handing the connection out (on
+    the embedded default, creating or upgrading it first: :func:`checked`)."""
+    resolved = resolve_url(url)
+    conn = connect(resolved, autocommit=autocommit, register=False)
+    try:
+        checked(conn, url, resolved)
         from pgvector.psycopg import register_vector
 
         register_vector(conn)

@@ -187,3 +187,12 @@ def key_exists(conn: psycopg.Connection, branch: str, path: list[str], numeric: 
         "= ANY(%s) AND (%s::date IS NULL OR as_of_date <= %s::date))",
         (path, ["number"] if numeric else ["number", "string", "boolean", "array"], until, until),
     ).fetchone()[0]
+
+
+def sources_of(conn: psycopg.Connection, run_id_pattern: str, field: str) -> list[str | None]:
+    """The distinct values of ``extra -> field ->> 'source'`` among the runs whose run_id matches the regular
+    expression ``run_id_pattern`` (None for runs that recorded none): where an importer's runs came from."""
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT extra -> %s ->> 'source' FROM historical_db.runs WHERE run_id ~ %s",
+        (field, run_id_pattern)).fetchall()]
+

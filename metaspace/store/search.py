@@ -115,3 +115,21 @@ def suggest(conn: psycopg.Connection, env: np.ndarray, *, k: int, as_of: dt.date
         notes,
     )
     return [dict(zip(SUGGESTION_COLUMNS, row)) for row in rows]
+
+
+def why_nothing(conn: psycopg.Connection, space: str, filters: Filters) -> str:
+    """Why a search answered no runs, and what to change."""
+    known, earliest = conn.execute(
+        "SELECT count(*) FILTER (WHERE %(as_of)s::date IS NULL OR as_of_date <= %(as_of)s::date), min(as_of_date) "
+        "FROM historical_db.runs", {"as_of": filters.as_of}).fetchone()
+    if not known:
+        return (f"no run is dated on or before {filters.as_of}" + (f" (the earliest is dated {earliest})" if earliest
+                else " (the store holds no runs)") + ": ask as of a later date")
+    filtered = [f"{name} {', '.join(values)}" for name, values in (("strategy", filters.strategies),
+                                                                    ("config_id", filters.configs)) if values]
+    if filters.scope:
+        filtered.append(f"scope {filters.scope}")
+    if filtered:
+        return f"no run{f' known by {filters.as_of}' if filters.as_of else ''} matches {'; '.join(filtered)}"
+    return f"no run has a vector in the {space} space of the active encoder version yet: run metaspace embed-runs"
+

@@ -105,13 +105,12 @@ os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def _open(url: str | None) -> _Held:
-    from metaspace.store.connection import connect, resolve_url
-    from metaspace.store.migrate import require_current
+    from metaspace.store.connection import checked, connect, resolve_url
 
     resolved = resolve_url(url)
     conn = connect(resolved, autocommit=True, register=False)
     try:
-        require_current(conn)
+        checked(conn, url, resolved)
         from pgvector.psycopg import register_vector
 
         register_vector(conn)
@@ -172,7 +171,9 @@ def session(url: str | None = None) -> Iterator[Session]:
             raise
         _discard(kept)
         del held[url]
-        restarted = _embedded_default(url) and not _embedded_ready()
+        from metaspace.store.connection import embedded_default
+
+        restarted = embedded_default(url) and not _embedded_ready()
         kept = held[url] = _open(url)
         notes.append(f"the connection to the database was lost ({_first_line(exc)}): "
                      + ("the embedded server had stopped, and was started again" if restarted else "reconnected"))
@@ -188,12 +189,6 @@ def session(url: str | None = None) -> Iterator[Session]:
             held.pop(url, None)
         exc.login_role = kept.conn.info.user if not kept.conn.closed else None  # type: ignore[attr-defined]
         raise
-
-
-def _embedded_default(url: str | None) -> bool:
-    from metaspace.store.connection import ENV_URL
-
-    return not url and not os.environ.get(ENV_URL)
 
 
 def _embedded_ready() -> bool:
