@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from html import escape
 from typing import Any
 
 import numpy as np
@@ -91,26 +92,54 @@ def png(out: str, coords: np.ndarray, axes: list[str], title: str, points: Point
     plt.close(fig)
 
 
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _hover(points: Points, color: str, labels: list[int | None] | None,
+           numeric: np.ndarray | None) -> tuple[str, list[list[str]]]:
+    """The hover template and each run's row of it: run id, config, strategy and the run's own value of the
+    colour key (not its legend's bucket), under the key's name."""
+    names = ["run", "config", "strategy"]
+    rows = [[run_id, _shown(config_id), _shown(strategy)]
+            for run_id, config_id, strategy in zip(points.run_ids, points.config_ids, points.strategies)]
+    if color != "strategy":
+        names.append(escape(color))
+        if numeric is not None:
+            values = [f"{v:.4g}" if np.isfinite(v) else "(none)" for v in numeric]
+        elif color == "cluster":
+            values = ["unlabelled" if label is None else str(label) for label in (labels or [None] * len(rows))]
+        else:
+            values = [_shown(v) for v in points.colors]
+        for row, value in zip(rows, values):
+            row.append(value)
+    template = "<br>".join(f"{name} %{{customdata[{i}]}}" for i, name in enumerate(names)) + "<extra></extra>"
+    return template, rows
+
+
 def html(out: str, coords: np.ndarray, axes: list[str], title: str, points: Points, color: str,
          labels: list[int | None] | None) -> None:
+    """An interactive map that works offline: plotly.js (about 4.8 MB) is written into the page, the accepted
+    cost of opening it without a network. Hovering a run shows its id, config, strategy and its value of the
+    colour key the map was drawn by."""
     try:
         import plotly.graph_objects as go
     except ImportError:
         raise MetaspaceError("an .html map needs the html extra: pip install 'metaspace[html]'") from None
-    hover = [f"run {r}<br>config {c}<br>{s}<br>outcome.sharpe {o:.3g}" for r, c, s, o in
-             zip(points.run_ids, points.config_ids, points.strategies, points.objective)]
+    numeric = _numeric(points, color)
+    template, customdata = _hover(points, color, labels, numeric)
     marker: dict[str, Any] = {"size": 4, "opacity": 0.6}
     traces = []
-    numeric = _numeric(points, color)
     if numeric is None:
         names = np.array(_categories(points, color, labels))
         for name in sorted(set(names)):
             idx = np.flatnonzero(names == name)
             traces.append(go.Scattergl(x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=str(name),
-                                       text=[hover[i] for i in idx], hoverinfo="text", marker=marker))
+                                       customdata=[customdata[i] for i in idx], hovertemplate=template,
+                                       marker=marker))
     else:
         marker |= {"color": numeric, "colorscale": "RdYlGn", "colorbar": {"title": color}}
-        traces.append(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", text=hover, hoverinfo="text",
-                                   marker=marker))
+        traces.append(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=customdata,
+                                   hovertemplate=template, marker=marker))
     fig = go.Figure(traces, layout={"title": title, "xaxis": {"title": axes[0]}, "yaxis": {"title": axes[1]}})
-    fig.write_html(out, include_plotlyjs="cdn")
+    fig.write_html(out, include_plotlyjs=True)
