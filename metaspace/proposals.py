@@ -24,7 +24,10 @@ from metaspace.errors import MetaspaceError
 from metaspace.records import parse_date
 from metaspace.transfer import Proposal, Source, Space, TransferModel
 
-MAX_SOURCES = 60  # environments read: the nearest (a study weighs the few that resemble it; the rest cost time)
+# Environments read: with an env, the nearest 60 (a study weighs the few that resemble it; the rest cost time);
+# without one, the 200 most recent (only the study's responses can tell which it resembles: they all compete).
+MAX_SOURCES = 60
+MAX_SOURCES_WITHOUT_ENV = 200
 MAX_ROWS = 300  # runs of one environment the model keeps: the best hundred and an even spread of the rest
 MIN_COVERAGE = 0.5  # a source must give values inside the space for at least half of its parameters
 
@@ -41,7 +44,15 @@ class History:
 
 
 _HISTORIES: dict[tuple, History] = {}
+_ENVIRONMENTS: dict[tuple, tuple[list[Any], list[str], list[str]]] = {}  # what was read, whatever the space
 _KEPT = 8
+
+
+def _remember(cache: dict, key: tuple, value: Any) -> Any:
+    while len(cache) >= _KEPT:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
 
 
 def _objective(conn, objective: str | None, as_of: dt.date | None) -> tuple[list[str], str | None]:
@@ -86,27 +97,22 @@ def _kept(rows: list[tuple[dict[str, Any], float]], direction: float) -> list[tu
     return [rows[i] for i in sorted(order[:100] + spread)]
 
 
-def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: Any = None,
-                 exclude: Sequence[str] = (), objective: str | None = None, higher_is_better: bool = True,
-                 map: Any = None, seed: int | None = None, max_sources: int = MAX_SOURCES,  # noqa: A002
-                 database_url: str | None = None) -> History:
-    """The transfer model for a study in ``space`` and environment ``env``, as of a date (remembered per
-    process until the runs or the encoder change)."""
+def _environments(env: Mapping[str, Any] | None, day: dt.date, exclude: Sequence[str], objective: str | None,
+                  max_sources: int | None, database_url: str | None) -> tuple[tuple, list[Any], list[str], str]:
+    """The environments a study in ``env`` reads as of ``day`` (remembered per process until the runs or the
+    encoder change, whatever the study's space: a space that grows, conditional parameter by parameter, reads
+    them once), what was said of choosing them, and the objective's name."""
     from metaspace.queries import _Encoder, queries_from
-    from metaspace.sources.mapping import load_map
     from metaspace.store import history as history_store
     from metaspace.store.session import session
 
-    day = parse_date(as_of, "as_of") or dt.date.today()
-    direction = 1.0 if higher_is_better else -1.0
-    fmap = load_map(map) if map is not None else None
+    limit = max_sources or (MAX_SOURCES if env else MAX_SOURCES_WITHOUT_ENV)
     with session(database_url) as asked:
         conn, facts = asked.conn, asked.facts
-        remembered = (conn.info.dsn, facts.fingerprint, facts.runs_changes, tuple(space.params),
-                      json.dumps(env, sort_keys=True, default=str), day, tuple(sorted(exclude)), objective,
-                      higher_is_better, json.dumps(map, sort_keys=True, default=str), seed, max_sources)
-        if remembered in _HISTORIES:
-            return _HISTORIES[remembered]
+        remembered = (conn.info.dsn, facts.fingerprint, facts.runs_changes,
+                      json.dumps(env, sort_keys=True, default=str), day, tuple(sorted(exclude)), objective, limit)
+        if remembered in _ENVIRONMENTS:
+            return (remembered, *_ENVIRONMENTS[remembered])
         notes = list(asked.notes)
         path, said = _objective(conn, objective, day)
         if said:
@@ -122,22 +128,48 @@ def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: A
             notes.append("no encoder version is active (nothing embedded yet): environments are not compared by "
                          "their env, only by how they answer the study's trials")
         found = history_store.environments(conn, query=query, version=facts.version, path=path, as_of=day,
-                                           exclude=list(exclude), limit=max_sources)
+                                           exclude=list(exclude), limit=limit)
+    read = (found, notes, "outcome." + ".".join(path))
+    _remember(_ENVIRONMENTS, remembered, read)
+    return (remembered, *read)
+
+
+def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: Any = None,
+                 exclude: Sequence[str] = (), objective: str | None = None, higher_is_better: bool = True,
+                 map: Any = None, seed: int | None = None, max_sources: int | None = None,  # noqa: A002
+                 database_url: str | None = None) -> History:
+    """The transfer model for a study in ``space`` and environment ``env``, as of a date (remembered per
+    process until the runs or the encoder change). ``max_sources``: the environments read (default: the
+    nearest 60 with an env, the 200 most recent without one)."""
+    from threadpoolctl import threadpool_limits
+
+    from metaspace.sources.mapping import load_map
+
+    day = parse_date(as_of, "as_of") or dt.date.today()
+    direction = 1.0 if higher_is_better else -1.0
+    fmap = load_map(map) if map is not None else None
+    read, found, said, objective_name = _environments(env, day, exclude, objective, max_sources, database_url)
+    remembered = (read, tuple(space.params), higher_is_better, json.dumps(map, sort_keys=True, default=str), seed)
+    if remembered in _HISTORIES:
+        return _HISTORIES[remembered]
+    notes = list(said)
     keys = _param_keys(space, fmap)
     sources, described, dropped = [], [], 0
     strategies = [e.strategy for e in found]
-    for e in found:
-        rows = _kept(e.rows, direction)
-        configs = _configs(rows, keys)
-        if space.coverage(configs) < MIN_COVERAGE:
-            dropped += 1
-            continue
-        name = e.strategy if strategies.count(e.strategy) == 1 else f"{e.strategy}#{e.env_key & 0xFFFF:04x}"
-        y = direction * np.array([value for _, value in rows])
-        sources.append(Source(name, space.encode(configs), y, e.distance).fit())
-        described.append({"source": name, "runs": len(e.rows), "distance": e.distance, "latest": e.latest.isoformat(),
-                          "best": max(v for _, v in e.rows) if higher_is_better else min(v for _, v in e.rows)})
-    objective_name = "outcome." + ".".join(path)
+    with threadpool_limits(limits=1):  # small matrices: threads only contend, most of all in parallel workers
+        for e in found:
+            rows = _kept(e.rows, direction)
+            configs = _configs(rows, keys)
+            if space.coverage(configs) < MIN_COVERAGE:
+                dropped += 1
+                continue
+            name = e.strategy if strategies.count(e.strategy) == 1 else f"{e.strategy}#{e.env_key & 0xFFFF:04x}"
+            y = direction * np.array([value for _, value in rows])
+            sources.append(Source(name, space.encode(configs), y, e.distance).fit())
+            described.append({"source": name, "runs": len(e.rows), "distance": e.distance,
+                              "latest": e.latest.isoformat(),
+                              "best": max(v for _, v in e.rows) if higher_is_better else min(v for _, v in e.rows)})
+        model = TransferModel(space, sources, seed=seed) if sources else None
     if dropped:
         notes.append(f"{dropped} of the {len(found)} nearest environments left out: their runs give values inside "
                      f"this space for fewer than half of its parameters ({', '.join(space.names)})")
@@ -145,12 +177,7 @@ def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: A
         notes.append(f"no past environment known by {day} has runs of {objective_name} in this space"
                      + (f" (excluded: {', '.join(exclude)})" if exclude else "")
                      + ": nothing to transfer from")
-    model = TransferModel(space, sources, seed=seed) if sources else None
-    history = History(space, model, described, notes, objective_name)
-    while len(_HISTORIES) >= _KEPT:
-        _HISTORIES.pop(next(iter(_HISTORIES)))
-    _HISTORIES[remembered] = history
-    return history
+    return _remember(_HISTORIES, remembered, History(space, model, described, notes, objective_name))
 
 
 def nearest_configs(*, env: Mapping[str, Any] | None = None, as_of: Any = None, exclude: Sequence[str] = (),
