@@ -27,7 +27,7 @@ depends_on = None
 
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v7.sql": "83337989b9d395a854bbf75e23861edd49487756c8265c4d08ad6d390249fbee",
+    "suggest_v7.sql": "919631b135977ad08312bb4e7776c5f53cd9d719f819907ff98acae504a8a8d3",
     "stable_v2.sql": "088a943366d1c43a89b896d27866a0b02c501caa5f2952cd65a7c5e5df91420e",
     "record_as_of_strict_v1.sql": "979eef57be04f6f1f4c1fd21ca9b2255c76f8bc635ae96ad51f767c5ffcf49dd",
 }
@@ -43,8 +43,6 @@ DROPPED = [
     "boolean, text[], integer, integer, integer, double precision, boolean)",
     "FUNCTION historical_db.suggest_answer_v1(historical_db.suggest_evidence_v1[], double precision, "
     "double precision, historical_db.suggest_calibrations, integer)",
-    "FUNCTION historical_db.suggest_evidence_v2(vector, date, text[], double precision, integer, integer, text[], "
-    "boolean, text[], integer, integer, integer)",
 ]
 
 

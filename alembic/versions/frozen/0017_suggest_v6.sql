@@ -5,7 +5,8 @@
 --
 -- * suggest_args_v1: the checks of the arguments; the objective as a path inside outcome.
 -- * suggest_evidence_v1: everything about each candidate that does not depend on the local scale: the
---   neighbourhood, the records, their variances, and the local weight estimated at the date.
+--   neighbourhood, the records, their variances, and the local weight estimated at the date (and, switched
+--   on by version 7, what a search's history is answered with).
 -- * suggest_ranking_v1: the last step, for one or several local scales at once: each candidate's score,
 --   raw confidence and rank at each scale. evaluate's replay asks it for every scale of its grid in one
 --   call, so the ranking's arithmetic lives here alone (metaspace/calibration.py only fits).
@@ -158,10 +159,15 @@ $fn$;
 --   estimated_local_weight = tau2 / (tau2 + local_var), local_var the variance of the local estimate
 --   (one neighbouring block's spread around its config's local mean, pooled, over the config's effective
 --   number of blocks nearby), tau2 the mean square of the local departures from the base less its noise.
+--   search_histories: where no run near carries an outcome window and no horizon is given, answer as a search's
+--   history asks (suggest_configs_v7, sql/suggest_v7.sql: blocks are environments, objectives in each
+--   environment's spread, evidence counted by nearness, no record); false answers as version 5 everywhere
+--   (suggest_configs_v6). With it, in every history, where no variance can be estimated the candidates'
+--   spread stands in (version 5 floored such variances at 1e-12: confidences of 1.0 from one run).
 CREATE FUNCTION historical_db.suggest_evidence_v1(
     env vector, as_of date, path text[], direction double precision, neighbours integer, min_runs integer,
     strategy_ids text[], exact boolean, eligible_configs text[], of_version integer, history integer,
-    horizon integer
+    horizon integer, search_histories boolean
 ) RETURNS SETOF historical_db.suggest_evidence_v1
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path FROM CURRENT
@@ -183,17 +189,32 @@ AS $fn$
         SELECT greatest(percentile_cont(0.1) WITHIN GROUP (ORDER BY s.distance), 1e-9) AS h,
                coalesce(horizon, greatest(1, coalesce(
                    percentile_disc(0.5) WITHIN GROUP (ORDER BY s.window_days) FILTER (WHERE s.window_days > 0), 1)))
-                   AS block_days
+                   AS block_days,
+               -- No run near carries an outcome window, and no horizon was given: a search's history (trials
+               -- of studies, runs of experiments), not a calendar's.
+               search_histories AND horizon IS NULL AND count(s.window_days) = 0 AS windowless
         FROM scored s
-    ), cells AS (
+    ), raw_cells AS (
         SELECT s.as_of_date, s.env_key, s.config_id, avg(s.value) AS value, min(s.distance) AS distance
         FROM scored s GROUP BY s.as_of_date, s.env_key, s.config_id
+    ), spread AS (
+        -- One environment's spread of the objective over every config tried there (the yardstick that makes
+        -- studies of other metrics comparable, where the history is windowless).
+        SELECT c.as_of_date, c.env_key, stddev_samp(c.value) AS sd FROM raw_cells c GROUP BY c.as_of_date, c.env_key
+    ), cells AS (
+        SELECT c.as_of_date, c.env_key, c.config_id, c.value, c.distance
+        FROM raw_cells c WHERE NOT (SELECT b.windowless FROM bandwidth b)
+        UNION ALL
+        SELECT c.as_of_date, c.env_key, c.config_id, c.value / coalesce(nullif(p.sd, 0), 1), c.distance
+        FROM raw_cells c JOIN spread p USING (as_of_date, env_key) WHERE (SELECT b.windowless FROM bandwidth b)
     ), wanted AS (
         SELECT c.config_id FROM cells c
         WHERE eligible_configs IS NULL OR c.config_id = ANY (eligible_configs)
         GROUP BY c.config_id HAVING count(*) >= min_runs
     ), relative AS (
-        SELECT c.config_id, floor((c.as_of_date - date '2000-01-03')::double precision / b.block_days) AS block,
+        SELECT c.config_id,
+               CASE WHEN b.windowless THEN c.env_key::double precision
+                    ELSE floor((c.as_of_date - date '2000-01-03')::double precision / b.block_days) END AS block,
                c.value - CASE WHEN count(*) OVER e >= 2 THEN avg(c.value) OVER e ELSE avg(c.value) OVER () END AS rel,
                exp(-least(0.5 * (c.distance / b.h) ^ 2, 300)) AS w
         FROM cells c JOIN wanted USING (config_id) CROSS JOIN bandwidth b
@@ -223,8 +244,12 @@ AS $fn$
         SELECT h.as_of_date, h.env_key, h.config_id, avg(h.value) AS value
         FROM recent h GROUP BY h.as_of_date, h.env_key, h.config_id
     ), history_rel AS (
-        SELECT h.config_id, floor((h.as_of_date - date '2000-01-03')::double precision / b.block_days) AS block,
-               h.value - avg(h.value) OVER e AS rel, count(*) OVER e AS tried
+        SELECT h.config_id,
+               CASE WHEN b.windowless THEN h.env_key::double precision
+                    ELSE floor((h.as_of_date - date '2000-01-03')::double precision / b.block_days) END AS block,
+               (h.value - avg(h.value) OVER e)
+                   / CASE WHEN b.windowless THEN coalesce(nullif(stddev_samp(h.value) OVER e, 0), 1) ELSE 1 END AS rel,
+               count(*) OVER e AS tried
         FROM history_cells h CROSS JOIN bandwidth b
         WINDOW e AS (PARTITION BY h.as_of_date, h.env_key)
     ), history_blocks AS (
@@ -250,33 +275,51 @@ AS $fn$
         FROM scored s CROSS JOIN bandwidth b
         GROUP BY s.config_id
     ), candidate AS (
+        -- Where windowless, no record: a config's record is its runs in their own environments, near or far,
+        -- the same evidence the neighbourhood weighs by nearness (a search's configs rarely run twice).
         SELECT g.*, e.environments, direction * e.relative_objective AS rel,
-               direction * h.prior AS prior, coalesce(h.blocks, 0) AS record_blocks
+               CASE WHEN (SELECT b.windowless FROM bandwidth b) THEN NULL ELSE direction * h.prior END AS prior,
+               CASE WHEN (SELECT b.windowless FROM bandwidth b) THEN 0 ELSE coalesce(h.blocks, 0) END AS record_blocks
         FROM groups g JOIN evidence e ON e.config_id = g.config_id LEFT JOIN records h ON h.config_id = g.config_id
         WHERE e.environments >= min_runs AND (eligible_configs IS NULL OR g.config_id = ANY (eligible_configs))
-    ), spread AS (
+    ), variances AS (
         SELECT (SELECT sum((direction * r.rel - c.rel) ^ 2) / nullif(count(*) - count(DISTINCT r.config_id), 0)
                 FROM relative r JOIN candidate c ON c.config_id = r.config_id) AS one_env_s2,
+               -- (version 7 only: version 6 answers as version 5, whose variances floor at 1e-12)
+               (SELECT var_samp(r.rel) FROM relative r JOIN candidate c ON c.config_id = r.config_id
+                WHERE search_histories) AS rel_s2,
                (SELECT sum((direction * l.rel - c.rel) ^ 2) / nullif(count(*) - count(DISTINCT l.config_id), 0)
                 FROM local_blocks l JOIN candidate c ON c.config_id = l.config_id) AS local_s2,
                (SELECT avg(c.prior) FROM candidate c) AS prior_centre,
                (SELECT avg(c.rel) FROM candidate c) AS centre,
                (SELECT count(*) FROM candidate c)::integer AS candidates
     ), noise AS (
+        -- Where no variance can be estimated (every candidate seen once: a search's history), the spread of the
+        -- candidates' relative objectives stands in, so that no confidence comes from a zero variance. One
+        -- trial's own noise cannot be told from the configs' differences without repeats: it is taken as a
+        -- tenth of that spread (a search's trial measures its config well; a backtest's outcome window does not,
+        -- and there the repeats say how much).
         SELECT s.prior_centre, s.centre, s.candidates,
-               greatest(coalesce(s.one_env_s2, 0), 1e-12) AS es2,
-               greatest(coalesce(s.local_s2, h.block_s2, s.one_env_s2, 0), 1e-12) AS ls2,
-               greatest(coalesce(h.block_s2, s.local_s2, s.one_env_s2, 0), 1e-12) AS bs2
-        FROM spread s CROSS JOIN history_noise h
+               greatest(coalesce(s.one_env_s2, s.rel_s2, 0), 1e-12) AS es2,
+               greatest(coalesce(s.local_s2, h.block_s2, s.one_env_s2,
+                                 CASE WHEN b.windowless THEN 0.1 ELSE 1 END * s.rel_s2, 0), 1e-12) AS ls2,
+               greatest(coalesce(h.block_s2, s.local_s2, s.one_env_s2,
+                                 CASE WHEN b.windowless THEN 0.1 ELSE 1 END * s.rel_s2, 0), 1e-12) AS bs2
+        FROM variances s CROSS JOIN history_noise h CROSS JOIN bandwidth b
     ), local_noise AS (
-        SELECT l.config_id, n.ls2 * sum(l.w ^ 2) / nullif(sum(l.w) ^ 2, 0) AS v
-        FROM local_blocks l CROSS JOIN noise n GROUP BY l.config_id, n.ls2
+        -- Where windowless, evidence from an environment counts by how near it is: a block's variance over its
+        -- kernel weight (a study far away says little of this one); otherwise blocks count alike, as in v6.
+        SELECT l.config_id,
+               CASE WHEN b.windowless THEN n.ls2 / greatest(sum(l.w), 1e-300)
+                    ELSE n.ls2 * sum(l.w ^ 2) / nullif(sum(l.w) ^ 2, 0) END AS v,
+               CASE WHEN b.windowless THEN least(sum(l.w), 1) ELSE 1 END AS nearness
+        FROM local_blocks l CROSS JOIN noise n CROSS JOIN bandwidth b GROUP BY l.config_id, n.ls2, b.windowless
     ), prior_fit AS (
         SELECT n.*, greatest((SELECT var_samp(c.prior) - avg(n.bs2 / greatest(c.record_blocks, 1))
                               FROM candidate c WHERE c.prior IS NOT NULL), 1e-6 * n.bs2) AS prior_tau2
         FROM noise n
     ), shrunk AS (
-        SELECT c.*, p.candidates, p.es2, greatest(ln.v, 1e-12) AS local_var,
+        SELECT c.*, p.candidates, p.es2, greatest(ln.v, 1e-12) AS local_var, ln.nearness,
                CASE WHEN c.prior IS NULL THEN p.centre
                     ELSE p.prior_centre + (c.prior - p.prior_centre) * p.prior_tau2
                                           / (p.prior_tau2 + p.bs2 / c.record_blocks) END AS base,
@@ -284,14 +327,22 @@ AS $fn$
                     ELSE 1 / (1 / p.prior_tau2 + c.record_blocks / p.bs2) END AS base_var
         FROM candidate c CROSS JOIN prior_fit p JOIN local_noise ln ON ln.config_id = c.config_id
     ), departure AS (
-        SELECT greatest(avg((s.rel - s.base) ^ 2) - avg(s.local_var + s.base_var), 1e-6 * avg(s.local_var)) AS tau2
-        FROM shrunk s
+        -- (Where windowless, over the candidates weighted by how near their evidence is: a far study's configs,
+        -- whose local variance is large, would otherwise drown the departures measured near.)
+        SELECT CASE WHEN b.windowless
+                    THEN greatest(sum(s.nearness * (s.rel - s.base) ^ 2) / sum(s.nearness)
+                                  - sum(s.nearness * (s.local_var + s.base_var)) / sum(s.nearness),
+                                  1e-6 * sum(s.nearness * s.local_var) / sum(s.nearness))
+                    ELSE greatest(avg((s.rel - s.base) ^ 2) - avg(s.local_var + s.base_var), 1e-6 * avg(s.local_var))
+               END AS tau2
+        FROM shrunk s CROSS JOIN bandwidth b GROUP BY b.windowless
     )
     SELECT s.config_id, s.config, s.weighted_objective, s.runs, s.mean_distance, s.objective_mean,
            s.objective_std, s.best_run_id, s.best_objective, s.candidates, s.environments, s.rel, s.prior,
            s.record_blocks, s.base, s.base_var, s.local_var, s.es2, d.tau2 / (d.tau2 + s.local_var)
     FROM shrunk s CROSS JOIN departure d
 $fn$;
+
 
 -- The ranking's last step, at each of several local scales (0 = the record alone, 1 = version 4):
 --   local_weight = local_scale * estimated_local_weight;
@@ -416,7 +467,7 @@ BEGIN
     scale := coalesce(local_scale, fitted.local_scale, 1);
     SELECT coalesce(array_agg(e), '{}') INTO evidence
     FROM historical_db.suggest_evidence_v1(env, as_of, path, direction, neighbours, min_runs, strategy_ids, exact,
-                                           eligible_configs, active, history, horizon) e;
+                                           eligible_configs, active, history, horizon, false) e;
     IF cardinality(evidence) = 0 THEN
         PERFORM historical_db.suggest_empty_v1(env, as_of, path, neighbours, min_runs, strategy_ids, exact,
                                                eligible_configs, active);
