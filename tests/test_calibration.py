@@ -323,8 +323,10 @@ def test_the_replay_picks_at_every_local_scale_what_suggest_configs_picks_at_it(
 
 
 @pytest.mark.parametrize("higher", [True, False])
-def test_version_6_answers_exactly_as_version_5(signal_db: str, higher: bool) -> None:
-    """Version 6 is version 5 cut into shared parts (and what it says when its answer is empty)."""
+def test_versions_6_and_7_answer_exactly_as_version_5_where_runs_carry_outcome_windows(
+        signal_db: str, higher: bool) -> None:
+    """Version 6 is version 5 cut into shared parts (and what it says when its answer is empty); version 7
+    differs only on a search's history, where no run carries an outcome window."""
     answered = 0
     with connect(signal_db) as conn:
         for point in decision_points(conn, ["sharpe"], None)[::15]:
@@ -334,8 +336,8 @@ def test_version_6_answers_exactly_as_version_5(signal_db: str, higher: bool) ->
                         f"SELECT * FROM historical_db.suggest_configs_{version}((SELECT vector FROM "
                         "historical_db.branch_embeddings WHERE run_id = %s AND branch = 'env'), k => 20, "
                         "as_of => %s, higher_is_better => %s, local_scale => %s)",
-                        (point.env_run_id, day, higher, scale)).fetchall() for version in ("v5", "v6")]
-                    assert answers[0] == answers[1]
+                        (point.env_run_id, day, higher, scale)).fetchall() for version in ("v5", "v6", "v7")]
+                    assert answers[0] == answers[1] == answers[2]
                     answered += bool(answers[0])
     assert answered > 10
 
