@@ -31,7 +31,7 @@ depends_on = None
 
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v6.sql": "98962a8c17520eed06666568f481778c01bc0d409c9ce4c1708ef6493eaf2054",
+    "suggest_v6.sql": "1bb05fb525fdb92488305f0548fb5f9f17e0c98ad93b758a2f3df4019de19203",
     "encoder_transform_v1.sql": "193d9fbe9be18345bcc8dfaaca7dfd6b9f91672ca6a5f12c496fd0b90c226abf",
     "stable_v1.sql": "9918ae31334f73ccbada818b883f3107c2bd3e893a615040296583e60cb45f83",
     "roles_v4.sql": "6863150f6e17c8294d38b5d1a6796804060d90efd0c231f94bdb823d32b3aa2a",

@@ -294,17 +294,20 @@ AS $fn$
                (SELECT avg(c.rel) FROM candidate c) AS centre,
                (SELECT count(*) FROM candidate c)::integer AS candidates
     ), noise AS (
-        -- Where no variance can be estimated (every candidate seen once: a search's history), the spread of the
-        -- candidates' relative objectives stands in, so that no confidence comes from a zero variance. One
-        -- trial's own noise cannot be told from the configs' differences without repeats: it is taken as a
-        -- tenth of that spread (a search's trial measures its config well; a backtest's outcome window does not,
-        -- and there the repeats say how much).
+        -- Where no variance can be estimated (every candidate seen once), the spread of the candidates'
+        -- relative objectives stands in, so that no confidence comes from a zero variance. On a search's
+        -- history (windowless) one trial's own noise cannot be told from the configs' differences: it is taken
+        -- as a tenth of that spread (a search's trial measures its config well; a backtest's outcome window
+        -- does not, and there the repeats say how much). There a config run in several environments (a warm
+        -- start enqueues the best of the studies before) differs between them by its environments, which
+        -- the kernel weighs, not by noise: its spread across them is not the noise of one trial (taken as
+        -- noise, it drowned every departure: scores of 1e-6 and confidences of 0.5 for every config).
         SELECT s.prior_centre, s.centre, s.candidates,
                greatest(coalesce(s.one_env_s2, s.rel_s2, 0), 1e-12) AS es2,
-               greatest(coalesce(s.local_s2, h.block_s2, s.one_env_s2,
-                                 CASE WHEN b.windowless THEN 0.1 ELSE 1 END * s.rel_s2, 0), 1e-12) AS ls2,
-               greatest(coalesce(h.block_s2, s.local_s2, s.one_env_s2,
-                                 CASE WHEN b.windowless THEN 0.1 ELSE 1 END * s.rel_s2, 0), 1e-12) AS bs2
+               greatest(CASE WHEN b.windowless THEN 0.1 * s.rel_s2
+                             ELSE coalesce(s.local_s2, h.block_s2, s.one_env_s2, s.rel_s2, 0) END, 1e-12) AS ls2,
+               greatest(CASE WHEN b.windowless THEN 0.1 * s.rel_s2
+                             ELSE coalesce(h.block_s2, s.local_s2, s.one_env_s2, s.rel_s2, 0) END, 1e-12) AS bs2
         FROM variances s CROSS JOIN history_noise h CROSS JOIN bandwidth b
     ), local_noise AS (
         -- Where windowless, evidence from an environment counts by how near it is: a block's variance over its
