@@ -109,6 +109,11 @@ class Space:
             config[p.name] = int(round(value)) if p.kind == "int" else float(value)
         return config
 
+    def snap(self, rows: np.ndarray) -> np.ndarray:
+        """Rows moved to the configs they decode to (integers, steps, one category), so that two rows are one
+        config exactly when they are equal."""
+        return self.encode([self.decode(row) for row in rows]) if len(rows) else rows
+
     def uniform(self, rng: np.random.Generator, n: int) -> np.ndarray:
         out = np.zeros((n, self.width))
         for j, p in enumerate(self.params):
@@ -250,8 +255,8 @@ class TransferModel:
         best = [s.x[np.argsort(-s.y, kind="stable")[:pool_best]] for s in self.sources]
         picked = self.rng.choice(len(self.sources), size=pool_moved, p=self.prior)
         moved = np.stack([best[i][self.rng.integers(len(best[i]))] for i in picked])
-        self.pool = np.vstack([np.vstack(best), self.space.perturb(self.rng, moved, 0.05),
-                               self.space.uniform(self.rng, pool_uniform)])
+        self.pool = self.space.snap(np.vstack([np.vstack(best), self.space.perturb(self.rng, moved, 0.05),
+                                               self.space.uniform(self.rng, pool_uniform)]))
         self.pool_origin = np.array(["a source's best"] * sum(len(b) for b in best)
                                     + ["near a source's best"] * pool_moved + ["anywhere"] * pool_uniform)
         raw = np.stack([s.gp.mean(self.pool) for s in self.sources])
@@ -321,7 +326,8 @@ class TransferModel:
             score = w @ np.maximum(self.pool_mu - floor[:, None], 0) + 1e-3 * (w @ self.pool_mu)
             if len(y):  # and around the study's best trials, scored by the sources that weigh most
                 best = tried[np.argsort(-y, kind="stable")[:3]]
-                near = self.space.perturb(self.rng, best[self.rng.integers(len(best), size=self.local)], 0.06)
+                near = self.space.snap(
+                    self.space.perturb(self.rng, best[self.rng.integers(len(best), size=self.local)], 0.06))
                 top = np.argsort(-w)[:self.scored_sources]
                 near_mu = self.predict(near, top)
                 near_score = (w[top] @ np.maximum(near_mu - floor[top, None], 0) + 1e-3 * (w[top] @ near_mu))
@@ -338,8 +344,11 @@ class TransferModel:
             score = ((1 - own) * score / max(float(score.max()), 1e-12)
                      + own * improvement / max(float(improvement.max()), 1e-12))
         taken = np.vstack([tried, pending]) if pending is not None and len(pending) else tried
-        if len(taken):  # never a config the study has tried or is trying: the next best instead
-            score = np.where(_sq_distances(candidates, taken).min(1) < 1e-12, -np.inf, score)
+        if len(taken):  # never a config the study has tried or is trying: the next best instead (the candidates
+            # are snapped to the configs they decode to, so equal configs are equal rows), unless all are taken
+            fresh = _sq_distances(candidates, self.space.snap(taken)).min(1) >= 1e-12
+            if fresh.any():
+                score = np.where(fresh, score, -np.inf)
         chosen = int(np.argmax(score))
         row = candidates[chosen]
         # the evidence: the sources that back this config most (weight times where they place it among their runs)
