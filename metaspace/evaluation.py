@@ -367,7 +367,8 @@ def _aggregate(decisions: list[Decision], objective: str, higher_is_better: bool
     sign = 1.0 if higher_is_better else -1.0
     picked = [d for d in decisions if d.chosen is not None]
     if len(picked) < len(decisions):
-        notes.append(f"{len(decisions) - len(picked):,} decisions had no eligible config with enough evidence as of "
+        missed = len(decisions) - len(picked)
+        notes.append(f"{missed:,} decision{'s' if missed != 1 else ''} had no eligible config with enough evidence as of "
                      "their date (metaspace abstained); the figures are over the others")
     days = _days(picked)
     blocks = outcome_windows(days, horizon)

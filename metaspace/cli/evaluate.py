@@ -27,7 +27,7 @@ SUMMARY_ROWS = (("chosen", "top suggestion"), ("random", "random pick (mean of t
 @click.command("evaluate")
 @database_url_option
 @click.option("--objective", metavar="KEY",
-              help="The outcome key to score (default: the one numeric outcome key named sharpe, at any depth).")
+              help="The outcome key to score (default: the only numeric outcome key, else the one named sharpe, at any depth).")
 @click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
 @click.option("--since", metavar="DATE", help="Only decisions taken on or after DATE.")
 @click.option("--until", metavar="DATE",

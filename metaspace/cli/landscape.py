@@ -44,7 +44,7 @@ def map_command(space, color, as_of, method, clustering, out) -> None:
 @click.option("--k", "k", type=click.IntRange(1), help="Number of clusters.")
 @click.option("--auto", is_flag=True, help="Choose k in 2..12 by the silhouette score (on up to 5,000 runs).")
 @click.option("--objective", metavar="KEY",
-              help="Outcome key summarised per cluster (default: the one outcome key named sharpe, if any).")
+              help="Outcome key summarised per cluster (default: the only numeric outcome key, else the one named sharpe, if any).")
 @click.option("--seed", default=0, show_default=True, help="k-means seed (same seed, same labels).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @domain_errors

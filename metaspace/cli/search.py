@@ -152,7 +152,7 @@ class _HistoryRuns(click.ParamType):
               help="Target environments (JSON or JSONL; a line may be a record with its own as_of_date).")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many configs.")
 @click.option("--objective", metavar="KEY",
-              help="The outcome key to rank by (default: the one numeric outcome key named sharpe, at any depth).")
+              help="The outcome key to rank by (default: the only numeric outcome key, else the one named sharpe, at any depth).")
 @click.option("--higher-is-better/--lower-is-better", default=True, show_default=True)
 @click.option("--as-of", metavar="DATE", help="Only evidence dated on or before DATE (a cap: a line's own date may "
               "be earlier, never later).")

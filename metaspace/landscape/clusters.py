@@ -72,8 +72,8 @@ def cluster(*, space: str = "joint", k: int | None = None, auto: bool = False, o
             seed: int = 0, database_url: str | None = None) -> ClusterResult:
     """k-means over the stored vectors of a space; labels stored with the encoder version and parameters.
 
-    ``objective`` (an outcome key) is summarised per cluster; by default the one outcome key named sharpe,
-    if there is one."""
+    ``objective`` (an outcome key) is summarised per cluster; by default the only numeric outcome key, else the
+    one named sharpe, if there is one."""
     from sklearn.cluster import KMeans
 
     check_space(space)
