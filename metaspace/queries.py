@@ -244,7 +244,7 @@ def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
     try:
         import pandas as pd
     except ImportError:
-        raise MetaspaceError("as_frame=True needs pandas: pip install pandas") from None
+        raise MetaspaceError("as_frame=True needs pandas: pip install 'metaspace[frame]'") from None
     return pd.DataFrame(rows)
 
 
