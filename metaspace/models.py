@@ -47,6 +47,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Text,
@@ -68,8 +69,8 @@ from sqlalchemy.types import TypeEngine
 from metaspace.names import DIMENSION, SCHEMA
 
 __all__ = [
-    "BranchEmbedding", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
-    "EncoderVersion", "JointEmbedding", "Run", "RunCluster",
+    "BranchEmbedding", "BranchEntity", "Clustering", "EmbeddingQuarantine", "EncoderBranch", "EncoderFeature", "EncoderMatrix",
+    "EncoderVersion", "JointEmbedding", "Run", "RunCluster", "RunEntity",
     "RunVector", "Setting", "engine", "metadata", "neighbours", "search_record", "search_runs", "suggest_configs",
     "suggest_for_env", "neighbours_v1", "neighbours_v2", "neighbours_v3", "search_runs_v1",
     "search_runs_v2", "search_runs_v3", "suggest_configs_v1", "suggest_configs_v2", "suggest_configs_v3",
@@ -162,26 +163,49 @@ class EncoderVersion(Base):
     fitted_through: Mapped[dt.date | None] = mapped_column(Date)
 
 
-class BranchEmbedding(Base):
-    """A run's config, env or outcome vector; each branch has its own partial HNSW index."""
+class BranchEntity(Base):
+    """A distinct config, env or outcome record's vector, once per encoder version (revision 0019): keyed by
+    ``record_key`` (``historical_db.entity_key_v1`` of the record), with the vector its first writer computed
+    and ``first_seen``, the earliest as_of_date of its runs. embed-runs gives each branch a partial HNSW graph
+    over these (``docs/graphs.md``), which the migrations do not build."""
 
-    __tablename__ = "branch_embeddings"
+    __tablename__ = "branch_entities"
     __table_args__ = (
-        PrimaryKeyConstraint("run_id", "branch", "encoder_version"),
-        Index("branch_embeddings_version_date", "encoder_version", "branch", "as_of_date"),
-        *(Index(f"branch_embeddings_{branch}_hnsw", "vector", postgresql_where=text(f"branch = '{branch}'"), **_HNSW)
-          for branch in ("config", "env", "outcome")),
+        UniqueConstraint("encoder_version", "branch", "record_key", name="branch_entities_key"),
+        Index("branch_entities_first_seen", "encoder_version", "branch", "first_seen"),
+        {"comment": "each distinct config, env and outcome record's vector, once per encoder version "
+                    "(metaspace revision 0019)"},
+    )
+
+    entity_id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    encoder_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("encoder_versions.version", ondelete="RESTRICT"))
+    first_seen: Mapped[dt.date] = mapped_column(Date)
+    branch: Mapped[str] = mapped_column(Text)
+    record_key: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+class RunEntity(Base):
+    """A run's config, env and outcome entities for one encoder version, with the run's date, strategy and
+    config (the filters a search applies to the runs of the entities it finds)."""
+
+    __tablename__ = "run_entities"
+    __table_args__ = (
+        PrimaryKeyConstraint("run_id", "encoder_version"),
+        *(Index(f"run_entities_{branch}", f"{branch}_entity") for branch in ("config", "env", "outcome")),
+        {"comment": "each run's config, env and outcome entities, per encoder version (metaspace revision 0019)"},
     )
 
     run_id: Mapped[str] = mapped_column(Text, ForeignKey("runs.run_id", ondelete="CASCADE"))
-    branch: Mapped[str] = mapped_column(Text)
     encoder_version: Mapped[int] = mapped_column(
         Integer, ForeignKey("encoder_versions.version", ondelete="RESTRICT"))
-    model_id: Mapped[str] = mapped_column(Text)
     as_of_date: Mapped[dt.date] = mapped_column(Date)
     strategy_id: Mapped[str | None] = mapped_column(Text)
     config_id: Mapped[str | None] = mapped_column(Text)
-    vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+    config_entity: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("branch_entities.entity_id"))
+    env_entity: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("branch_entities.entity_id"))
+    outcome_entity: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("branch_entities.entity_id"))
 
 
 class Setting(Base):
@@ -352,6 +376,25 @@ class RunVector(_View):
     as_of_date: Mapped[dt.date] = mapped_column(Date)
     entity_scope: Mapped[dict[str, Any]] = mapped_column(JSONB)
     vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+
+
+class BranchEmbedding(_View):
+    """``historical_db.branch_embeddings`` (read-only, a view since revision 0019): each run's config, env and
+    outcome vectors, one row per run, branch and encoder version, with the ``entity_id`` the vector is stored
+    under. To walk a branch's graph, search ``BranchEntity`` (or call ``search_runs``)."""
+
+    __tablename__ = "branch_embeddings"
+    __table_args__ = {"info": {"is_view": True}}
+
+    run_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    branch: Mapped[str] = mapped_column(Text, primary_key=True)
+    encoder_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(Text)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    strategy_id: Mapped[str | None] = mapped_column(Text)
+    config_id: Mapped[str | None] = mapped_column(Text)
+    vector: Mapped[Any] = mapped_column(VECTOR(DIMENSION))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
 
 
 # The search functions' parameters (sql/search_v1.sql), in order, with their types.

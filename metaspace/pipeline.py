@@ -315,6 +315,9 @@ def _locked_embed_runs(conn, url: str, summary: EmbedSummary, selection, spaces,
             graphs.drop(conn, graphs.present(conn))
             summary.notes.append("large backfill: HNSW indexes dropped for the load, rebuilt after it")
         _embed_pending(conn, url, target, selection, summary, batch_size, progress)
+        orphans = vector_store.drop_orphans(conn)  # entities of runs deleted, or changed, by other programs
+        if orphans:
+            summary.notes.append(f"removed {orphans:,} distinct branch vector(s) no run references any more")
         _match_graphs(conn, summary, settings, owner=owner, bulk=bulk, index_started=time.perf_counter())
         if summary.embedded >= ANALYZE_MIN or summary.embedded * 10 >= summary.pending + stored_before:
             vector_store.analyze(conn)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 KINDS = ("run", "record", "env", "config", "outcome")
 MATCH_COLUMNS = search_store.MATCH_COLUMNS
+DISTINCT_COLUMNS = search_store.DISTINCT_COLUMNS
 DEFAULT_SPACE = {"run": "joint", "record": "joint", "env": "env", "config": "config", "outcome": "outcome"}
 
 
@@ -250,11 +251,18 @@ def _rows_or_frame(rows: list[dict[str, Any]], as_frame: bool):
 
 def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequence[str] = (),
                 config_id: str | Sequence[str] = (), scope: Mapping[str, Any] | None = None, exact: bool = False,
-                database_url: str | None = None) -> Iterator[Answer]:
+                distinct: bool = False, database_url: str | None = None) -> Iterator[Answer]:
     """The k nearest runs to each query, in input order (every input is encoded before the first answer).
+    With ``distinct``, the k nearest distinct environments (configs, outcomes) of the query's branch space
+    instead, each with its runs' count and dates (rows of ``DISTINCT_COLUMNS``).
 
     Each query vector is searched with the encoder version it was made with: if a rebuild switches versions
     during the batch, the queries still to come are encoded again with the new one."""
+    if distinct:
+        joint = [q.label for q in queries if q.space == "joint"]
+        if joint:
+            raise MetaspaceError(f"{joint[0]}: distinct answers are environments, configs or outcomes: search the "
+                                 "env, config or outcome space (--space env), where runs share their vectors")
     with session(database_url) as asked:
         conn, facts = asked.conn, asked.facts
         version, fitted_through = _active(facts), facts.fitted_through
@@ -266,11 +274,13 @@ def search_many(queries: Sequence[Query], *, k: int = 10, strategy: str | Sequen
                 notes = [*asked.notes, *notes]
             filters = search_store.Filters(query.as_of, _names(strategy), _names(config_id), scope)
             if query.kind == "run":
-                rows = search_store.neighbours(conn, query.value, k, query.space, filters, exact)
+                rows = (search_store.distinct(conn, None, k, query.space, filters, exact, run_id=query.value)
+                        if distinct else search_store.neighbours(conn, query.value, k, query.space, filters, exact))
             else:
+                ask = search_store.distinct if distinct else search_store.search
                 encoder, rows, notes = _following_switches(
                     conn, encoder, query, vector, notes,
-                    lambda v, version, query=query, filters=filters: search_store.search(
+                    lambda v, version, query=query, filters=filters, ask=ask: ask(
                         conn, v, k, query.space, filters, exact, version))
                 version, fitted_through = encoder.version, encoder.fitted_through
             note = fit_note(version, fitted_through, query.as_of)
@@ -331,14 +341,19 @@ def _answered(answers: Iterable[Answer], batch: bool, as_frame: bool):
 def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: Any = None, config: Any = None,
            outcome: Any = None, vector: Sequence[float] | np.ndarray | None = None, space: str | None = None,
            k: int = 10, as_of: Any = None, strategy: str | Sequence[str] = (), config_id: str | Sequence[str] = (),
-           scope: Mapping[str, Any] | None = None, exact: bool = False, database_url: str | None = None,
-           as_frame: bool = False):
+           scope: Mapping[str, Any] | None = None, exact: bool = False, distinct: bool = False,
+           database_url: str | None = None, as_frame: bool = False):
     """The k nearest stored runs to one of: a stored run (itself excluded), a record, an env, a config, an
     outcome, or a raw 384-d vector; the same options as ``metaspace search``.
 
     Returns a list of dicts (run_id, config_id, strategy_id, as_of_date, distance, entity_scope), or a pandas
     DataFrame with ``as_frame``. Given a list (of run ids, or of objects), returns one answer per item, in
-    order: a batch costs one connection and one encoder load. ``as_of`` caps every answer, as in the CLI."""
+    order: a batch costs one connection and one encoder load. ``as_of`` caps every answer, as in the CLI.
+
+    ``distinct``: "which environments are like this one": the k nearest distinct environments (or configs, or
+    outcomes: the space's distinct vectors) that have a run matching the filters, each once, with the count
+    of its matching runs, their first and last as_of_date, its first run and its record (entity_id, distance,
+    runs, first_date, last_date, first_run, record); a run's own environment is among them."""
     given = {"run": run, "record": record, "env": env, "config": config, "outcome": outcome, "vector": vector}
     chosen = [name for name, value in given.items() if value is not None]
     if len(chosen) != 1:
@@ -346,9 +361,13 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     kind = chosen[0]
     if kind == "vector":
         target = check_space(space or "joint")
+        if distinct and target == "joint":
+            raise MetaspaceError("distinct answers are environments, configs or outcomes: give space='env', "
+                                 "'config' or 'outcome'")
         with session(database_url) as asked:
             filters = search_store.Filters(parse_date(as_of, "as_of"), _names(strategy), _names(config_id), scope)
-            rows = search_store.search(asked.conn, vector, k, target, filters, exact)
+            ask = search_store.distinct if distinct else search_store.search
+            rows = ask(asked.conn, vector, k, target, filters, exact)
             for note in [*asked.notes, *_exact_only_notes(asked.facts)(target)]:
                 warnings.warn(note, stacklevel=2)
         return _rows_or_frame(rows, as_frame)
@@ -356,7 +375,7 @@ def search(*, run: str | Sequence[str] | None = None, record: Any = None, env: A
     queries = queries_from(kind, [(f"{kind}[{i}]" if batch else kind, item) for i, item in enumerate(items)],
                            space=space, as_of=as_of)
     answers = search_many(queries, k=k, strategy=strategy, config_id=config_id, scope=scope, exact=exact,
-                          database_url=database_url)
+                          distinct=distinct, database_url=database_url)
     return _answered(answers, batch, as_frame)
 
 

@@ -94,25 +94,26 @@ def test_the_indexed_spaces_are_stored_and_honoured_by_every_later_embed(db_url:
     assert any("HNSW graph(s) of joint (vector), config (halfvec) dropped" in note for note in narrowed.notes), \
         narrowed.notes
     pipeline.embed_runs(database_url=db_url, indexed_spaces="default")
-    assert _graphs(db_url) == {"joint", "env", "outcome"}
+    assert _graphs(db_url) == {"joint", "config", "env", "outcome"}
 
 
-def test_the_config_space_gets_no_graph_by_default_and_says_why(db_url: str, runs_file: str) -> None:
-    """Every run of a config shares its config vector: a few dozen distinct vectors, each copied hundreds of
-    times. An HNSW graph over such copies can cut a whole config off from the walk: on 3,000 sample runs (31
-    configs), one build in four left 20 of 200 queries unable to find their own config at any ef_search. By
-    default the config space is answered by exact search, which cannot miss, and says so."""
+def test_the_config_space_has_its_graph_by_default_and_it_finds_every_config(db_url: str, runs_file: str) -> None:
+    """Every run of a config shares its config vector. Over one copy per run, an HNSW graph could cut a whole
+    config off from the walk (on 3,000 sample runs, one build in four left 20 of 200 queries unable to find
+    their own config), so config had no graph. Since revision 0019 the graph is over the distinct configs."""
     pipeline.import_runs([runs_file], database_url=db_url)
     summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0)
-    assert _graphs(db_url) == {"joint", "env", "outcome"} and "config" not in summary.graphs
-    run_id, _ = _joint_query(db_url)
-    answer = CliRunner().invoke(cli, ["--database-url", db_url, "search", "--run", run_id, "--space", "config",
-                                      "--format", "json"])
-    assert answer.exit_code == 0, answer.output
-    rows, notes = json.loads(answer.stdout)["rows"], json.loads(answer.stdout)["notes"]
-    assert len(rows) == 10 and rows[0]["distance"] < 1e-5  # a run of the very same config, found exactly
-    said = [note for note in notes if "no HNSW graph" in note]
-    assert said and "shared by every run of a config" in said[0], notes
+    assert _graphs(db_url) == {"joint", "config", "env", "outcome"} and "config" in summary.graphs
+    with psycopg.connect(db_url) as conn:
+        runs = conn.execute("SELECT DISTINCT ON (config_id) run_id, config_id FROM historical_db.runs "
+                            "ORDER BY config_id, run_id").fetchall()
+    for run_id, config_id in runs:
+        answer = CliRunner().invoke(cli, ["--database-url", db_url, "search", "--run", run_id, "--space", "config",
+                                          "--format", "json"])
+        assert answer.exit_code == 0, answer.output
+        rows, notes = json.loads(answer.stdout)["rows"], json.loads(answer.stdout)["notes"]
+        assert len(rows) == 10 and all(r["config_id"] == config_id and r["distance"] < 1e-5 for r in rows), rows
+        assert not [note for note in notes if "no HNSW graph" in note], notes
 
 
 def test_a_search_in_a_space_that_is_not_indexed_says_it_answered_exactly(db_url: str, runs_file: str) -> None:
@@ -154,7 +155,9 @@ def test_downgrading_0012_refuses_to_forget_a_choice_unless_told(db_url: str, ru
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == runs_before == N
         assert graphs.read_settings(conn) == graphs.IndexSettings()
-    assert _graphs(db_url) == {"env"}  # the graphs are left as they were
+    # 0019's downgrade gives branch_embeddings back as a table (its graphs went with the entities), and its
+    # upgrade copies it into entities: the branch graphs are embed-runs' to build again
+    assert _graphs(db_url) == set()
 
 
 def _index_scans(conn: psycopg.Connection, index: str) -> int:
@@ -167,17 +170,18 @@ def _index_scans(conn: psycopg.Connection, index: str) -> int:
 def test_by_default_branch_graphs_are_halfvec_and_the_searches_walk_them(db_url: str, runs_file: str) -> None:
     pipeline.import_runs([runs_file], database_url=db_url)
     summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0)
-    assert summary.graph_types == {"joint": "vector", "env": "halfvec", "outcome": "halfvec"}
+    assert summary.graph_types == {"joint": "vector", "config": "halfvec", "env": "halfvec", "outcome": "halfvec"}
     run_id, _ = _joint_query(db_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("ANALYZE historical_db.branch_embeddings")
-        before = _index_scans(conn, "branch_embeddings_env_halfvec_hnsw")
+        conn.execute("ANALYZE historical_db.branch_entities")
+        before = _index_scans(conn, "branch_entities_env_halfvec_hnsw")
         walked = conn.execute("SELECT run_id, distance FROM historical_db.neighbours_v3(%s, 10, 'env')",
                               (run_id,)).fetchall()
-        assert _index_scans(conn, "branch_embeddings_env_halfvec_hnsw") == before + 1
+        assert _index_scans(conn, "branch_entities_env_halfvec_hnsw") > before
+        before = _index_scans(conn, "branch_entities_env_halfvec_hnsw")
         exact = conn.execute("SELECT run_id, distance FROM historical_db.neighbours_v3(%s, 10, 'env', "
                              "exact => true)", (run_id,)).fetchall()
-        assert _index_scans(conn, "branch_embeddings_env_halfvec_hnsw") == before + 1
+        assert _index_scans(conn, "branch_entities_env_halfvec_hnsw") == before
         # the distances are the float32 distances of the stored vectors, nearest first
         float32 = dict(conn.execute(
             "SELECT b.run_id, b.vector <-> q.vector FROM historical_db.branch_embeddings b, "

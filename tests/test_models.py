@@ -110,12 +110,11 @@ def test_the_view_is_mapped_read_only_outside_the_compared_metadata() -> None:
 @pytest.mark.parametrize(("change", "expected"), [
     ("ALTER TABLE historical_db.runs ADD COLUMN notes text", "add_column"),
     ("ALTER TABLE historical_db.runs ALTER COLUMN config_id SET NOT NULL", "modify_nullable"),
-    ("DROP VIEW historical_db.run_vectors_v1; "
-     "ALTER TABLE historical_db.branch_embeddings ALTER COLUMN vector TYPE vector(12) USING NULL", "modify_type"),
-    ("DROP INDEX historical_db.branch_embeddings_env_hnsw", "remove_index"),
-    ("DROP INDEX historical_db.branch_embeddings_env_hnsw; CREATE INDEX branch_embeddings_env_hnsw "
-     "ON historical_db.branch_embeddings USING hnsw (vector vector_l2_ops) WITH (m = 32) WHERE branch = 'env'",
-     "modify_index"),
+    ("DROP VIEW historical_db.run_vectors_v1; DROP VIEW historical_db.branch_embeddings; "
+     "ALTER TABLE historical_db.branch_entities ALTER COLUMN vector TYPE vector(12) USING NULL", "modify_type"),
+    ("DROP INDEX historical_db.run_entities_env", "remove_index"),
+    ("DROP INDEX historical_db.joint_embeddings_vector_hnsw; CREATE INDEX joint_embeddings_vector_hnsw "
+     "ON historical_db.joint_embeddings USING hnsw (vector vector_l2_ops) WITH (m = 32)", "modify_index"),
     ("DROP INDEX historical_db.joint_embeddings_version_date; CREATE INDEX joint_embeddings_version_date "
      "ON historical_db.joint_embeddings (encoder_version, as_of_date)", "modify_index"),
     ("CREATE TABLE historical_db.run_notes (run_id text)", "add_table"),
@@ -149,7 +148,8 @@ def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
 def sample_engine(sample_db: str) -> Iterator[Engine]:
     engine = models.engine(sample_db)
     with engine.begin() as conn:
-        conn.execute(text("ANALYZE historical_db.joint_embeddings, historical_db.branch_embeddings"))
+        conn.execute(text("ANALYZE historical_db.joint_embeddings, historical_db.branch_entities, "
+                          "historical_db.run_entities"))
     yield engine
     engine.dispose()
 

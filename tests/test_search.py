@@ -80,15 +80,28 @@ def test_search_walks_the_space_hnsw_index_and_exact_does_not(sconn, sample_hist
 
 
 @pytest.mark.parametrize("space", INDEXED)
-def test_plain_sql_over_the_view_uses_the_space_index(sconn, space: str) -> None:
+def test_plain_sql_uses_the_space_index(sconn, space: str) -> None:
     """The plain form of the README's table: ``vector <-> :q`` walks a float32 graph, and on a space whose
-    graph is halfvec (the default for the branches) the same query cast to halfvec walks it."""
+    graph is halfvec (the default for the branches) the same query cast to halfvec walks it. For the joint
+    space that is run_vectors_v1 (or joint_embeddings); a branch space's graph is over its distinct vectors,
+    branch_entities (revision 0019), and the query docs/sql.md shows walks it, then joins their runs."""
     query = sconn.execute("SELECT vector FROM historical_db.run_vectors_v1 WHERE space = %s LIMIT 1", (space,)).fetchone()[0]
-    order = ("vector <-> %s" if IndexSettings().kind(space) == "vector"
-             else "vector::halfvec(384) <-> %s::halfvec(384)")
-    plan = "\n".join(row[0] for row in sconn.execute(
-        "EXPLAIN SELECT run_id FROM historical_db.run_vectors_v1 WHERE space = %s AND encoder_version = 1 "
-        f"ORDER BY {order} LIMIT 10", (space, query)).fetchall())
+    order = ("vector <-> %(q)s" if IndexSettings().kind(space) == "vector"
+             else "vector::halfvec(384) <-> %(q)s::halfvec(384)")
+    if space == "joint":
+        statement = ("SELECT run_id FROM historical_db.run_vectors_v1 WHERE space = %(space)s AND encoder_version = 1 "
+                     f"ORDER BY {order} LIMIT 10")
+    else:
+        statement = f"""
+            WITH nearest AS (
+                SELECT e.entity_id, e.vector <-> %(q)s AS distance FROM historical_db.branch_entities e
+                WHERE e.branch = %(space)s AND e.encoder_version = historical_db.active_encoder_version_v1()
+                ORDER BY e.{order} LIMIT 10)
+            SELECT r.run_id, n.distance FROM nearest n JOIN historical_db.run_entities r
+              ON %(space)s = 'config' AND r.config_entity = n.entity_id OR %(space)s = 'env' AND r.env_entity = n.entity_id
+              OR %(space)s = 'outcome' AND r.outcome_entity = n.entity_id
+            ORDER BY n.distance, r.run_id"""
+    plan = "\n".join(row[0] for row in sconn.execute("EXPLAIN " + statement, {"space": space, "q": query}).fetchall())
     assert f"Index Scan using {_graph(space)}" in plan, plan
 
 
@@ -253,6 +266,9 @@ def test_injection_attempts_in_every_text_argument_fail_safely(sconn, sample_his
     assert sconn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == before
 
 
+WRITERS = ("store_run", "embed_pending", "attach_entities", "forget_vectors", "drop_orphans")
+
+
 def test_functions_pin_search_path_and_are_stable(sconn) -> None:
     rows = sconn.execute(
         "SELECT p.proname, p.proconfig, p.provolatile, p.proparallel FROM pg_proc p "
@@ -263,7 +279,7 @@ def test_functions_pin_search_path_and_are_stable(sconn) -> None:
                                     "suggest_configs", "store_run", "embed_pending", "encoder_transform_v1"}
     for name, config, volatility, parallel in rows:
         assert any(c.startswith("search_path=pg_catalog,") for c in config or []), name
-        if name.startswith(("store_run", "embed_pending")):  # writers: volatile, never in a parallel worker
+        if name.startswith(WRITERS):  # writers: volatile, never in a parallel worker
             assert volatility == "v" and parallel == "u", name
         else:
             assert volatility in ("s", "i") and parallel == "s", name

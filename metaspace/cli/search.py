@@ -13,6 +13,7 @@ from metaspace.cli.common import database_url, database_url_option, domain_error
 from metaspace.errors import MetaspaceError
 from metaspace.names import SPACES
 from metaspace.queries import (
+    DISTINCT_COLUMNS,
     HISTORY_RUNS,
     MATCH_COLUMNS,
     Answer,
@@ -24,6 +25,7 @@ from metaspace.queries import (
 )
 
 MATCH_TABLE = ("run_id", "config_id", "strategy_id", "as_of_date", "distance")
+DISTINCT_TABLE = ("entity_id", "distance", "runs", "first_date", "last_date", "first_run")
 SUGGEST_TABLE = ("config_id", "score", "runs", "mean_distance", "objective_mean", "objective_std", "best_run_id",
                  "deflated_confidence")
 
@@ -33,7 +35,7 @@ def _header(answer: Answer, index: int) -> str:
     return f"# {index}: {answer.query.label} ({answer.query.space} space{as_of})"
 
 
-def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
+def _emit(answers, fmt: str, table_columns: tuple[str, ...], csv_columns: tuple[str, ...] = MATCH_COLUMNS) -> int:
     """Print each answer as it comes; notes (imputations) go to stderr. Returns the number of answers."""
     writer = None
     count = 0
@@ -48,7 +50,7 @@ def _emit(answers, fmt: str, table_columns: tuple[str, ...]) -> int:
             echo_json([optuna_params(row) for row in answer.rows])
         elif fmt == "csv":
             if writer is None:
-                columns = ["input", "rank", *MATCH_COLUMNS]
+                columns = ["input", "rank", *csv_columns]
                 writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
                 writer.writeheader()
             for rank, row in enumerate(answer.rows, start=1):
@@ -89,11 +91,14 @@ def _inputs(run: tuple[str, ...], files: dict[str, str | None]) -> tuple[str, li
 @click.option("--config-id", "config_id", multiple=True, metavar="ID", help="Only runs of this config (repeatable).")
 @click.option("--scope", metavar="JSON", help="Only runs whose entity_scope contains this JSON object.")
 @click.option("--exact", is_flag=True, help="Exact search (no index): the reference answer, slower.")
+@click.option("--distinct", is_flag=True,
+              help="Environments (configs, outcomes) like it, each once, with its runs' count and dates, instead "
+                   "of runs (a branch space: --space env, config or outcome).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one JSON object per input (input, space, as_of, rows, notes), one per line, in order.")
 @domain_errors
 def search_command(run, env, config, outcome, record, space, k, as_of, strategy, config_id, scope, exact,
-                   fmt) -> None:
+                   distinct, fmt) -> None:
     """Find the stored runs nearest to a run, an env, a config, an outcome or a record.
 
     A FILE holds one JSON object or many (JSONL): each gets its own answer, in order, so a thousand
@@ -106,13 +111,14 @@ def search_command(run, env, config, outcome, record, space, k, as_of, strategy,
         metaspace search --run BT_RUN_12345 -k 5
         metaspace search --env today_env.json --as-of 2024-03-29 --strategy US_EQ_CORE
         metaspace search --record decisions.jsonl --format json > answers.jsonl
+        metaspace search --env today_env.json --distinct -k 5
     """
     kind, inputs = _inputs(run, {"env": env, "config": config, "outcome": outcome, "record": record})
     scope_obj = _scope(scope)
     queries = queries_from(kind, inputs, space=space, as_of=as_of)
     answers = search_many(queries, k=k, strategy=strategy, config_id=config_id, scope=scope_obj, exact=exact,
-                          database_url=database_url())
-    _emit(answers, fmt, MATCH_TABLE)
+                          distinct=distinct, database_url=database_url())
+    _emit(answers, fmt, *((DISTINCT_TABLE, DISTINCT_COLUMNS) if distinct else (MATCH_TABLE, MATCH_COLUMNS)))
 
 
 def _scope(text: str | None) -> dict[str, Any] | None:

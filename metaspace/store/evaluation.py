@@ -31,8 +31,9 @@ _KNOWN = """
     SELECT r.run_id, coalesce(r.config_id, r.run_id) AS config_id, r.as_of_date, md5(r.env::text) AS env_key,
            (r.outcome #>> %(path)s)::double precision AS value
     FROM historical_db.runs r
-    JOIN historical_db.branch_embeddings b
-      ON b.run_id = r.run_id AND b.branch = 'env' AND b.encoder_version = historical_db.active_encoder_version_v1()
+    JOIN historical_db.run_entities b
+      ON b.run_id = r.run_id AND b.env_entity IS NOT NULL
+     AND b.encoder_version = historical_db.active_encoder_version_v1()
     WHERE jsonb_typeof(r.outcome #> %(path)s) = 'number'
       AND (%(until)s::date IS NULL OR r.as_of_date <= %(until)s::date)
 """

@@ -7,11 +7,12 @@ A graph pays only where queries are asked of a space holding many vectors: its b
 the exact scan answers a k = 10 search in about 10-30 ms (docs/benchmarks.md, "Where a graph pays"). So:
 
 - a space gets a graph when it is among the indexed spaces and holds at least ``index_min_vectors``;
-- the indexed spaces are the team's choice (``embed-runs --indexed-spaces``); without one, joint, env and
-  outcome while the joint table holds fewer than ``LARGE_SCALE`` vectors (``DEFAULT_SPACES``), then joint
-  and env (``LARGE_SCALE_SPACES``), the ones ``search`` and ``suggest`` ask by default. Never config by
-  default: every run of a config shares its config vector, and an HNSW graph over a few dozen vectors each
-  copied hundreds of times can cut a config off from the walk (``CONFIG_COPIES``);
+- the indexed spaces are the team's choice (``embed-runs --indexed-spaces``); without one, all four while the
+  joint table holds fewer than ``LARGE_SCALE`` vectors (``DEFAULT_SPACES``), then joint, config and env
+  (``LARGE_SCALE_SPACES``), the ones ``search`` and ``suggest`` ask by default. A branch space's graph is over
+  its distinct vectors (``historical_db.branch_entities``, revision 0019: one per distinct config, env or
+  outcome record), so it counts distinct vectors, and config, a few dozen or thousand of them, has its graph
+  like the others (over copies, a graph cut configs off from the walk, and config was left out);
 - the graph's kind (``--graph-type``): by default a halfvec graph (0.57x the size, recall within 0.005 of
   float32 at 100,000 runs up to ef_search 100) for config, env and outcome, and a float32 one for joint, the space the plain
   ``ORDER BY vector <-> :q`` form of the design card asks; ``halfvec`` or ``vector`` makes all four alike.
@@ -72,20 +73,18 @@ PREFIX_STEP = 3  # each prefix graph holds a third of the runs of the one above 
 # selectivity at 100,000 runs"); below it they only cost builds (3 s of the demo's 20 at 20,000 runs).
 PREFIX_MIN_MULTIPLE = 50
 LARGE_SCALE = 1_000_000
-LARGE_SCALE_SPACES = ("joint", "env")
-DEFAULT_SPACES = ("joint", "env", "outcome")
-CONFIG_COPIES = ("config vectors are shared by every run of a config, and an HNSW graph over such copies can cut "
-                 "a config off from the walk, so config is not indexed by default")
+LARGE_SCALE_SPACES = ("joint", "config", "env")
+DEFAULT_SPACES = ("joint", "config", "env", "outcome")
 GRAPH_TYPES = ("vector", "halfvec")
-# The graphs of sql/vector_indexes_v1.sql (float32) and v2 (halfvec), one per space, in the files' order.
-# (store/vectors.py names the v1 ones too; this module imports nothing heavy, since a search by stored run
-# reads the note below.)
-INDEX_FILES = {"vector": "vector_indexes_v1.sql", "halfvec": "vector_indexes_v2.sql"}
+# The graphs of sql/vector_indexes_v3.sql (float32) and v4 (halfvec), one per space, in the files' order: the
+# joint one over joint_embeddings, the branch ones over branch_entities. (This module imports nothing heavy,
+# since a search by stored run reads the note below.)
+INDEX_FILES = {"vector": "vector_indexes_v3.sql", "halfvec": "vector_indexes_v4.sql"}
 INDEX_NAMES = {
     ("joint", "vector"): "joint_embeddings_vector_hnsw",
-    **{(branch, "vector"): f"branch_embeddings_{branch}_hnsw" for branch in SPACES[1:]},
+    **{(branch, "vector"): f"branch_entities_{branch}_hnsw" for branch in SPACES[1:]},
     ("joint", "halfvec"): "joint_embeddings_halfvec_hnsw",
-    **{(branch, "halfvec"): f"branch_embeddings_{branch}_halfvec_hnsw" for branch in SPACES[1:]},
+    **{(branch, "halfvec"): f"branch_entities_{branch}_halfvec_hnsw" for branch in SPACES[1:]},
 }
 Graph = tuple[str, str]  # (space, kind)
 
@@ -120,7 +119,7 @@ class IndexSettings:
 
     def describe(self) -> str:
         spaces = ", ".join(self.indexed_spaces) if self.indexed_spaces is not None else (
-            f"{', '.join(DEFAULT_SPACES)} below {LARGE_SCALE:,} joint vectors, then {' and '.join(LARGE_SCALE_SPACES)}")
+            f"{', '.join(DEFAULT_SPACES)} below {LARGE_SCALE:,} joint vectors, then {', '.join(LARGE_SCALE_SPACES)}")
         kind = self.graph_type or "halfvec, float32 for joint"
         prefix = "" if self.asof_exact_runs is None else f"; as-of prefix graphs down to {self.exact_runs:,} runs"
         return (f"indexed spaces: {spaces or 'none'}; a graph from {self.min_vectors:,} vectors; graphs: {kind}"
@@ -177,11 +176,11 @@ def save_settings(conn: psycopg.Connection, settings: IndexSettings) -> None:
 
 def vector_counts(conn: psycopg.Connection) -> dict[str, int]:
     """Vectors each space's graph would hold: every vector of the joint table (its graph covers all rows),
-    and each branch's rows."""
+    and each branch's distinct vectors (its entities)."""
     counts = dict.fromkeys(SPACES, 0)
     counts["joint"] = conn.execute(f"SELECT count(vector) FROM {SCHEMA}.joint_embeddings").fetchone()[0]  # noqa: S608
     counts.update(dict(conn.execute(
-        f"SELECT branch, count(*) FROM {SCHEMA}.branch_embeddings GROUP BY branch").fetchall()))  # noqa: S608
+        f"SELECT branch, count(*) FROM {SCHEMA}.branch_entities GROUP BY branch").fetchall()))  # noqa: S608
     return counts
 
 
@@ -239,10 +238,8 @@ def exact_only_note_for(space: str, indexed_spaces: tuple[str, ...] | None, join
         return None
     if settings.indexed_spaces is not None:
         why = "the indexed spaces chosen for this database are " + (", ".join(indexed) or "none")
-    elif space == "config":
-        why = CONFIG_COPIES
     else:
-        why = f"above {LARGE_SCALE:,} runs only {' and '.join(LARGE_SCALE_SPACES)} are indexed by default"
+        why = f"above {LARGE_SCALE:,} runs only {', '.join(LARGE_SCALE_SPACES)} are indexed by default"
     return (f"the {space} space has no HNSW graph ({why}): answered by exact search; "
             f"metaspace embed-runs --indexed-spaces {','.join(sorted({*indexed, space}, key=SPACES.index))} "
             "builds one")
@@ -253,7 +250,7 @@ def exact_only_note_for(space: str, indexed_spaces: tuple[str, ...] | None, join
 PREFIX_NAME = re.compile(r"^asof_(joint|config|env|outcome)_(vector|halfvec)_([0-9]+)(_new|_old)?$")
 STAGED, RETIRED = "_new", "_old"  # a copy being built, a copy replaced and about to be dropped
 PREFIX_LOCK_KEY = 0x6D657461_6173  # "meta" "as": one rebuild of prefix graphs at a time
-PREFIX_DATE = re.compile(r"as_of_date <= '([0-9]{4}-[0-9]{2}-[0-9]{2})'::date")
+PREFIX_DATE = re.compile(r"(?:as_of_date|first_seen) <= '([0-9]{4}-[0-9]{2}-[0-9]{2})'::date")
 
 
 @dataclass(frozen=True)
@@ -303,13 +300,14 @@ def prefix_leftovers(conn: psycopg.Connection) -> list[str]:
 
 
 def as_of_histogram(conn: psycopg.Connection, space: str) -> list[tuple[dt.date, int]]:
-    """(as-of date, vectors of that date) of the vectors a space's graph holds, oldest first."""
+    """(as-of date, vectors of that date) of the vectors a space's graph holds, oldest first: the joint
+    vectors by their run's date, a branch's entities by the date they were first seen."""
     if space == "joint":
         query = (f"SELECT as_of_date, count(*) FROM {SCHEMA}.joint_embeddings "  # noqa: S608
                  "WHERE vector IS NOT NULL AND as_of_date IS NOT NULL GROUP BY 1 ORDER BY 1")
         return conn.execute(query).fetchall()
-    query = (f"SELECT as_of_date, count(*) FROM {SCHEMA}.branch_embeddings "  # noqa: S608
-             "WHERE branch = %s AND as_of_date IS NOT NULL GROUP BY 1 ORDER BY 1")
+    query = (f"SELECT first_seen, count(*) FROM {SCHEMA}.branch_entities "  # noqa: S608
+             "WHERE branch = %s GROUP BY 1 ORDER BY 1")
     return conn.execute(query, (space,)).fetchall()
 
 
@@ -351,12 +349,15 @@ def prefix_stale(have: list[PrefixGraph], plan: list[PrefixGraph], histogram: li
 
 def prefix_ddl(prefix: PrefixGraph, *, concurrently: bool = False, name: str | None = None) -> sql.Composed:
     """CREATE INDEX for one prefix graph: the space's graph (same kind, same parameters) over the vectors
-    known as of its date. The date is a literal taken from the database's own as-of dates."""
+    known as of its date (a branch's entities first seen by then). The date is a literal taken from the
+    database's own dates."""
     column = sql.SQL("vector vector_l2_ops" if prefix.kind == "vector" else "(vector::halfvec(384)) halfvec_l2_ops")
-    table = sql.SQL("joint_embeddings" if prefix.space == "joint" else "branch_embeddings")
-    where = sql.SQL("as_of_date <= {}").format(sql.Literal(prefix.as_of))
-    if prefix.space != "joint":
-        where = sql.SQL("branch = {} AND ").format(sql.Literal(prefix.space)) + where
+    if prefix.space == "joint":
+        table, where = sql.SQL("joint_embeddings"), sql.SQL("as_of_date <= {}").format(sql.Literal(prefix.as_of))
+    else:
+        table = sql.SQL("branch_entities")
+        where = sql.SQL("branch = {} AND first_seen <= {}").format(sql.Literal(prefix.space),
+                                                                    sql.Literal(prefix.as_of))
     return sql.SQL("CREATE INDEX {concurrently}{name} ON {schema}.{table} USING hnsw ({column}) "
                    "WITH (m = 16, ef_construction = 64) WHERE {where}").format(
         concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""), name=sql.Identifier(name or prefix.name),

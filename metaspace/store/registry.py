@@ -97,6 +97,7 @@ def activate(conn: psycopg.Connection, version: int) -> int | None:
                  (version,))
     if previous and previous[0] != version:
         conn.execute("DELETE FROM historical_db.joint_embeddings WHERE encoder_version = %s", (previous[0],))
-        conn.execute("DELETE FROM historical_db.branch_embeddings WHERE encoder_version = %s", (previous[0],))
+        conn.execute("DELETE FROM historical_db.run_entities WHERE encoder_version = %s", (previous[0],))
+        conn.execute("DELETE FROM historical_db.branch_entities WHERE encoder_version = %s", (previous[0],))
         return previous[0]
     return None

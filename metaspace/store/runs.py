@@ -92,13 +92,7 @@ def import_cursor(conn: psycopg.Connection, source: str, scope: dict[str, Any], 
 
 def forget_vectors(conn: psycopg.Connection, run_ids: list[str]) -> None:
     """Drop the vectors and quarantine entries of changed runs, so that embed-runs encodes them again."""
-    conn.execute(
-        "DELETE FROM historical_db.joint_embeddings WHERE encoder_version IS NOT NULL AND joint_type = %s "
-        "AND model_id = %s AND run_id = ANY(%s)",
-        (JOINT_TYPE, JOINT_MODEL, run_ids),
-    )
-    conn.execute("DELETE FROM historical_db.branch_embeddings WHERE run_id = ANY(%s)", (run_ids,))
-    conn.execute("DELETE FROM historical_db.embedding_quarantine WHERE run_id = ANY(%s)", (run_ids,))
+    conn.execute("SELECT historical_db.forget_vectors_v1(%s)", (run_ids,))  # and the entities only they used
 
 
 def _run_from_row(row: tuple) -> dict[str, Any]:

@@ -85,6 +85,35 @@ def search(conn: psycopg.Connection, vector: np.ndarray, k: int, space: str, fil
     return _matches(rows)
 
 
+DISTINCT_COLUMNS = ("entity_id", "distance", "runs", "first_date", "last_date", "first_run", "record")
+
+
+def distinct(conn: psycopg.Connection, vector: np.ndarray | None, k: int, space: str, filters: Filters, exact: bool,
+             version: int | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The k nearest distinct entities of a branch space (historical_db.search_distinct): to a vector made with
+    encoder ``version``, or to a stored run's own vector in that space (``run_id``)."""
+    if run_id is not None:
+        found = conn.execute(
+            "SELECT b.vector, b.encoder_version FROM historical_db.branch_embeddings b WHERE b.run_id = %s "
+            "AND b.branch = %s AND b.encoder_version = historical_db.active_encoder_version_v1()",
+            (run_id, space)).fetchone()
+        if found is None:
+            raise MetaspaceError(f"run {run_id!r} has no {space} vector for the active encoder version: import it "
+                                 "(metaspace import-runs) and embed it (metaspace embed-runs), or check the run_id")
+        query, version = found
+    else:
+        query = _float32(vector)
+    rows = _call(
+        conn,
+        "SELECT * FROM historical_db.search_distinct(%(q)s, %(k)s, %(space)s, %(as_of)s, %(strategies)s, "
+        "%(configs)s, %(scope)s, %(exact)s, %(version)s)",
+        {"q": query, "k": k, "space": space, "exact": exact, "version": version} | filters.params(),
+    )
+    found_rows = [dict(zip(DISTINCT_COLUMNS, row)) for row in rows]
+    return [row | {"first_date": row["first_date"].isoformat(), "last_date": row["last_date"].isoformat()}
+            for row in found_rows]
+
+
 def neighbours(conn: psycopg.Connection, run_id: str, k: int, space: str, filters: Filters,
                exact: bool) -> list[dict[str, Any]]:
     rows = _call(

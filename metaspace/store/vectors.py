@@ -112,18 +112,19 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
         """,  # noqa: S608 (only fixed column names are interpolated)
         {"joint_type": JOINT_TYPE, "source": SOURCE, "model_id": JOINT_MODEL, "version": version},
     )
+    # The branch vectors: each distinct branch record stored once, the runs referencing it (one rule for every
+    # writer: historical_db.attach_entities_v1, sql/branch_entities_v1.sql).
     conn.execute(
         """
-        INSERT INTO historical_db.branch_embeddings
-            (run_id, branch, encoder_version, model_id, as_of_date, strategy_id, config_id, vector)
-        SELECT m.run_id, b.branch, %(version)s, b.model_id, m.as_of_date, m.strategy_id, m.config_id, v.vector
-        FROM staging_vectors v JOIN staging_meta m ON m.idx = v.idx
-             JOIN (SELECT unnest(%(codes)s::smallint[]) AS code, unnest(%(branches)s::text[]) AS branch,
-                          unnest(%(models)s::text[]) AS model_id) b ON b.code = v.space
-        ON CONFLICT (run_id, branch, encoder_version) DO NOTHING
+        SELECT historical_db.attach_entities_v1(%(version)s, array_agg(m.run_id ORDER BY m.idx),
+                                                array_agg(c.vector ORDER BY m.idx), array_agg(e.vector ORDER BY m.idx),
+                                                array_agg(o.vector ORDER BY m.idx))
+        FROM staging_meta m
+             JOIN staging_vectors c ON c.idx = m.idx AND c.space = %(config)s
+             JOIN staging_vectors e ON e.idx = m.idx AND e.space = %(env)s
+             JOIN staging_vectors o ON o.idx = m.idx AND o.space = %(outcome)s
         """,
-        {"version": version, "codes": [SPACE_CODES[b] for b in BRANCH_MODELS], "branches": list(BRANCH_MODELS),
-         "models": list(BRANCH_MODELS.values())},
+        {"version": version} | {branch: SPACE_CODES[branch] for branch in BRANCH_MODELS},
     )
 
 
@@ -178,9 +179,14 @@ def owns_tables(conn: psycopg.Connection) -> bool:
 def analyze(conn: psycopg.Connection) -> None:
     """Refresh the planner's statistics after a load, so searches use the HNSW indexes right away
     (before autovacuum gets to it, a freshly loaded table looks tiny and gets sequential scans)."""
-    conn.execute("ANALYZE historical_db.joint_embeddings")
-    conn.execute("ANALYZE historical_db.branch_embeddings")
-    conn.execute("ANALYZE historical_db.runs")
+    for table in ("joint_embeddings", "branch_entities", "run_entities", "runs"):
+        conn.execute(f"ANALYZE historical_db.{table}")
+
+
+def drop_orphans(conn: psycopg.Connection) -> int:
+    """Remove the branch entities no run references any more (runs deleted, records changed by hand): what
+    embed-runs sweeps after its writes. Returns how many."""
+    return conn.execute("SELECT historical_db.drop_orphans_v1()").fetchone()[0]
 
 
 def lock(conn: psycopg.Connection) -> None:

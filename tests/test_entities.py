@@ -1,0 +1,298 @@
+"""Entities, not copies (issue 25, revision 0019): each distinct config, env and outcome record's vector is stored
+once (historical_db.branch_entities), runs reference them (historical_db.run_entities), the branch graphs are
+built over the distinct vectors, and a search expands the entities it finds to their runs with every filter.
+
+The history of a sweep: 300 environments, each tried with 40 configs (benchmarks/bench_duplicates.py), loaded
+by the default path. On the layout before (one vector per run and branch, the env graph over copies) the
+default path found 0.94 of the exact answer at k = 10 and 0.90 at k = 1,000, and 8 of 200 env queries never
+found their own environment."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg.types.json import Jsonb
+
+import metaspace
+from metaspace import pipeline
+from metaspace.cli import cli
+from metaspace.store import migrate
+from metaspace.store.connection import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_duplicates  # noqa: E402  (the benchmark's own history and recall, one definition of each)
+
+ENVS, CONFIGS = 300, 40
+BEFORE = "0018_suggest_v7"
+
+
+@pytest.fixture(scope="module")
+def sweep_db(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from conftest import TEMPLATE, _create_database, _drop_database
+
+    path = metaspace.write_runs(bench_duplicates.history(ENVS, CONFIGS, seed=1),
+                                tmp_path_factory.mktemp("sweep") / "runs.jsonl")
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    url = _create_database(server_url, name, template=TEMPLATE)
+    metaspace.import_runs([str(path)], database_url=url)
+    metaspace.embed_runs(database_url=url)
+    yield url
+    metaspace.close()
+    _drop_database(server_url, name)
+
+
+def _recall(url: str, count: int = 60) -> dict[str, dict[int, dict]]:
+    grid = bench_duplicates.sweep_configs(CONFIGS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        queries = bench_duplicates.pick_queries(conn, ENVS, CONFIGS, count, seed=3)
+        return {space: bench_duplicates.recall(conn, space, queries[space], grid) for space in ("env", "config")}
+
+
+def test_each_distinct_record_is_stored_once_and_every_run_reads_its_vectors(sweep_db: str) -> None:
+    with psycopg.connect(sweep_db) as conn:
+        entities = dict(conn.execute("SELECT branch, count(*) FROM historical_db.branch_entities GROUP BY 1"))
+        outcomes = conn.execute("SELECT count(DISTINCT outcome) FROM historical_db.runs").fetchone()[0]
+        assert entities == {"env": ENVS, "config": CONFIGS, "outcome": outcomes}
+        assert conn.execute("SELECT count(*), count(DISTINCT run_id) FROM historical_db.branch_embeddings "
+                            "WHERE branch = 'env'").fetchone() == (ENVS * CONFIGS, ENVS * CONFIGS)
+        # first_seen is the earliest as_of_date of an entity's runs
+        assert conn.execute("""
+            SELECT count(*) FROM historical_db.branch_entities e
+            WHERE e.first_seen <> (SELECT min(b.as_of_date) FROM historical_db.branch_embeddings b
+                                   WHERE b.entity_id = e.entity_id)""").fetchone()[0] == 0
+
+
+def test_the_default_path_finds_every_environment_and_config(sweep_db: str) -> None:
+    """With 300 environments and 40 configs, neither space reaches the 10,000 distinct vectors at which it gets
+    a graph: the exact scan answers, over 300 and 40 vectors instead of 12,000 copies."""
+    for space, by_k in _recall(sweep_db).items():
+        for k, measured in by_k.items():
+            assert measured["mean"] >= 0.99 and measured["missing_own"] == 0, (space, k, measured)
+
+
+def test_a_graph_over_the_distinct_vectors_finds_every_environment_and_config(sweep_db: str) -> None:
+    pipeline.embed_runs(database_url=sweep_db, index_min_vectors=0)  # a graph for every space, whatever its size
+    with psycopg.connect(sweep_db, autocommit=True) as conn:
+        graphs = {name for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'branch_entities_%hnsw'")}
+        assert graphs == {f"branch_entities_{b}_halfvec_hnsw" for b in ("config", "env", "outcome")}
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        before = _scans(conn, "branch_entities_env_halfvec_hnsw")
+    for space, by_k in _recall(sweep_db).items():
+        for k, measured in by_k.items():
+            assert measured["mean"] >= 0.99 and measured["missing_own"] == 0, (space, k, measured)
+    with psycopg.connect(sweep_db, autocommit=True) as conn:
+        assert _scans(conn, "branch_entities_env_halfvec_hnsw") > before  # the walk, not the exact scan
+    metaspace.embed_runs(database_url=sweep_db, index_min_vectors=None)
+
+
+def _scans(conn: psycopg.Connection, index: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)).fetchone()
+    return row[0] if row else 0
+
+
+def test_distinct_answers_environments_with_their_runs_and_dates(sweep_db: str) -> None:
+    with psycopg.connect(sweep_db) as conn:
+        run, day = conn.execute("SELECT run_id, as_of_date FROM historical_db.runs WHERE run_id = 'DUP_0000150_007'"
+                                ).fetchone()
+        env = conn.execute("SELECT env FROM historical_db.runs WHERE run_id = %s", (run,)).fetchone()[0]
+    rows = metaspace.search(run=run, space="env", distinct=True, k=5, database_url=sweep_db)
+    assert len(rows) == 5 and len({r["entity_id"] for r in rows}) == 5
+    assert rows[0]["distance"] == 0 and rows[0]["record"] == env and rows[0]["first_date"] == day.isoformat()
+    assert all(r["runs"] == CONFIGS and r["first_date"] == r["last_date"] for r in rows)
+    assert [r["distance"] for r in rows] == sorted(r["distance"] for r in rows)
+    # the same as the exact answer's first distinct environments
+    exact = metaspace.search(run=run, space="env", distinct=True, k=5, exact=True, database_url=sweep_db)
+    assert [r["entity_id"] for r in rows] == [r["entity_id"] for r in exact]
+    # a filter counts only the runs it keeps
+    seventh = bench_duplicates.sweep_configs(CONFIGS)[7].config_id
+    one = metaspace.search(run=run, space="env", distinct=True, k=3, config_id=seventh, database_url=sweep_db)
+    assert [r["runs"] for r in one] == [1, 1, 1]
+    result = CliRunner().invoke(cli, ["--database-url", sweep_db, "search", "--run", run, "--space", "env",
+                                      "--distinct", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "entity_id" in result.output and str(rows[2]["entity_id"]) in result.output
+    joint = CliRunner().invoke(cli, ["--database-url", sweep_db, "search", "--run", run, "--distinct"])
+    assert joint.exit_code == 1 and "--space env" in joint.output and "Traceback" not in joint.output
+
+
+def test_as_of_a_date_no_entity_or_run_dated_after_it_is_answered(sweep_db: str) -> None:
+    with connect(sweep_db) as conn:
+        days = [d for (d,) in conn.execute("SELECT DISTINCT as_of_date FROM historical_db.runs ORDER BY 1")]
+        query = conn.execute("SELECT vector FROM historical_db.branch_embeddings WHERE run_id = 'DUP_0000299_000' "
+                             "AND branch = 'env'").fetchone()[0]
+    for day in (days[3], days[len(days) // 2], days[-2]):
+        for exact in (False, True):
+            distinct = metaspace.search(vector=np.asarray(query.to_numpy()), space="env", distinct=True, k=8,
+                                        as_of=day, exact=exact, database_url=sweep_db)
+            assert distinct and all(dt.date.fromisoformat(r["last_date"]) <= day for r in distinct)
+            runs = metaspace.search(vector=np.asarray(query.to_numpy()), space="env", k=100, as_of=day, exact=exact,
+                                    database_url=sweep_db)
+            assert len(runs) == 100 and all(dt.date.fromisoformat(r["as_of_date"]) <= day for r in runs)
+
+
+def _store(url: str, run_id: str, env: dict, entered: threading.Event | None = None,
+           release: threading.Event | None = None) -> None:
+    """store_run for a new run in environment ``env``, with an existing run's vectors; optionally holding its
+    transaction open (after the write) until ``release``."""
+    with psycopg.connect(url) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        version, fingerprint = conn.execute(
+            "SELECT version, fingerprint FROM historical_db.encoder_versions WHERE is_active").fetchone()
+        vectors = [conn.execute("SELECT vector FROM historical_db.run_vectors_v1 WHERE run_id = 'DUP_0000000_000' "
+                                "AND space = %s", (space,)).fetchone()[0] for space in ("joint", "config", "env",
+                                                                                        "outcome")]
+        record = {"run_id": run_id, "as_of_date": "2030-01-02", "strategy_id": "S", "config_id": "C",
+                  "config": {"a": 1}, "env": env, "outcome": {"sharpe": 1.0}}
+        conn.execute("SELECT historical_db.store_run(%s, %s, %s, %s, %s, %s, %s, %s)",
+                     (Jsonb(record), hashlib.sha256(run_id.encode()).hexdigest(), version, fingerprint, *vectors))
+        if entered is not None:
+            entered.set()
+            assert release.wait(30)
+        conn.commit()
+
+
+def test_concurrent_writers_of_one_new_environment_meet_in_one_entity(db_url: str, tmp_path: Path) -> None:
+    pipeline.import_runs([str(metaspace.write_runs(bench_duplicates.history(4, 3, seed=2), tmp_path / "r.jsonl"))],
+                         database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    env = {"realized_vol": 0.123, "regime": "new"}
+    entered, release, errors = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        try:
+            _store(db_url, "NEW_A", env, entered, release)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    def second() -> None:
+        try:
+            _store(db_url, "NEW_B", env)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert entered.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(2)
+    assert b.is_alive()  # waits for the first writer's entity, neither duplicating it nor failing
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert errors == []
+    with psycopg.connect(db_url) as conn:
+        refs = conn.execute("SELECT run_id, env_entity FROM historical_db.run_entities WHERE run_id LIKE 'NEW_%' "
+                            "ORDER BY 1").fetchall()
+        assert len(refs) == 2 and refs[0][1] == refs[1][1]
+        assert conn.execute("SELECT count(*) FROM historical_db.branch_entities e JOIN historical_db.runs r "
+                            "ON historical_db.entity_key_v1(r.env) = e.record_key WHERE r.run_id = 'NEW_A' "
+                            "AND e.branch = 'env'").fetchone()[0] == 1
+
+
+def test_an_entity_no_run_references_is_removed_by_whoever_orphaned_it(db_url: str, tmp_path: Path) -> None:
+    runs = list(bench_duplicates.history(3, 2, seed=4))
+    pipeline.import_runs([str(metaspace.write_runs(runs, tmp_path / "r.jsonl"))], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+
+    def envs() -> int:
+        with psycopg.connect(db_url) as conn:
+            return conn.execute("SELECT count(*) FROM historical_db.branch_entities WHERE branch = 'env'").fetchone()[0]
+
+    assert envs() == 3
+    # import-runs: both runs of environment 0 change their env: its entity goes with the last one that used it
+    changed = [dict(r, env=dict(r["env"], shock=1.0)) for r in runs[:2]]
+    pipeline.import_runs([str(metaspace.write_runs(changed, tmp_path / "c.jsonl"))], database_url=db_url)
+    assert envs() == 2
+    pipeline.embed_runs(database_url=db_url)
+    assert envs() == 3
+    # runs deleted by another program: embed-runs sweeps what they leave, and says so
+    with psycopg.connect(db_url) as conn:
+        conn.execute("DELETE FROM historical_db.runs WHERE run_id = ANY(%s)", ([r["run_id"] for r in runs[2:4]],))
+    assert envs() == 3
+    summary = pipeline.embed_runs(database_url=db_url)
+    assert envs() == 2
+    assert any("no run references" in note for note in summary.notes), summary.notes
+
+
+# -- the migration from one vector per run and branch ------------------------------------------------------------
+
+def _old_layout(url: str) -> None:
+    """At revision 0018: 40 runs in 8 environments and 5 configs, their branch vectors copied per run as the
+    writers of 0018 wrote them; one copy of environment 3 written by another encoder (1e-6 away)."""
+    rng = np.random.default_rng(7)
+    env_vectors = rng.standard_normal((8, 384)).astype(np.float32)
+    config_vectors = rng.standard_normal((5, 384)).astype(np.float32)
+    with psycopg.connect(url) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        conn.execute("INSERT INTO historical_db.encoder_versions (version, model_id, state, fingerprint, "
+                     "fitted_on_runs, is_active) VALUES (1, 'joint-meta-config-env-v1', '{}', %s, 40, true)",
+                     ("f" * 64,))
+        for i in range(40):
+            e, c = i // 5, i % 5
+            run = f"R{i:03d}"
+            day = dt.date(2020, 1, 1) + dt.timedelta(days=7 * e + (i * 3) % 5)
+            conn.execute("INSERT INTO historical_db.runs (run_id, config_id, strategy_id, as_of_date, config, env, "
+                         "outcome, record_sha256) VALUES (%s, %s, 'S', %s, %s, %s, %s, %s)",
+                         (run, f"C{c}", day, Jsonb({"c": c}), Jsonb({"e": e}), Jsonb({"o": i}), "0" * 64))
+            env = env_vectors[e] + (np.float32(1e-6) if run == "R017" else np.float32(0))
+            for branch, vector in (("config", config_vectors[c]), ("env", env),
+                                   ("outcome", rng.standard_normal(384).astype(np.float32))):
+                conn.execute("INSERT INTO historical_db.branch_embeddings (run_id, branch, encoder_version, model_id, "
+                             "as_of_date, strategy_id, config_id, vector) VALUES (%s, %s, 1, %s, %s, 'S', %s, %s)",
+                             (run, branch, f"num-{branch}-core-v1", day, f"C{c}", vector))
+
+
+def _branch_rows(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT run_id, branch, encoder_version, model_id, as_of_date, strategy_id, config_id, "
+                            "vector::text FROM historical_db.branch_embeddings ORDER BY 1, 2").fetchall()
+
+
+@pytest.mark.parametrize("concurrently", [False, True])
+def test_the_migration_moves_no_vector_and_downgrades_to_the_same_rows(empty_db: str, concurrently: bool) -> None:
+    migrate.upgrade(empty_db, BEFORE)
+    _old_layout(empty_db)
+    before = _branch_rows(empty_db)
+    assert len(before) == 120
+
+    migrate.upgrade(empty_db, concurrently=concurrently)
+    assert _branch_rows(empty_db) == before  # every run reads exactly the vector it had
+    with psycopg.connect(empty_db) as conn:
+        counts = dict(conn.execute("SELECT branch, count(*) FROM historical_db.branch_entities GROUP BY 1"))
+        assert counts == {"config": 5, "env": 8 + 1, "outcome": 40}  # environment 3's other copy is its own
+        assert conn.execute("SELECT to_regclass('historical_db.branch_entities_0019_changed')").fetchone()[0] is None
+        wrong = conn.execute("""
+            SELECT count(*) FROM historical_db.branch_entities e
+            WHERE e.first_seen <> (SELECT min(b.as_of_date) FROM historical_db.branch_embeddings b
+                                   WHERE b.entity_id = e.entity_id)""").fetchone()[0]
+        assert wrong == 0
+
+    migrate.downgrade(empty_db, BEFORE)
+    assert _branch_rows(empty_db) == before
+    with psycopg.connect(empty_db) as conn:
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'historical_db.branch_embeddings'::regclass"
+                            ).fetchone()[0]
+    assert kind == "r"
+    migrate.upgrade(empty_db)
+    assert _branch_rows(empty_db) == before
