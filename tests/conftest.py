@@ -117,28 +117,44 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
         yield connection
 
 
+SAMPLE_RUNS, SAMPLE_SEED = 3000, 11
+SAMPLE_TEMPLATE = "metaspace_sample_template"
+
+
 @pytest.fixture(scope="module")
 def sample_history(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """3,000 runs of the simulated sample history (seeded): strategies really run on regime-switching markets."""
     from metaspace.sample import sample_runs
 
-    return sample_runs(3000, seed=11)
+    return sample_runs(SAMPLE_RUNS, seed=SAMPLE_SEED)
+
+
+@pytest.fixture(scope="session")
+def sample_template(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample history imported and embedded once per session, in a database each module's sample_db copies
+    (a copy takes about a second; an import and embed with graphs, about ten)."""
+    import metaspace
+    from metaspace import pipeline
+    from metaspace.sample import sample_runs, write_runs
+
+    path = write_runs(sample_runs(SAMPLE_RUNS, seed=SAMPLE_SEED),
+                      tmp_path_factory.mktemp("sample") / "runs.jsonl.gz")
+    _drop_database(server_url, SAMPLE_TEMPLATE)
+    url = _create_database(server_url, SAMPLE_TEMPLATE, template=TEMPLATE)
+    pipeline.import_runs([str(path)], database_url=url)
+    # every space indexed by default gets its HNSW graph at this size too (by default a graph waits for 10,000
+    # vectors), so the tests of the graph walk have one to walk; the default graph types (float32 joint,
+    # halfvec config, env and outcome), the layout the functions walk by default
+    pipeline.embed_runs(database_url=url, index_min_vectors=0)
+    metaspace.close()  # a database with open sessions cannot be copied
+    return SAMPLE_TEMPLATE
 
 
 @pytest.fixture(scope="module")
-def sample_db(server_url: str, template_url: str, sample_history: list[dict],
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database holding the sample history, imported and embedded; shared by a module's read-only tests."""
-    from metaspace import pipeline
-    from metaspace.sample import write_runs
-
-    path = write_runs(sample_history, tmp_path_factory.mktemp("sample") / "runs.jsonl.gz")
+def sample_db(server_url: str, sample_template: str) -> Iterator[str]:
+    """A database holding the sample history, imported and embedded (a copy of the session's): shared by a
+    module's tests, which may change it without touching another module's."""
     name = f"s_{uuid.uuid4().hex[:12]}"
-    url = _create_database(server_url, name, template=TEMPLATE)
-    pipeline.import_runs([str(path)], database_url=url)
-    # every space indexed by default gets its HNSW graph at this size too (by default a graph waits for 10,000
-    # vectors), so the tests of the graph walk have one to walk, and config, as by default, has none; the
-    # default graph types (float32 joint, halfvec env and outcome), the layout the functions walk by default
-    pipeline.embed_runs(database_url=url, index_min_vectors=0)
+    url = _create_database(server_url, name, template=sample_template)
     yield url
     _drop_database(server_url, name)

@@ -70,9 +70,10 @@ def test_each_distinct_record_is_stored_once_and_every_run_reads_its_vectors(swe
                             "WHERE branch = 'env'").fetchone() == (ENVS * CONFIGS, ENVS * CONFIGS)
         # first_seen is the earliest as_of_date of an entity's runs
         assert conn.execute("""
-            SELECT count(*) FROM historical_db.branch_entities e
-            WHERE e.first_seen <> (SELECT min(b.as_of_date) FROM historical_db.branch_embeddings b
-                                   WHERE b.entity_id = e.entity_id)""").fetchone()[0] == 0
+            SELECT count(*), count(*) FILTER (WHERE e.first_seen = b.earliest)
+            FROM historical_db.branch_entities e
+            JOIN (SELECT entity_id, min(as_of_date) AS earliest FROM historical_db.branch_embeddings
+                  GROUP BY entity_id) b USING (entity_id)""").fetchone() == (sum(entities.values()),) * 2
 
 
 def test_the_default_path_finds_every_environment_and_config(sweep_db: str) -> None:
