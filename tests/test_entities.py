@@ -147,6 +147,32 @@ def test_as_of_a_date_no_entity_or_run_dated_after_it_is_answered(sweep_db: str)
             assert len(runs) == 100 and all(dt.date.fromisoformat(r["as_of_date"]) <= day for r in runs)
 
 
+@pytest.mark.parametrize("space", ["env", "config"])
+def test_branch_search_is_the_brute_force_answer_over_runs_whatever_the_filter(sweep_db: str, space: str) -> None:
+    """The exact path tests the filters only on the runs of the entities nearest the query, taking more while
+    fewer than k runs match: it must still give exactly the k nearest matching runs, ties ordered by run_id."""
+    grid = bench_duplicates.sweep_configs(CONFIGS)
+    with connect(sweep_db) as conn:
+        days = [d for (d,) in conn.execute("SELECT DISTINCT as_of_date FROM historical_db.runs ORDER BY 1")]
+        query = conn.execute("SELECT vector FROM historical_db.branch_embeddings WHERE run_id = 'DUP_0000123_017' "
+                             "AND branch = %s", (space,)).fetchone()[0]
+        cases = [(10, None, None), (1000, None, None), (10, days[len(days) // 3], None),
+                 (25, None, [grid[5].config_id]), (7, days[-5], [grid[1].config_id, grid[30].config_id])]
+        for k, as_of, configs in cases:
+            truth = [tuple(r) for r in conn.execute(
+                """SELECT run_id, vector <-> %(q)s FROM historical_db.branch_embeddings
+                   WHERE branch = %(space)s AND (%(as_of)s::date IS NULL OR as_of_date <= %(as_of)s)
+                     AND (%(configs)s::text[] IS NULL OR config_id = ANY (%(configs)s))
+                   ORDER BY 2, 1 LIMIT %(k)s""", {"q": query, "space": space, "as_of": as_of, "configs": configs,
+                                                  "k": k})]
+            for exact in (True, False):
+                got = [tuple(r) for r in conn.execute(
+                    "SELECT run_id, distance FROM historical_db.search_runs(%s, k => %s, space => %s, as_of => %s, "
+                    "config_ids => %s, exact => %s)", (query, k, space, as_of, configs, exact))]
+                assert [r for r, _ in got] == [r for r, _ in truth], (space, k, as_of, configs, exact)
+                assert np.allclose([d for _, d in got], [d for _, d in truth], rtol=0, atol=1e-6)
+
+
 def _store(url: str, run_id: str, env: dict, entered: threading.Event | None = None,
            release: threading.Event | None = None) -> None:
     """store_run for a new run in environment ``env``, with an existing run's vectors; optionally holding its

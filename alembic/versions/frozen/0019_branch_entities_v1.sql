@@ -221,8 +221,12 @@ $fn$;
 --    space's runs per entity say k runs need (never more than k: each has one), walking four times further
 --    while the runs found are fewer than k; the runs of the entities found are ordered by exact distance;
 -- 3. when the walk is exhausted with fewer than k runs, the exact scan answers instead.
--- The exact scan: each entity's distance, the k-th nearest entity with a matching run, and the matching runs
--- of every entity at most that far (so that ties between entities order by run_id, as the answer does).
+-- The exact scan: every entity's distance (first seen by the date), sorted once; then the matching runs of the
+-- nearest entities, as many as the space's runs per entity say k runs need, with every entity as far as the
+-- last one taken (ties), four times as many while fewer than k runs match. The runs of the entities taken
+-- that are nearer than every entity left out are the answer, exactly: the filters are tested only on the runs
+-- of entities near the query, not on every entity (at 5,000 environments x 40 configs, 14 ms a search where
+-- every entity was tested).
 CREATE FUNCTION historical_db.nearest_entity_runs_v1(
     query vector, k integer, space text, encoder_version integer, as_of date, strategy_ids text[],
     config_ids text[], scope jsonb, exact boolean
@@ -234,7 +238,6 @@ AS $fn$
 DECLARE
     ref constant text := historical_db.entity_ref_v1(space);
     runs_matching constant text := historical_db.entity_filters_v1(space, true);
-    entities_matching constant text := historical_db.entity_filters_v1(space, false);
     answer constant text := $w$
         SELECT ROW(r.run_id, r.config_id, r.strategy_id, r.as_of_date, d.distance,
                    jsonb_build_object('run_id', r.run_id, 'config_id', r.config_id, 'strategy_id', r.strategy_id,
@@ -246,6 +249,9 @@ DECLARE
         || CASE WHEN half_graph IS NULL THEN '_vector_1' ELSE '_halfvec_1' END) IS NOT NULL;
     found historical_db.run_match_v1[];
     ids bigint[];
+    distances double precision[];
+    entities integer;
+    take integer;
     total double precision;
     runs_per_entity double precision;
     threshold integer;
@@ -295,20 +301,36 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    RETURN QUERY EXECUTE $q$
-        WITH d AS MATERIALIZED (
-            SELECT e.entity_id, l2_distance(e.vector, $1) AS distance FROM historical_db.branch_entities e
-            WHERE $q$ || entities_matching || $q$
-        ), cut AS (
-            SELECT max(n.distance) AS distance FROM (SELECT d.distance FROM d ORDER BY d.distance LIMIT $8) n
-        )
-        SELECT (s.m).* FROM ($q$ || answer || $q$
-            FROM d JOIN historical_db.run_entities r ON $q$ || ref || $q$ = d.entity_id
-            WHERE d.distance <= (SELECT cut.distance FROM cut) AND $q$ || runs_matching || $q$
-        ) s
-        ORDER BY (s.m).distance, (s.m).run_id
-        LIMIT $8
-    $q$ USING query, space, encoder_version, as_of, strategy_ids, config_ids, scope, k;
+    -- (the distances materialised first: a sort of the rows themselves carries each vector, 3x the time)
+    WITH d AS MATERIALIZED (
+        SELECT e.entity_id, l2_distance(e.vector, query) AS distance FROM historical_db.branch_entities e
+        WHERE e.encoder_version = nearest_entity_runs_v1.encoder_version AND e.branch = space
+          AND (nearest_entity_runs_v1.as_of IS NULL OR e.first_seen <= nearest_entity_runs_v1.as_of))
+    SELECT array_agg(d.entity_id ORDER BY d.distance, d.entity_id), array_agg(d.distance ORDER BY d.distance, d.entity_id)
+    INTO ids, distances FROM d;
+    entities := coalesce(cardinality(ids), 0);
+    IF entities = 0 THEN
+        RETURN;
+    END IF;
+    SELECT greatest(r.reltuples, 1) INTO total FROM pg_class r WHERE r.oid = 'historical_db.run_entities'::regclass;
+    take := least(entities, greatest(1, ceil(1.5 * k * entities / greatest(total, entities))))::integer;
+    LOOP
+        WHILE take < entities AND distances[take + 1] = distances[take] LOOP  -- every entity as far as the last
+            take := take + 1;
+        END LOOP;
+        EXECUTE 'SELECT array_agg(s.m ORDER BY (s.m).distance, (s.m).run_id) FROM (' || answer || $q$
+            FROM unnest($9::bigint[], $10::double precision[]) AS d (entity_id, distance)
+            JOIN historical_db.run_entities r ON $q$ || ref || $q$ = d.entity_id
+            WHERE $q$ || runs_matching || $q$
+            ORDER BY d.distance, r.run_id
+            LIMIT $8
+        ) s $q$
+        INTO found USING query, space, encoder_version, as_of, strategy_ids, config_ids, scope, k, ids[1:take],
+                         distances[1:take];
+        EXIT WHEN coalesce(cardinality(found), 0) >= k OR take >= entities;
+        take := least(entities, take * 4);
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(found);
 END
 $fn$;
 
@@ -450,6 +472,8 @@ DECLARE
     half_graph regclass;
     graph regclass;
     ids bigint[];
+    sorted bigint[];
+    take integer;
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'the query vector is NULL';
@@ -465,15 +489,26 @@ BEGIN
         ids := historical_db.walk_entities_v1(query, space, version, as_of, strategy_ids, config_ids, scope, k,
                                               half_graph IS NOT NULL);
     END IF;
-    IF coalesce(cardinality(ids), 0) < k THEN  -- exact, or a walk that ran out: the exact scan
-        EXECUTE $q$
-            SELECT array_agg(e.entity_id) FROM (
-                SELECT e.entity_id FROM historical_db.branch_entities e
-                WHERE $q$ || historical_db.entity_filters_v1(space, false) || $q$
-                ORDER BY l2_distance(e.vector, $1), e.entity_id
-                LIMIT $8
-            ) e
-        $q$ INTO ids USING query, space, version, as_of, strategy_ids, config_ids, scope, k;
+    IF coalesce(cardinality(ids), 0) < k THEN
+        -- exact, or a walk that ran out: every entity first seen by the date, sorted by distance once, and the
+        -- first k of them that have a matching run, testing the nearest 2k, then four times as many, and so on
+        WITH d AS MATERIALIZED (
+            SELECT e.entity_id, l2_distance(e.vector, query) AS distance FROM historical_db.branch_entities e
+            WHERE e.encoder_version = version AND e.branch = space
+              AND (search_distinct_v1.as_of IS NULL OR e.first_seen <= search_distinct_v1.as_of))
+        SELECT array_agg(d.entity_id ORDER BY d.distance, d.entity_id) INTO sorted FROM d;
+        take := 2 * k;
+        LOOP
+            EXECUTE $q$
+                SELECT array_agg(d.entity_id ORDER BY d.n) FROM unnest($9::bigint[]) WITH ORDINALITY AS d (entity_id, n)
+                WHERE EXISTS (SELECT 1 FROM historical_db.run_entities r
+                              WHERE $q$ || historical_db.entity_ref_v1(space) || $q$ = d.entity_id
+                                AND $q$ || historical_db.entity_filters_v1(space, true) || $q$)
+            $q$ INTO ids USING query, space, version, as_of, strategy_ids, config_ids, scope, k, sorted[1:take];
+            EXIT WHEN coalesce(cardinality(ids), 0) >= k OR take >= coalesce(cardinality(sorted), 0);
+            take := take * 4;
+        END LOOP;
+        ids := ids[1:k];
     END IF;
     RETURN QUERY EXECUTE $q$
         SELECT e.entity_id, l2_distance(e.vector, $1), count(*)::integer, min(r.as_of_date), max(r.as_of_date),
