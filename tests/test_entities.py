@@ -264,6 +264,92 @@ def test_an_entity_no_run_references_is_removed_by_whoever_orphaned_it(db_url: s
     assert any("no run references" in note for note in summary.notes), summary.notes
 
 
+def _orphaned_environment(db_url: str, tmp_path: Path) -> tuple[str, int, list]:
+    """A history whose environments have one run each; the first run's references removed, so that its
+    environment's entity is an orphan. Returns that run, the orphan's id and the run's four vectors."""
+    runs = list(bench_duplicates.history(3, 1, seed=5))
+    pipeline.import_runs([str(metaspace.write_runs(runs, tmp_path / "r.jsonl"))], database_url=db_url)
+    pipeline.embed_runs(database_url=db_url)
+    run_id = runs[0]["run_id"]
+    with connect(db_url) as conn:
+        vectors = [conn.execute("SELECT vector FROM historical_db.run_vectors_v1 WHERE run_id = %s AND space = %s",
+                                (run_id, space)).fetchone()[0] for space in ("config", "env", "outcome")]
+        orphan = conn.execute("SELECT env_entity FROM historical_db.run_entities WHERE run_id = %s",
+                              (run_id,)).fetchone()[0]
+        conn.execute("DELETE FROM historical_db.run_entities WHERE run_id = %s", (run_id,))
+        conn.commit()
+    return run_id, orphan, vectors
+
+
+def test_an_entity_removed_as_an_orphan_while_runs_attach_to_it_is_written_again(db_url: str,
+                                                                                 tmp_path: Path) -> None:
+    """Another session removes an orphan entity, and commits, between a writer's lookup of it and its reference
+    (simulated: a trigger after the writer's second step has another session, through dblink, remove it). The
+    run must not be left without its env vector."""
+    run_id, orphan, vectors = _orphaned_environment(db_url, tmp_path)
+    with connect(db_url) as conn:
+        try:
+            conn.execute("CREATE EXTENSION dblink")
+        except psycopg.Error as error:
+            pytest.skip(f"dblink is not available on this server ({error.sqlstate}): no second session to simulate")
+        conn.execute("CREATE TABLE public.victim (id bigint)")
+        conn.execute("INSERT INTO public.victim VALUES (%s)", (orphan,))
+        conn.execute("CREATE TABLE public.target (url text)")
+        conn.execute("INSERT INTO public.target VALUES (%s)", (db_url,))
+        conn.execute("""CREATE FUNCTION public.steal() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM public.victim) THEN
+                    PERFORM public.dblink_exec((SELECT url FROM public.target),
+                        'DELETE FROM historical_db.branch_entities WHERE entity_id IN (SELECT id FROM public.victim);'
+                        || ' DELETE FROM public.victim');
+                END IF;
+                RETURN NULL;
+            END $$""")
+        conn.execute("CREATE TRIGGER steal AFTER UPDATE ON historical_db.branch_entities "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION public.steal()")
+        conn.commit()
+        version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+        attached = conn.execute("SELECT historical_db.attach_entities_v1(%s, %s, %s, %s, %s)",
+                                (version, [run_id], *[[v] for v in vectors])).fetchone()[0]
+        conn.commit()
+        assert attached == 1
+        assert conn.execute("SELECT count(*) FROM public.victim").fetchone()[0] == 0  # it was removed
+        env_entity, vector = conn.execute(
+            "SELECT r.env_entity, e.vector FROM historical_db.run_entities r "
+            "LEFT JOIN historical_db.branch_entities e ON e.entity_id = r.env_entity WHERE r.run_id = %s",
+            (run_id,)).fetchone()
+        assert env_entity is not None and env_entity != orphan
+        assert np.array_equal(vector.to_numpy(), vectors[1].to_numpy())
+
+
+def test_an_orphan_sweep_leaves_an_entity_a_writer_is_referencing(db_url: str, tmp_path: Path) -> None:
+    """A writer references an orphan (uncommitted) while embed-runs sweeps orphans: the sweep neither waits
+    for it nor fails, and the entity stays."""
+    run_id, orphan, _ = _orphaned_environment(db_url, tmp_path)
+    with connect(db_url) as writer:
+        other = list(bench_duplicates.history(3, 1, seed=5))[1]["run_id"]
+        writer.execute("UPDATE historical_db.run_entities SET env_entity = %s WHERE run_id = %s", (orphan, other))
+        swept: dict[str, object] = {}
+
+        def sweep() -> None:
+            try:
+                with psycopg.connect(db_url, autocommit=True) as conn:
+                    swept["dropped"] = conn.execute("SELECT historical_db.drop_orphans_v1(ARRAY[%s]::bigint[])",
+                                                    (orphan,)).fetchone()[0]
+            except psycopg.Error as error:
+                swept["error"] = error
+
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        thread.join(10)
+        writer.commit()
+        thread.join(30)
+    assert swept == {"dropped": 0}
+    with connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM historical_db.branch_entities WHERE entity_id = %s",
+                            (orphan,)).fetchone()[0] == 1
+
+
 # -- the migration from one vector per run and branch ------------------------------------------------------------
 
 def _old_layout(url: str) -> None:
@@ -318,6 +404,13 @@ def test_the_migration_moves_no_vector_and_downgrades_to_the_same_rows(empty_db:
             WHERE e.first_seen <> (SELECT min(b.as_of_date) FROM historical_db.branch_embeddings b
                                    WHERE b.entity_id = e.entity_id)""").fetchone()[0]
         assert wrong == 0
+        # every function the revision creates pins its search_path, whichever path copied (--concurrently
+        # commits in batches, which ended the transaction the first pin was set in)
+        unpinned = [name for name, config in conn.execute(
+            "SELECT p.proname, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'historical_db' AND p.prorettype <> 'trigger'::regtype")
+            if not any(c.startswith("search_path=pg_catalog,") for c in config or [])]
+        assert unpinned == []
 
     migrate.downgrade(empty_db, BEFORE)
     assert _branch_rows(empty_db) == before

@@ -48,7 +48,7 @@ depends_on = None
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "entity_key_v1.sql": "30c4309573170956913b8b10d20913b4806425ddfb78d31e585405c8d6fcacbc",
-    "branch_entities_v1.sql": "8124e384a52840ab832e4ae0321c511cf80812237a91dd762bd3ae1de50807b3",
+    "branch_entities_v1.sql": "b0fd7de4b7a1af623f96796a09cf9f3dde0cffd2e2c751ef0f79285d8849a4bd",
     "stable_v3.sql": "e558476301c3385dd599e2b28190791363f42d72a66f6ceddcb2319d4b7eda25",
     "roles_v5.sql": "902b3ce01006617cf5cf96dbf1527164b525148b5ffe67240d36d43d4113e2f1",
     "vector_indexes_v3.sql": "966e014d87ff993fe36ccd538b7d9f949f5f19be80a6370a08c8c92d38f70db7",
@@ -285,6 +285,7 @@ def upgrade() -> None:
     op.execute(FIRST_SEEN)
     for statement in INDEXES:
         op.execute(statement)
+    op.execute(_frozen("pin_search_path_v1.sql"))  # again: --concurrently's autocommit block ended the first
     op.execute(_frozen("branch_entities_v1.sql"))
     op.execute("DROP TABLE historical_db.branch_embeddings")  # its graphs with it: embed-runs builds new ones
     op.execute("SELECT historical_db.drop_orphans_v1()")  # (copies of runs a writer changed meanwhile)

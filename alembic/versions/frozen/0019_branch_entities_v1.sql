@@ -47,8 +47,8 @@ $fn$;
 -- duplicating nor failing), its first_seen moved back where a run dated earlier now has it, and each run's
 -- references (a run already referenced for the version is left alone). Each step is its own statement, so
 -- that it sees the entities another writer committed meanwhile. Returns the runs referenced. An entity removed
--- as an orphan by another session between its lookup and its reference (a foreign-key violation) is written
--- again: the whole step is retried, up to three times.
+-- as an orphan by another session between its lookup and its reference (a foreign-key violation, or a run
+-- left without its reference) is written again: the whole step is retried, up to three times.
 CREATE FUNCTION historical_db.attach_entities_v1(
     target integer, run_ids text[], configs vector[], envs vector[], outcomes vector[]
 ) RETURNS integer
@@ -85,9 +85,19 @@ BEGIN
             JOIN historical_db.branch_entities e
               ON e.encoder_version = target AND e.branch = k.branch AND e.record_key = k.record_key
             GROUP BY k.run_id
+            HAVING count(*) = 3
             ORDER BY k.run_id
             ON CONFLICT (run_id, encoder_version) DO NOTHING;
             GET DIAGNOSTICS attached = ROW_COUNT;
+            -- an entity found by the first step and removed as an orphan by another session before this one
+            -- (drop_orphans_v1, forget_vectors_v1) leaves its runs unreferenced: never a run without one of
+            -- its three vectors, the whole step again
+            IF EXISTS (SELECT 1 FROM unnest(run_ids) AS u (run_id)
+                       WHERE NOT EXISTS (SELECT 1 FROM historical_db.run_entities r
+                                         WHERE r.run_id = u.run_id AND r.encoder_version = target)) THEN
+                RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
+                    MESSAGE = 'a branch entity was removed as an orphan while runs were attached to it';
+            END IF;
             RETURN attached;
         EXCEPTION WHEN foreign_key_violation THEN
             IF attempt = 3 THEN
@@ -99,25 +109,39 @@ END
 $fn$;
 
 -- The entities among ids (all, where ids is NULL) that no run references any more: removed; returns how many.
+-- An entity a writer is referencing at that moment is left (SKIP LOCKED: the writer's reference holds a key
+-- lock on it); one a writer referenced and committed after this statement's snapshot makes the delete fail its
+-- foreign key, and the delete is tried again with a new snapshot, up to three times (then left to the next
+-- sweep: an orphan left over costs a row, a referenced entity removed would cost a run its vector).
 CREATE FUNCTION historical_db.drop_orphans_v1(ids bigint[] DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
 AS $fn$
 DECLARE
-    dropped integer;
+    dropped integer := 0;
 BEGIN
     IF ids IS NOT NULL AND cardinality(ids) = 0 THEN
         RETURN 0;
     END IF;
-    DELETE FROM historical_db.branch_entities e
-    WHERE (ids IS NULL OR e.entity_id = ANY (ids))
-      AND NOT (e.branch = 'config'
-               AND EXISTS (SELECT 1 FROM historical_db.run_entities r WHERE r.config_entity = e.entity_id))
-      AND NOT (e.branch = 'env'
-               AND EXISTS (SELECT 1 FROM historical_db.run_entities r WHERE r.env_entity = e.entity_id))
-      AND NOT (e.branch = 'outcome'
-               AND EXISTS (SELECT 1 FROM historical_db.run_entities r WHERE r.outcome_entity = e.entity_id));
-    GET DIAGNOSTICS dropped = ROW_COUNT;
+    FOR attempt IN 1..3 LOOP
+        BEGIN
+            DELETE FROM historical_db.branch_entities e
+            WHERE e.entity_id IN (
+                SELECT c.entity_id FROM historical_db.branch_entities c
+                WHERE (ids IS NULL OR c.entity_id = ANY (ids))
+                  AND NOT (c.branch = 'config' AND EXISTS (
+                           SELECT 1 FROM historical_db.run_entities r WHERE r.config_entity = c.entity_id))
+                  AND NOT (c.branch = 'env' AND EXISTS (
+                           SELECT 1 FROM historical_db.run_entities r WHERE r.env_entity = c.entity_id))
+                  AND NOT (c.branch = 'outcome' AND EXISTS (
+                           SELECT 1 FROM historical_db.run_entities r WHERE r.outcome_entity = c.entity_id))
+                FOR UPDATE SKIP LOCKED);
+            GET DIAGNOSTICS dropped = ROW_COUNT;
+            RETURN dropped;
+        EXCEPTION WHEN foreign_key_violation THEN
+            dropped := 0;
+        END;
+    END LOOP;
     RETURN dropped;
 END
 $fn$;
