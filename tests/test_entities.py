@@ -386,6 +386,23 @@ def _branch_rows(url: str) -> list[tuple]:
                             "vector::text FROM historical_db.branch_embeddings ORDER BY 1, 2").fetchall()
 
 
+def test_a_command_on_the_embedded_default_leaves_a_large_entities_migration_to_metaspace_migrate(
+        empty_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first command upgrades the embedded default itself only when that is quick; revision 0019 copies every
+    run's branch vectors, so on a large history it names `metaspace migrate` and the time to expect."""
+    migrate.upgrade(empty_db, BEFORE)
+    _old_layout(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("ANALYZE historical_db.branch_embeddings")
+    monkeypatch.setattr(migrate, "QUICK_SECONDS", 0.001)  # 120 branch rows stand for a large history
+    with pytest.raises(migrate.SchemaBehindError, match="metaspace migrate"):
+        migrate.upgrade_embedded(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        assert migrate.current(conn) == BEFORE
+    monkeypatch.undo()
+    assert "upgraded" in migrate.upgrade_embedded(empty_db)
+
+
 @pytest.mark.parametrize("concurrently", [False, True])
 def test_the_migration_moves_no_vector_and_downgrades_to_the_same_rows(empty_db: str, concurrently: bool) -> None:
     migrate.upgrade(empty_db, BEFORE)
