@@ -54,10 +54,10 @@ def domain_errors(fn: Callable) -> Callable:
             raise click.ClickException(str(exc)) from exc
         except Exception as exc:
             # Imported here, on the error path: the store's driver is not loaded by commands that never use it.
-            from metaspace.store.connection import DATABASE_ERRORS, describe_error
+            from metaspace.store.connection import DATABASE_ERRORS, describe_error, embedded_default
 
             if isinstance(exc, DATABASE_ERRORS):
-                raise click.ClickException(describe_error(exc)) from exc
+                raise click.ClickException(describe_error(exc, embedded=embedded_default(database_url()))) from exc
             raise
 
     return wrapper

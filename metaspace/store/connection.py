@@ -22,11 +22,37 @@ def resolve_url(url: str | None = None) -> str:
         return url
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    return _embedded("start")
+
+
+def _embedded(step: str) -> str:
+    """The embedded server's URL from ``embedded.start`` or ``embedded.restart``: the server wheel's own
+    warnings are not for the user, metaspace's notes (a restart after a crash) are passed on."""
+    from metaspace.errors import Note
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         from metaspace.store import embedded
 
-        return embedded.start()
+        url = getattr(embedded, step)()
+    for warning in said:
+        if issubclass(warning.category, Note):
+            warnings.warn(str(warning.message), Note, stacklevel=3)
+    return url
+
+
+def connect_resolved(url: str | None, *, autocommit: bool = False) -> tuple[psycopg.Connection, str]:
+    """A connection (pgvector types not yet registered) to the URL given, else ``METASPACE_DATABASE_URL``'s,
+    else the embedded server's, and the URL it was made with. On the embedded default, a server that refuses
+    the connection (killed a moment ago, its ``postmaster.pid`` still there) is started again, once."""
+    resolved = resolve_url(url)
+    try:
+        return connect(resolved, autocommit=autocommit, register=False), resolved
+    except psycopg.OperationalError as exc:
+        if not embedded_default(url) or exc.sqlstate is not None:  # reached, and refused for a reason of its own
+            raise
+    resolved = _embedded("restart")
+    return connect(resolved, autocommit=autocommit, register=False), resolved
 
 
 def redact(url: str) -> str:
@@ -102,8 +128,7 @@ def checked(conn: psycopg.Connection, url: str | None, resolved: str) -> None:
 def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """Resolve the URL, connect, and check that the schema is at head before handing the connection out (on
     the embedded default, creating or upgrading it first: :func:`checked`)."""
-    resolved = resolve_url(url)
-    conn = connect(resolved, autocommit=autocommit, register=False)
+    conn, resolved = connect_resolved(url, autocommit=autocommit)
     try:
         checked(conn, url, resolved)
         from pgvector.psycopg import register_vector
@@ -117,19 +142,63 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
         conn.close()
 
 
-def describe_error(exc: Exception) -> str:
-    """A database error in words a user can act on: could not connect, lacks a privilege (which role,
-    what to grant), or the server refused (its message and SQLSTATE, for a DBA to search)."""
+# What libpq says when an established connection is gone (the server crashed, was killed or restarted).
+_LOST = ("server closed the connection", "consuming input failed", "connection is lost", "the connection is closed",
+         "terminating connection", "SSL connection has been closed", "could not receive data")
+
+
+def describe_error(exc: Exception, *, embedded: bool = False) -> str:
+    """A database error in words a user can act on: could not connect, lost the connection mid-command, ran past
+    the user's statement_timeout, out of disk space, lacks a privilege (which role, what to grant), or the server
+    refused (its message and SQLSTATE, for a DBA to search). ``embedded``: the command ran on the embedded
+    server, whose log then names what ended a lost connection (a PANIC, such as a full disk)."""
+    if isinstance(exc, psycopg.errors.PipelineAborted):  # the statement that failed first says why
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, psycopg.Error) and not isinstance(cause, psycopg.errors.PipelineAborted):
+            return describe_error(cause, embedded=embedded)
     sqlstate = getattr(exc, "sqlstate", None)
     diag = getattr(exc, "diag", None)
     primary = (getattr(diag, "message_primary", None) or str(exc)).strip()
     hint = getattr(diag, "message_hint", None)
+    if sqlstate in ("57P01", "57P02", "57P03") or (sqlstate is None and any(s in primary for s in _LOST)):
+        cause = _embedded_crash_cause() if embedded else None
+        return (f"the connection to the database was lost during the command: {primary}"
+                + (f"\nThe server's log says: {cause}" if cause else "")
+                + "\nEach batch is one transaction: what was written is whole, the rest is absent. Run the command "
+                  "again to finish" + (" (it starts the embedded server again)." if embedded else "."))
     if sqlstate is None or sqlstate.startswith("08"):
         return (f"could not connect to the database: {primary}\n"
                 "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")
+    if sqlstate == "57014" and "statement timeout" in primary:
+        return (f"a statement ran past statement_timeout ({primary}; set by you, in PGOPTIONS, the URL's options or "
+                "the role's settings): nothing was answered or written by it. Raise or unset it for this command.")
+    if sqlstate.startswith("53") and sqlstate != "53300":  # disk full, out of memory
+        return (f"the database server ran out of a resource: {primary} (SQLSTATE {sqlstate}). Each batch is one "
+                "transaction: what was written is whole, the rest is absent. Free space, then run the command again.")
     if sqlstate == "42501":
         user = getattr(exc, "login_role", None) or "your login role"
         return (f"permission denied (SQLSTATE 42501): {primary}. The role {user} lacks this privilege: a reader "
                 f"needs GRANT metaspace_reader TO {user}; import and embed need GRANT metaspace_writer TO {user} "
                 "(see README, Roles).")
     return f"the database refused: {primary}{f' (hint: {hint})' if hint else ''} (SQLSTATE {sqlstate})"
+
+
+def _embedded_crash_cause() -> str | None:
+    """The embedded server's last PANIC since it last became ready (a full disk's "could not write ... No
+    space left on device"), read from the end of its log; None if there is none."""
+    from metaspace.store.embedded import pgdata
+
+    try:
+        with open(pgdata() / "log", "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 65536))
+            tail = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    cause = None
+    for line in tail:
+        if "PANIC:" in line:
+            cause = line.partition("PANIC:")[2].strip()
+        elif "database system is ready to accept connections" in line:
+            cause = None
+    return cause

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from metaspace.errors import MetaspaceError
+from metaspace.errors import MetaspaceError, Note
 
 DATABASE_NAME = "metaspace"
 CONF_FILE = "metaspace.conf"
@@ -177,27 +179,65 @@ def _server_class() -> type:
     return Server
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A postmaster killed a moment ago may still be a zombie, which answers
+    ``kill(pid, 0)`` until its parent reaps it: on Linux its state in /proc says so."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 def _postmaster(data_dir: Path):
     """What ``postmaster.pid`` says about the server on ``data_dir``, if it is running, else None."""
     if not (data_dir / "postmaster.pid").exists():
         return None
     info = _wheel().utils.PostmasterInfo.read_from_pgdata(data_dir)
-    return info if info is not None and info.is_running() else None
+    return info if info is not None and info.is_running() and _alive(info.pid) else None
+
+
+# After a crash (the postmaster killed), PostgreSQL refuses to start until the old server's processes have
+# exited and released its shared memory and its lock file: a start is retried for this long.
+CRASH_RESTART_SECONDS = 30.0
 
 
 def _running(data_dir: Path):
-    """The running server on ``data_dir`` (its ``postmaster.pid``), started first if it is not running."""
+    """The running server on ``data_dir`` (its ``postmaster.pid``), started first if it is not running. A
+    server whose last run ended without a clean stop (``postmaster.pid`` left behind) is started again, and
+    a note says so: PostgreSQL replays its write-ahead log, so every committed write is there and nothing
+    half-written is."""
     running = _postmaster(data_dir)
     if running is not None:
         return running
+    crashed = (data_dir / "postmaster.pid").exists()
+    if crashed:  # the wheel would take a killed postmaster not yet reaped for a running one
+        _wait_for_exit(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(exist_ok=True)
-    try:
-        return _server_class()(data_dir, cleanup_mode=None).get_postmaster_info()
-    except (subprocess.SubprocessError, AssertionError) as exc:
-        log = data_dir / "log"
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise EmbeddedServerError(f"the embedded PostgreSQL in {data_dir} did not start: {exc}\n{tail}") from exc
+    deadline = time.monotonic() + (CRASH_RESTART_SECONDS if crashed else 0.0)
+    while True:
+        try:
+            info = _server_class()(data_dir, cleanup_mode=None).get_postmaster_info()
+            break
+        except (subprocess.SubprocessError, AssertionError) as exc:
+            if time.monotonic() < deadline:  # the old server's processes are still exiting
+                time.sleep(0.5)
+                continue
+            log = data_dir / "log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise EmbeddedServerError(f"the embedded PostgreSQL in {data_dir} did not start: {exc}\n{tail}") from exc
+    if crashed:
+        warnings.warn(f"the embedded server in {data_dir} had stopped without a clean shutdown (a crash or a kill): "
+                      "started it again; PostgreSQL recovered from its write-ahead log (every committed write is "
+                      "there, nothing half-written is)", Note, stacklevel=2)
+    return info
 
 
 def _ensure_database(server_url: str, name: str, fresh: bool) -> None:
@@ -222,11 +262,7 @@ def _ready_socket(data_dir: Path) -> str | None:
         pid, port, socket_dir, status = int(lines[0]), lines[3].strip(), lines[4].strip(), lines[7].strip()
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        pass
-    except OSError:
+    if not _alive(pid):
         return None
     if status != "ready" or not socket_dir or not Path(socket_dir, f".s.PGSQL.{port}").exists():
         return None
@@ -246,14 +282,71 @@ def _uri(socket_dir: str, database: str) -> str:
 def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
     """Start (or reuse) the embedded server and return the URL of one of its databases (``metaspace`` by
     default; created if missing, or dropped and created again with ``fresh``)."""
+    import psycopg
+
     data_dir = pgdata()
     socket_dir = _ready_socket(data_dir)
-    if socket_dir is None:
-        server = _running(data_dir)
-        _ensure_database(server.get_uri(), database, fresh)
-        return server.get_uri(database=database)
-    _ensure_database(_uri(socket_dir, "postgres"), database, fresh)
-    return _uri(socket_dir, database)
+    if socket_dir is not None:
+        try:
+            _ensure_database(_uri(socket_dir, "postgres"), database, fresh)
+            return _uri(socket_dir, database)
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is not None:  # reached, and refused for a reason of its own
+                raise
+            _wait_for_exit(data_dir)
+    server = _running(data_dir)
+    _ensure_database(server.get_uri(), database, fresh)
+    return server.get_uri(database=database)
+
+
+def _wait_for_exit(data_dir: Path) -> None:
+    """Wait (up to ``CRASH_RESTART_SECONDS``) for a killed server's processes to end: the postmaster that
+    ``postmaster.pid`` names, and every server process still working in ``data_dir`` (a backend notices its
+    postmaster's death only at its next check). Then a postmaster left a zombie (a parent that does not reap,
+    as some containers' init) has its ``postmaster.pid`` removed: PostgreSQL, like the wheel, would take it
+    for a running server and refuse to start."""
+    import psutil
+
+    pid_file = data_dir / "postmaster.pid"
+    deadline = time.monotonic() + CRASH_RESTART_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            lines = pid_file.read_text().splitlines()
+            pid, port, socket_dir = int(lines[0]), lines[3].strip(), lines[4].strip()
+        except (OSError, ValueError, IndexError):
+            pid = port = socket_dir = None
+        working = pid is not None and _alive(pid)
+        for process in psutil.process_iter():
+            if working:
+                break
+            try:
+                working = process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == data_dir
+            except (psutil.Error, OSError):
+                continue
+        if not working:
+            if pid is not None and _exists(pid):  # and the socket's lock file, which names it too
+                if socket_dir and port:
+                    Path(socket_dir, f".s.PGSQL.{port}.lock").unlink(missing_ok=True)
+                pid_file.unlink(missing_ok=True)
+            return
+        time.sleep(0.2)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def restart(database: str = DATABASE_NAME) -> str:
+    """:func:`start`, for a server that refused a connection: once the process its ``postmaster.pid`` names
+    has ended, it is started again, and a note says so (:func:`_running`)."""
+    _wait_for_exit(pgdata())
+    return start(database)
 
 
 def _probe(server_url: str) -> dict[str, object]:

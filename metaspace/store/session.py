@@ -105,10 +105,9 @@ os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def _open(url: str | None) -> _Held:
-    from metaspace.store.connection import checked, connect, resolve_url
+    from metaspace.store.connection import checked, connect_resolved
 
-    resolved = resolve_url(url)
-    conn = connect(resolved, autocommit=True, register=False)
+    conn, resolved = connect_resolved(url, autocommit=True)
     try:
         checked(conn, url, resolved)
         from pgvector.psycopg import register_vector
