@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from metaspace.names import JOINT_MODEL
+from metaspace.store.connection import connect
 from metaspace.store.search import HISTORY_RUNS, SUGGESTION_COLUMNS, _call
 
 # The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
@@ -194,20 +198,77 @@ def calibration_settings(conn: psycopg.Connection, *, objective: str, higher_is_
     return row[0] if row else {}
 
 
+@contextmanager
+def one_snapshot(conn: psycopg.Connection) -> Iterator[str]:
+    """One REPEATABLE READ transaction on ``conn`` for a whole replay, and its snapshot exported for the replay's
+    other connections (:func:`in_snapshot`): every decision is answered from one state of the store, so runs
+    imported, or an encoder version switched by ``embed-runs --rebuild``, while evaluate runs move none of its
+    answers."""
+    previous = conn.isolation_level
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with conn.transaction():
+            yield conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    finally:
+        conn.isolation_level = previous
+
+
+@contextmanager
+def in_snapshot(url: str, snapshot: str | None) -> Iterator[psycopg.Connection]:
+    """A connection of its own reading ``snapshot`` (exported by :func:`one_snapshot`) until it is closed."""
+    with connect(url) as own:
+        own.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        if snapshot is not None:
+            own.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        yield own
+        own.rollback()
+
+
+def active_version(conn: psycopg.Connection) -> int | None:
+    """The active encoder version, as this connection's snapshot sees it (None before the first embed-runs)."""
+    row = conn.execute(f"SELECT version FROM historical_db.encoder_versions "  # noqa: S608 (a constant)
+                       f"WHERE model_id = '{JOINT_MODEL}' AND is_active").fetchone()
+    return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class Saved:
+    count: int
+    encoder_version: int
+    already: bool  # the same calibrations were stored already (by another evaluate that finished first)
+
+
 def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
-                      fits: list[Any]) -> int:
-    """Replace the stored calibrations of this objective and direction, for the active encoder version, with
-    ``fits`` (metaspace.calibration.Calibration, one per date refitted on), in one transaction."""
+                      fits: list[Any], encoder_version: int | None = None) -> Saved:
+    """Replace the stored calibrations of this objective and direction, for ``encoder_version`` (the version they
+    were measured on; the active one by default), with ``fits`` (metaspace.calibration.Calibration, one per date
+    refitted on), in one transaction.
+
+    Two savers of one objective, direction and version take turns (a transaction-level advisory lock): the
+    second waits for the first to commit, then reads what it stored; calibrations equal to its own are left as
+    they are, and ``already`` says so. Without the turn, both deleted what neither could yet see and the
+    second failed on the first's primary keys."""
     with conn.transaction():
-        conn.execute(
-            "DELETE FROM historical_db.suggest_calibrations WHERE objective = %(objective)s "
-            "AND higher_is_better = %(higher)s AND encoder_version = historical_db.active_encoder_version_v1()",
-            {"objective": objective, "higher": higher_is_better})
+        version = encoder_version if encoder_version is not None else active_version(conn)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"metaspace.suggest_calibrations/{objective}/{higher_is_better}/{version}",))
+        where = ("WHERE objective = %(objective)s AND higher_is_better = %(higher)s "
+                 "AND encoder_version = %(version)s")
+        keys = {"objective": objective, "higher": higher_is_better, "version": version}
+        stored = conn.execute(
+            "SELECT fitted_until, local_scale, confidence_from, confidence_to, decisions, settings "  # noqa: S608
+            f"FROM historical_db.suggest_calibrations {where} ORDER BY fitted_until", keys).fetchall()
+        wanted = sorted(((f.fitted_until, float(f.local_scale), [float(x) for x in f.confidence_from],
+                          [float(x) for x in f.confidence_to], int(f.decisions), f.settings) for f in fits),
+                        key=lambda row: row[0])
+        if [tuple(row) for row in stored] == [tuple(row) for row in wanted]:
+            return Saved(len(fits), version, already=bool(fits))
+        conn.execute(f"DELETE FROM historical_db.suggest_calibrations {where}", keys)  # noqa: S608
         with conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO historical_db.suggest_calibrations (objective, higher_is_better, encoder_version, "
                 "fitted_until, local_scale, confidence_from, confidence_to, decisions, settings) VALUES "
-                "(%s, %s, historical_db.active_encoder_version_v1(), %s, %s, %s, %s, %s, %s)",
-                [(objective, higher_is_better, f.fitted_until, f.local_scale, list(f.confidence_from),
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(objective, higher_is_better, version, f.fitted_until, f.local_scale, list(f.confidence_from),
                   list(f.confidence_to), f.decisions, Jsonb(f.settings)) for f in fits])
-    return len(fits)
+    return Saved(len(fits), version, already=False)
