@@ -110,6 +110,37 @@ def db_url() -> None:
     click.echo(redact(_embedded().start()))
 
 
+@db.command("check")
+@database_url_option
+@format_option
+@domain_errors
+def db_check(fmt: str) -> None:
+    """Check that the store is whole after a crash, a kill or a full disk: no duplicate or orphaned vector, no
+    run with part of its vectors, no invalid index. Exit status 1 when a check fails.
+
+    Also counts the runs, those embedded for the active encoder version, those pending and those quarantined
+    (pending runs are not a fault: embed-runs embeds them).
+
+    \b
+    Example:
+        metaspace db check
+        metaspace --database-url postgresql://me@db/quant db check --format json
+    """
+    from metaspace.store import integrity
+    from metaspace.store.connection import connection
+
+    with connection(database_url()) as conn:
+        found = integrity.check(conn)
+    if fmt == "json":
+        echo_json({**found.as_dict(), "faults": found.faults})
+    else:
+        for name, value in found.as_dict().items():
+            fault = name in integrity.FAULTS and value
+            click.echo(f"{name:18} {value:>12,}{'  FAULT' if fault else ''}")
+    if found.faults:
+        raise click.exceptions.Exit(1)
+
+
 @click.command("migrate")
 @database_url_option
 @click.option("--to", default="head", show_default=True, help="Upgrade to this revision.")
