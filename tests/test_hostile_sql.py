@@ -5,6 +5,7 @@ not exist) or treated as data; nothing is ever executed, and nothing stored chan
 from __future__ import annotations
 
 import json
+import os
 
 import psycopg
 import pytest
@@ -22,7 +23,10 @@ hostile_text = st.one_of(st.sampled_from(PAYLOADS),
                          st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                                  max_size=60))
 REFUSED = (psycopg.DataError, psycopg.errors.NoDataFound)  # class 22 (22023 among them), and P0002
-HOSTILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Examples per generated test: 40 in the suite; METASPACE_HOSTILE_EXAMPLES raises it (docs/benchmarks.md, Faults).
+EXAMPLES = int(os.environ.get("METASPACE_HOSTILE_EXAMPLES", "40"))
+HOSTILE = settings(max_examples=EXAMPLES, deadline=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +111,42 @@ def test_a_json_document_that_is_not_an_object_is_refused_by_name(hconn) -> None
     for document in (json.dumps([1, 2]), json.dumps("env"), "42", "null"):
         with pytest.raises(psycopg.errors.InvalidParameterValue), hconn.transaction():
             hconn.execute("SELECT * FROM historical_db.search_record(%s::jsonb, 3, 'env')", (document,)).fetchall()
+
+
+# Every option of the reading commands that takes text, each with the hostile value in its place ({} below; the
+# env, config and record options read it as a file's JSON, from stdin).
+CLI_OPTIONS = [
+    ["search", "--run", "{}"], ["search", "--run", "R1", "--strategy", "{}"], ["search", "--run", "R1", "--config-id", "{}"],
+    ["search", "--run", "R1", "--scope", "{}"], ["search", "--run", "R1", "--as-of", "{}"],
+    ["search", "--record", "-", "--space", "env"], ["search", "--env", "-", "--distinct"], ["search", "--config", "-"],
+    ["suggest", "--env", "-"], ["suggest", "--env", "-", "--objective", "{}"],
+    ["suggest", "--env", "-", "--strategy", "{}"], ["suggest", "--env", "-", "--as-of", "{}"],
+    ["suggest", "--env", "-", "--history", "{}"], ["evaluate", "--objective", "{}", "--sample", "3"],
+    ["evaluate", "--since", "{}", "--sample", "3"], ["evaluate", "--until", "{}", "--sample", "3"],
+    ["map", "--color", "{}", "--out", "{out}"], ["map", "--as-of", "{}", "--out", "{out}"],
+    ["propose", "--env", "-", "--space", "{space}", "--objective", "{}"],
+    ["propose", "--env", "-", "--space", "{space}", "--exclude", "{}"],
+]
+
+
+@HOSTILE
+@given(text=hostile_text, option=st.sampled_from(CLI_OPTIONS), as_json=st.booleans())
+def test_every_text_option_of_the_commands_is_data(hconn, sample_db, tmp_path_factory, text, option, as_json) -> None:
+    """Exit status 0 (treated as data), 1 (refused: ``Error: ...``) or 2 (click's usage error), never a traceback,
+    and nothing stored changes."""
+    from click.testing import CliRunner
+
+    from metaspace.cli import cli
+
+    folder = tmp_path_factory.mktemp("cli")
+    space = folder / "space.json"
+    space.write_text(json.dumps({"lookback": {"type": "int", "low": 5, "high": 300}}))
+    args = [part.replace("{}", text).replace("{out}", str(folder / "map.png")).replace("{space}", str(space))
+            for part in option]
+    document = json.dumps({text: text, "realized_vol": 0.2}) if as_json else text
+    before = _state(hconn)
+    result = CliRunner().invoke(cli, ["--database-url", sample_db, *args], input=document)
+    assert result.exit_code in (0, 1, 2), (args, result.output[-2000:], result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    assert "Traceback" not in result.output
+    assert _state(hconn) == before

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 
 import metaspace
 from metaspace import pipeline
@@ -155,3 +156,80 @@ def test_a_reader_login_suggests_when_another_administrator_created_the_calibrat
     pipeline.import_records((("runs", i, r) for i, r in enumerate(sample_history[:300])), database_url=empty_db)
     pipeline.embed_runs(database_url=empty_db)
     assert metaspace.suggest(sample_history[5]["env"], k=3, database_url=empty_db_reader_url)
+
+
+@pytest.fixture
+def reader_writer(server_url: str, sample_db: str) -> Iterator[tuple[str, str]]:
+    readers, writers = _login(server_url, sample_db, "metaspace_reader"), _login(server_url, sample_db,
+                                                                                 "metaspace_writer")
+    yield next(readers), next(writers)
+    for login in (readers, writers):
+        next(login, None)
+
+
+DDL = ["CREATE TABLE historical_db.planted (x int)", "DROP TABLE historical_db.runs",
+       "ALTER TABLE historical_db.runs ADD COLUMN planted int", "TRUNCATE historical_db.joint_embeddings",
+       "CREATE FUNCTION historical_db.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+       "CREATE OR REPLACE FUNCTION historical_db.encode(text, jsonb) RETURNS vector LANGUAGE sql AS 'SELECT NULL'",
+       "CREATE INDEX planted ON historical_db.runs (strategy_id)", "GRANT metaspace_writer TO CURRENT_USER"]
+
+
+def test_a_reader_cannot_write_or_run_ddl_and_a_writer_cannot_run_ddl(reader_writer: tuple[str, str]) -> None:
+    reader, writer = reader_writer
+    writes = ["INSERT INTO historical_db.runs (run_id) VALUES ('planted')", "DELETE FROM historical_db.runs",
+              "UPDATE historical_db.settings SET value = value", "DELETE FROM historical_db.suggest_calibrations"]
+    for url, refused in ((reader, writes + DDL), (writer, DDL)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in refused:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+
+
+def test_search_path_tricks_from_a_reader_login_change_no_answer(reader_url: str, sample_history: list[dict]
+                                                                   ) -> None:
+    """A reader shadows what the functions use (a temporary table named like theirs, temporary and public
+    functions named like built-ins, its own search_path first): each stable function pins its search_path
+    (pg_catalog first, pg_temp last) and names its own objects with their schema, so every answer is the same."""
+    env = sample_history[3]["env"]
+    asks = [("SELECT run_id, distance FROM historical_db.search_record(%s, 5)", (Jsonb(sample_history[3]),)),
+            ("SELECT config_id FROM historical_db.suggest_for_env(%s, 3)", (Jsonb(env),)),
+            ("SELECT run_id FROM historical_db.neighbours(%s, 5)", (sample_history[3]["run_id"],)),
+            ("SELECT historical_db.encode('env', %s)::text", (Jsonb(env),))]
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        clean = [conn.execute(q, p).fetchall() for q, p in asks]
+        conn.execute("CREATE TEMP TABLE runs AS SELECT * FROM historical_db.runs LIMIT 0")
+        conn.execute("CREATE TEMP TABLE joint_embeddings AS SELECT * FROM historical_db.joint_embeddings LIMIT 0")
+        conn.execute("CREATE TEMP TABLE settings (name text, value jsonb)")
+        conn.execute("CREATE FUNCTION pg_temp.jsonb_typeof(jsonb) RETURNS text LANGUAGE sql AS $$SELECT 'null'$$")
+        conn.execute("CREATE FUNCTION pg_temp.coalesce_planted(int) RETURNS int LANGUAGE sql AS $$SELECT 1$$")
+        conn.execute("SET search_path = pg_temp, public, historical_db")
+        assert [conn.execute(q, p).fetchall() for q, p in asks] == clean
+
+
+def test_a_password_is_never_printed(server_url: str, sample_db: str, tmp_path: Path) -> None:
+    """A login with a password, in the URL: not in any command's output or error, --format json, db check, nor
+    in the server's log."""
+    secret = f"Pw{uuid.uuid4().hex}"
+    name = f"login_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE metaspace_reader").format(
+            sql.Identifier(name), sql.Literal(secret)))
+    params = conninfo_to_dict(sample_db)
+    url = (f"postgresql://{name}:{secret}@/{params['dbname']}?host={params['host']}")
+    try:
+        said = []
+        for args in (["search", "--run", "nope", "--format", "json"], ["suggest", "--env", "-", "--format", "json"],
+                     ["db", "check", "--format", "json"], ["import-runs", str(tmp_path / "missing.jsonl")],
+                     ["migrate", "--status"], ["evaluate", "--objective", "planted", "--format", "json"]):
+            result = CliRunner().invoke(cli, ["--database-url", url, *args], input='{"realized_vol": 0.2}')
+            said.append(result.output + repr(result.exception))
+        wrong = CliRunner().invoke(cli, ["--database-url", url.replace(params["dbname"], "no_such_db"), "db",
+                                         "check"])
+        said.append(wrong.output + repr(wrong.exception))
+        assert all(secret not in text for text in said), [text for text in said if secret in text]
+        assert any("no_such_db" in text for text in said)  # the error was there to read
+        log = Path(params["host"]) / "log"
+        assert not log.exists() or secret not in log.read_text(errors="replace")
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
