@@ -32,6 +32,8 @@ from metaspace.store.connection import connect, describe_error
 
 RUNS = 2000
 BATCH = 100  # small batches: a kill lands between and inside them, and wholeness is countable
+# Kills of each command: one seeded point in the suite; benchmarks/bench_faults.py asks for ten at random.
+KILLS = [int(seed) for seed in os.environ.get("METASPACE_FAULT_SEEDS", "1").split(",")]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -61,10 +63,21 @@ def _count(home: Path, query: str) -> int:
         return -1
 
 
-def _kill_when(home: Path, args: tuple[str, ...], reached, seed: int, *, within: float = 120
-               ) -> subprocess.CompletedProcess:
-    """Start ``metaspace *args``; once ``reached()`` is true, wait a seeded moment (0 to 0.3 s) and SIGKILL the
-    server's postmaster; return the command's result. The test fails if the command ended before the kill."""
+def _fresh(home: Path, *steps: tuple[str, ...]) -> None:
+    """The embedded database dropped and made again (metaspace migrate), then ``steps`` run."""
+    if (home / "pgdata" / "postmaster.pid").exists():
+        with psycopg.connect(_url(home).replace("/metaspace?", "/postgres?"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS metaspace WITH (FORCE)")
+    for step in (("migrate",), *steps):
+        done = _cli(home, *step)
+        assert done.returncode == 0, (step, done.stderr[-2000:])
+
+
+def _kill_when(home: Path, args: tuple[str, ...], reached, seed: int, *, within: float = 120,
+               pause: float = 0.3) -> subprocess.CompletedProcess:
+    """Start ``metaspace *args``; once ``reached()`` is true, wait a seeded moment (up to ``pause`` seconds) and
+    SIGKILL the server's postmaster; return the command's result. The test fails if the command ended before
+    the kill."""
     proc = subprocess.Popen([sys.executable, "-m", "metaspace", *args], env=_env(home), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + within
@@ -72,7 +85,7 @@ def _kill_when(home: Path, args: tuple[str, ...], reached, seed: int, *, within:
         assert proc.poll() is None, f"{args} ended before the point to kill at: {proc.communicate()}"
         assert time.monotonic() < deadline, f"{args} never reached the point to kill at"
         time.sleep(0.02)
-    time.sleep(random.Random(seed).uniform(0.0, 0.3))
+    time.sleep(random.Random(seed).uniform(0.0, pause))
     assert proc.poll() is None, f"{args} ended before the kill: {proc.communicate()}"
     os.kill(_postmaster(home), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
@@ -107,38 +120,41 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _cli(path, "db", "stop", timeout=60)
 
 
-def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes(home: Path) -> None:
-    assert _cli(home, "migrate").returncode == 0
+@pytest.mark.parametrize("seed", KILLS)
+def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes(home: Path, seed: int) -> None:
+    _fresh(home)
+    batches = random.Random(seed).randint(1, RUNS // BATCH // 2)
     killed = _kill_when(home, ("import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH)),
-                        lambda: _count(home, "SELECT count(*) FROM historical_db.runs") >= 3 * BATCH, seed=1)
+                        lambda: _count(home, "SELECT count(*) FROM historical_db.runs") >= batches * BATCH, seed)
     _failed_cleanly(killed)
     rerun = _cli(home, "import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH))
     _restarted(rerun)
     assert _whole(home)["runs"] == RUNS
 
 
-def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home: Path) -> None:
-    assert _cli(home, "import-runs", str(home / "runs.jsonl")).returncode == 0
+@pytest.mark.parametrize("seed", KILLS)
+def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home: Path, seed: int) -> None:
+    _fresh(home, ("import-runs", str(home / "runs.jsonl")))
+    batches = random.Random(seed).randint(1, RUNS // BATCH // 2)
     killed = _kill_when(home, ("embed-runs", "--batch-size", str(BATCH)),
-                        lambda: _count(home, "SELECT count(*) FROM historical_db.joint_embeddings") >= 2 * BATCH,
-                        seed=2)
+                        lambda: _count(home, "SELECT count(*) FROM historical_db.joint_embeddings")
+                        >= batches * BATCH, seed)
     _failed_cleanly(killed)
-    embedded = _count(home, "SELECT count(*) FROM historical_db.joint_embeddings")
-    assert embedded == -1 or embedded % BATCH == 0  # -1: not yet restarted (the next command starts it)
     rerun = _cli(home, "embed-runs", "--batch-size", str(BATCH))
     _restarted(rerun)
     state = _whole(home)
     assert (state["runs"], state["embedded"], state["pending"]) == (RUNS, RUNS, 0), state
 
 
-def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothing(home: Path) -> None:
-    for step in (("import-runs", str(home / "runs.jsonl")), ("embed-runs",)):
-        assert _cli(home, *step).returncode == 0
+@pytest.mark.parametrize("seed", KILLS)
+def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothing(home: Path, seed: int) -> None:
+    _fresh(home, ("import-runs", str(home / "runs.jsonl")), ("embed-runs",))
     replaying = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
                  "AND query LIKE '%%suggest_picks%%' AND pid <> pg_backend_pid()")
     killed = _kill_when(home, ("evaluate", "--save-calibration", "--horizon", "60"),
-                        lambda: _count(home, replaying) > 0, seed=3)
+                        lambda: _count(home, replaying) > 0, seed, pause=0.8)
     _failed_cleanly(killed)
+    assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") in (-1, 0)
     rerun = _cli(home, "evaluate", "--save-calibration", "--horizon", "60", "--format", "json")
     _restarted(rerun)
     said = json.loads(rerun.stdout)["notes"]
