@@ -42,7 +42,8 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_faults.py"), "-q",
                         "-p", "no:cacheprovider", "-k", "killed_during or full_disk", f"--junitxml={report}",
                         f"--basetemp={Path(scratch) / 'bt'}"],
-                       env={**os.environ, "METASPACE_FAULT_SEEDS": ",".join(map(str, seeds))}, cwd=ROOT)
+                       env={**os.environ, "METASPACE_FAULT_TESTS": "1",
+                            "METASPACE_FAULT_SEEDS": ",".join(map(str, seeds))}, cwd=ROOT)
         seconds = time.perf_counter() - started
         cases = ET.parse(report).getroot().iter("testcase")
         outcome: Counter = Counter()

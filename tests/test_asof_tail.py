@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
 from test_pipeline import embed_runs_at_once
 
 from metaspace import pipeline
@@ -44,15 +45,16 @@ def _create(server_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tail_db(server_url: str, template_url: str, sample_history: list[dict],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """3,000 sample runs, every space indexed, prefix graphs down to 50 runs."""
+def tail_db(server_url: str, sample_template: str) -> Iterator[str]:
+    """3,000 sample runs, every space indexed (the session's sample history, copied), prefix graphs down to 50
+    runs."""
     from psycopg import sql
 
-    path = write_runs(sample_history, tmp_path_factory.mktemp("tail") / "runs.jsonl.gz")
     name = f"a_{uuid.uuid4().hex[:12]}"
-    url = _create(server_url, name)
-    pipeline.import_runs([str(path)], database_url=url)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                      sql.Identifier(sample_template)))
+    url = make_conninfo(server_url, dbname=name)
     pipeline.embed_runs(database_url=url, index_min_vectors=0, asof_exact_runs=EXACT_RUNS)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")

@@ -3,7 +3,8 @@ embed-runs and evaluate --save-calibration; a full disk under an import; two cal
 encoder version switched while evaluate replays; a reader's connection ended; a user's statement_timeout.
 
 Each kill lands at a seeded point of the command's progress, read from the database it writes (the benchmark,
-benchmarks/bench_faults.py, runs ten of each at random points). After each: the command failed with one clear
+benchmarks/bench_faults.py, runs ten of each at random points). The kills and the full disk run where
+METASPACE_FAULT_TESTS is set (CI's faults stage, .ci/faults.sh); the others run in every suite. After each: the command failed with one clear
 line and no traceback, the next command started the server again and said so, a rerun finished, and
 ``metaspace db check`` finds exact counts and no duplicate, orphaned or partial vector.
 """
@@ -32,8 +33,13 @@ from metaspace.store.connection import connect, describe_error
 
 RUNS = 2000
 BATCH = 100  # small batches: a kill lands between and inside them, and wholeness is countable
-# Kills of each command: one seeded point in the suite; benchmarks/bench_faults.py asks for ten at random.
+# Kills of each command: one seeded point in CI's faults stage; benchmarks/bench_faults.py asks for ten at random.
 KILLS = [int(seed) for seed in os.environ.get("METASPACE_FAULT_SEEDS", "1").split(",")]
+# The server kills and the full disk start, kill and restart embedded servers of their own, a few seconds each:
+# they run where METASPACE_FAULT_TESTS is set, as CI's faults stage (.ci/faults.sh) and the benchmark set it.
+SERVER_FAULTS = pytest.mark.skipif(not os.environ.get("METASPACE_FAULT_TESTS"),
+                                   reason="set METASPACE_FAULT_TESTS=1 to kill embedded servers mid-command and fill "
+                                          "a disk (.ci/faults.sh does)")
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -64,11 +70,12 @@ def _count(home: Path, query: str) -> int:
 
 
 def _fresh(home: Path, *steps: tuple[str, ...]) -> None:
-    """The embedded database dropped and made again (metaspace migrate), then ``steps`` run."""
+    """The embedded database dropped, then ``steps`` run (the first command on the embedded default makes it)."""
     if (home / "pgdata" / "postmaster.pid").exists():
+        assert _cli(home, "db", "url").returncode == 0  # started again if a kill left it down
         with psycopg.connect(_url(home).replace("/metaspace?", "/postgres?"), autocommit=True) as conn:
             conn.execute("DROP DATABASE IF EXISTS metaspace WITH (FORCE)")
-    for step in (("migrate",), *steps):
+    for step in steps or (("migrate",),):
         done = _cli(home, *step)
         assert done.returncode == 0, (step, done.stderr[-2000:])
 
@@ -120,6 +127,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _cli(path, "db", "stop", timeout=60)
 
 
+@SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
 def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes(home: Path, seed: int) -> None:
     _fresh(home)
@@ -132,6 +140,7 @@ def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes
     assert _whole(home)["runs"] == RUNS
 
 
+@SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
 def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home: Path, seed: int) -> None:
     _fresh(home, ("import-runs", str(home / "runs.jsonl")))
@@ -146,6 +155,7 @@ def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home:
     assert (state["runs"], state["embedded"], state["pending"]) == (RUNS, RUNS, 0), state
 
 
+@SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
 def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothing(home: Path, seed: int) -> None:
     _fresh(home, ("import-runs", str(home / "runs.jsonl")), ("embed-runs",))
@@ -163,6 +173,7 @@ def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothin
     _whole(home)
 
 
+@SERVER_FAULTS
 def test_a_server_killed_a_moment_ago_is_started_again_by_the_next_command(home: Path) -> None:
     """The postmaster is still exiting (or a zombie its parent has not reaped) when the next command starts:
     before, that command read a live pid from postmaster.pid and failed with "Connection refused"."""
@@ -194,6 +205,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@SERVER_FAULTS
 def test_a_full_disk_during_an_import_names_the_cause_and_every_batch_is_whole_or_absent(small_disk: Path,
                                                                                          tmp_path: Path) -> None:
     home = small_disk / "home"

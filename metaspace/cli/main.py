@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import warnings
 
 import click
@@ -107,6 +108,9 @@ def cli() -> None:
     """
     previous = warnings.showwarning
     warnings.showwarning = _show_note
+    # psycopg logs a failed rollback after a lost connection ("error ignored in rollback of <psycopg...>"): the
+    # command's own error says what happened, once
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     click.get_current_context().call_on_close(lambda: setattr(warnings, "showwarning", previous))
 
 

@@ -142,9 +142,12 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
         conn.close()
 
 
-# What libpq says when an established connection is gone (the server crashed, was killed or restarted).
-_LOST = ("server closed the connection", "consuming input failed", "connection is lost", "the connection is closed",
-         "terminating connection", "SSL connection has been closed", "could not receive data")
+
+
+def _not_made(primary: str) -> bool:
+    """Whether libpq's message says a connection could not be made (``connection to server ... failed: ...``),
+    rather than that one made was lost mid-command (closed by the server, or left unusable by that)."""
+    return "connection to server" in primary and "failed" in primary
 
 
 def describe_error(exc: Exception, *, embedded: bool = False) -> str:
@@ -160,7 +163,7 @@ def describe_error(exc: Exception, *, embedded: bool = False) -> str:
     diag = getattr(exc, "diag", None)
     primary = (getattr(diag, "message_primary", None) or str(exc)).strip()
     hint = getattr(diag, "message_hint", None)
-    if sqlstate in ("57P01", "57P02", "57P03") or (sqlstate is None and any(s in primary for s in _LOST)):
+    if sqlstate in ("57P01", "57P02", "57P03") or (sqlstate is None and not _not_made(primary)):
         cause = _embedded_crash_cause() if embedded else None
         return (f"the connection to the database was lost during the command: {primary}"
                 + (f"\nThe server's log says: {cause}" if cause else "")
