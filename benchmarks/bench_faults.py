@@ -26,8 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {"import-runs": "during_an_import", "embed-runs": "during_embed_runs",
-         "evaluate --save-calibration": "during_evaluate_save_calibration", "a full disk (import-runs)": "full_disk"}
+CASES = {"a full disk (import-runs)": "full_disk", "import-runs": "killed_during_an_import",
+         "embed-runs": "killed_during_embed_runs", "evaluate --save-calibration": "killed_during_evaluate"}
 
 
 def main() -> int:
@@ -52,12 +52,17 @@ def main() -> int:
             state = ("failed" if case.find("failure") is not None or case.find("error") is not None
                      else "skipped" if case.find("skipped") is not None else "passed")
             outcome[command, state] += 1
+            for prop in case.iter("property"):  # how the killed command ended: an error, or finished anyway
+                outcome[command, "ended: " + prop.get("value")] += 1
     print(f"\nseeds {seeds}; {seconds:.0f} s; machine: {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {sys.version.split()[0]}")
-    print("\n| fault | runs | nothing lost (rerun exact, db check clean) | failed | skipped |\n| --- | --- | --- | --- | --- |")
+    print("\n| fault | runs | the command failed with one clear line / finished anyway | nothing lost (rerun "
+          "exact, db check clean) | test failed | skipped |\n| --- | --- | --- | --- | --- | --- |")
     for command in CASES:
         passed, failed, skipped = (outcome[command, s] for s in ("passed", "failed", "skipped"))
-        print(f"| {command} | {passed + failed + skipped} | {passed} | {failed} | {skipped} |")
+        ended = (f"{outcome[command, 'ended: error']} / {outcome[command, 'ended: finished']}"
+                 if command != next(iter(CASES)) else "-")
+        print(f"| {command} | {passed + failed + skipped} | {ended} | {passed} | {failed} | {skipped} |")
     return 1 if any(state == "failed" for _, state in outcome) else 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -81,7 +82,7 @@ def _fresh(home: Path, *steps: tuple[str, ...]) -> None:
 
 
 def _kill_when(home: Path, args: tuple[str, ...], reached, seed: int, *, within: float = 120,
-               pause: float = 0.3) -> subprocess.CompletedProcess:
+               pause: float = 0.1) -> subprocess.CompletedProcess:
     """Start ``metaspace *args``; once ``reached()`` is true, wait a seeded moment (up to ``pause`` seconds) and
     SIGKILL the server's postmaster; return the command's result. The test fails if the command ended before
     the kill."""
@@ -99,10 +100,16 @@ def _kill_when(home: Path, args: tuple[str, ...], reached, seed: int, *, within:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _failed_cleanly(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+def _ended_cleanly(result: subprocess.CompletedProcess, record_property) -> None:
+    """The killed command failed with one clear line, or finished: a backend busy with a statement notices its
+    postmaster's death only at its next wait, and may finish and commit the command's work first."""
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    if result.returncode == 0:
+        record_property("outcome", "finished")
+        return
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert "Error: the connection to the database was lost" in result.stderr, result.stderr[-2000:]
+    record_property("outcome", "error")
 
 
 def _restarted(result: subprocess.CompletedProcess) -> None:
@@ -129,12 +136,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
-def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes(home: Path, seed: int) -> None:
+def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes(home: Path, seed: int,
+        record_property) -> None:
     _fresh(home)
-    batches = random.Random(seed).randint(1, RUNS // BATCH // 2)
+    batches = random.Random(seed).randint(1, RUNS // BATCH // 3)
     killed = _kill_when(home, ("import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH)),
                         lambda: _count(home, "SELECT count(*) FROM historical_db.runs") >= batches * BATCH, seed)
-    _failed_cleanly(killed)
+    _ended_cleanly(killed, record_property)
     rerun = _cli(home, "import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH))
     _restarted(rerun)
     assert _whole(home)["runs"] == RUNS
@@ -142,13 +150,14 @@ def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes
 
 @SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
-def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home: Path, seed: int) -> None:
+def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home: Path, seed: int,
+        record_property) -> None:
     _fresh(home, ("import-runs", str(home / "runs.jsonl")))
-    batches = random.Random(seed).randint(1, RUNS // BATCH // 2)
+    batches = random.Random(seed).randint(1, RUNS // BATCH // 3)
     killed = _kill_when(home, ("embed-runs", "--batch-size", str(BATCH)),
                         lambda: _count(home, "SELECT count(*) FROM historical_db.joint_embeddings")
                         >= batches * BATCH, seed)
-    _failed_cleanly(killed)
+    _ended_cleanly(killed, record_property)
     rerun = _cli(home, "embed-runs", "--batch-size", str(BATCH))
     _restarted(rerun)
     state = _whole(home)
@@ -157,18 +166,21 @@ def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home:
 
 @SERVER_FAULTS
 @pytest.mark.parametrize("seed", KILLS)
-def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothing(home: Path, seed: int) -> None:
+def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothing(home: Path, seed: int,
+        record_property) -> None:
     _fresh(home, ("import-runs", str(home / "runs.jsonl")), ("embed-runs",))
     replaying = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
                  "AND query LIKE '%%suggest_picks%%' AND pid <> pg_backend_pid()")
     killed = _kill_when(home, ("evaluate", "--save-calibration", "--horizon", "60"),
-                        lambda: _count(home, replaying) > 0, seed, pause=0.8)
-    _failed_cleanly(killed)
-    assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") in (-1, 0)
+                        lambda: _count(home, replaying) > 0, seed, pause=0.5)
+    _ended_cleanly(killed, record_property)
+    if killed.returncode:
+        assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") in (-1, 0)
     rerun = _cli(home, "evaluate", "--save-calibration", "--horizon", "60", "--format", "json")
     _restarted(rerun)
     said = json.loads(rerun.stdout)["notes"]
-    stored = next(int(note.split()[1].replace(",", "")) for note in said if note.startswith("stored "))
+    stored = next(int(re.search(r"(?:stored|the same) ([\d,]+) calibrations", note)[1].replace(",", ""))
+                  for note in said if re.search(r"(?:stored|the same) [\d,]+ calibrations", note))
     assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") == stored > 0
     _whole(home)
 
