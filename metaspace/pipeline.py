@@ -23,7 +23,7 @@ from metaspace.records import Rejected, Run, parse_date, read_records, validate
 from metaspace.store import graphs, registry
 from metaspace.store import runs as run_store
 from metaspace.store import vectors as vector_store
-from metaspace.store.connection import connect, connection, resolve_url
+from metaspace.store.connection import connect, connection, other_sessions, resolve_url
 
 T = TypeVar("T")
 
@@ -302,6 +302,13 @@ def _locked_embed_runs(conn, url: str, summary: EmbedSummary, selection, spaces,
             bulk = False
             summary.notes.append("large backfill loaded with the HNSW indexes in place: dropping and rebuilding "
                                  "them needs the tables' owner")
+        readers = other_sessions(conn) if bulk else 0
+        if readers:  # their searches would scan the whole table until the graphs are built again
+            bulk = False
+            summary.notes.append(f"large backfill loaded with the HNSW indexes in place: {readers:,} other "
+                                 "session(s) are connected to this database, whose searches would scan the table "
+                                 "while the graphs were dropped (with none connected, embed-runs drops and rebuilds "
+                                 "them, which is faster)")
         if owner:
             # Graphs the rule does not want once this load is in (a space not indexed, or one that stays
             # below the threshold) are dropped before it, so the load does not maintain them.

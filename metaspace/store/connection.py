@@ -85,10 +85,16 @@ _TEMP_BUFFERS = (
 )
 
 
+# The server processes of this process's own connections (their backend pids), so that a writer can tell its
+# own sessions from other programs' (:func:`other_sessions`).
+_OWN_BACKENDS: set[int] = set()
+
+
 def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
     """A psycopg connection with the pgvector types registered (numpy arrays in and out), and room for
     the staging tables of the write path."""
     conn = psycopg.connect(url, autocommit=autocommit)
+    _OWN_BACKENDS.add(conn.info.backend_pid)
     try:
         conn.execute(_TEMP_BUFFERS)
         if not autocommit:
@@ -101,6 +107,14 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
         conn.close()
         raise
     return conn
+
+
+def other_sessions(conn: psycopg.Connection) -> int:
+    """How many client sessions of other programs are connected to this database (this process's own, made by
+    :func:`connect`, are not counted): readers that a writer's choices (such as dropping a graph) would slow."""
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND backend_type = 'client backend' AND pid <> ALL (%s)",
+                        (sorted(_OWN_BACKENDS | {conn.info.backend_pid}),)).fetchone()[0]
 
 
 def embedded_default(url: str | None) -> bool:
