@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -85,16 +86,16 @@ _TEMP_BUFFERS = (
 )
 
 
-# The server processes of this process's own connections (their backend pids), so that a writer can tell its
-# own sessions from other programs' (:func:`other_sessions`).
-_OWN_BACKENDS: set[int] = set()
+# This process's own connections, so that a writer can tell its own sessions from other programs'
+# (:func:`other_sessions`); a closed or collected one drops out.
+_OWN: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 
 
 def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
     """A psycopg connection with the pgvector types registered (numpy arrays in and out), and room for
     the staging tables of the write path."""
     conn = psycopg.connect(url, autocommit=autocommit)
-    _OWN_BACKENDS.add(conn.info.backend_pid)
+    _OWN.add(conn)
     try:
         conn.execute(_TEMP_BUFFERS)
         if not autocommit:
@@ -114,7 +115,8 @@ def other_sessions(conn: psycopg.Connection) -> int:
     :func:`connect`, are not counted): readers that a writer's choices (such as dropping a graph) would slow."""
     return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                         "AND backend_type = 'client backend' AND pid <> ALL (%s)",
-                        (sorted(_OWN_BACKENDS | {conn.info.backend_pid}),)).fetchone()[0]
+                        ([own.info.backend_pid for own in list(_OWN) if not own.closed]
+                         + [conn.info.backend_pid],)).fetchone()[0]
 
 
 def embedded_default(url: str | None) -> bool:
