@@ -37,6 +37,7 @@ from metaspace.evidence import (
 from metaspace.overfitting import config_pbo
 from metaspace.records import parse_date
 from metaspace.store import evaluation as evaluation_store
+from metaspace.store.connection import connect
 from metaspace.store.session import session
 
 NO_EDGE = "no config has a reliable edge here"
@@ -149,72 +150,70 @@ def evaluate(*, objective: str | None = None, since: Any = None, until: Any = No
     with session(database_url) as asked:
         conn, url = asked.conn, asked.url
         notes.extend(asked.notes)
-        with evaluation_store.one_snapshot(conn) as snapshot:
-            version = evaluation_store.active_version(conn)
-            key = keys.resolve(conn, objective, branch="outcome", option="objective", as_of=until_date)
-            if key.note:
-                notes.append(key.note)
-            path = list(key.path)
-            given_horizon = horizon  # v4 counts evidence in blocks of it; without it, of the runs' own windows
-            if horizon is None:
-                longest = evaluation_store.test_window_horizon(conn, until_date)
-                if longest is None:  # a search's history: trials and runs, not backtests with outcome windows
-                    horizon = 1
-                    notes.append("the runs carry no outcome window (no test_start): each decision, the configs tried "
-                                 "together in one environment (a study, an experiment), is ranked from the runs dated "
-                                 "before its day; --horizon DAYS spaces them further")
-                elif save_calibration:  # each stored calibration is applied as of its date: nothing later may shape it
-                    raise MetaspaceError(
-                        f"--save-calibration needs --horizon DAYS: inferred, the horizon is read from every run known "
-                        f"(today the longest outcome window is {longest} days, so --horizon {longest + 1}), and the "
-                        f"calibrations stored for earlier dates would then depend on runs dated after them")
-                else:
-                    horizon = longest + 1
-                    notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
-                                 f"minus test_start, {longest} days) plus the decision day")
+        version = evaluation_store.active_version(conn)
+        key = keys.resolve(conn, objective, branch="outcome", option="objective", as_of=until_date)
+        if key.note:
+            notes.append(key.note)
+        path = list(key.path)
+        given_horizon = horizon  # v4 counts evidence in blocks of it; without it, of the runs' own windows
+        if horizon is None:
+            longest = evaluation_store.test_window_horizon(conn, until_date)
+            if longest is None:  # a search's history: trials and runs, not backtests with outcome windows
+                horizon = 1
+                notes.append("the runs carry no outcome window (no test_start): each decision, the configs tried "
+                             "together in one environment (a study, an experiment), is ranked from the runs dated "
+                             "before its day; --horizon DAYS spaces them further")
+            elif save_calibration:  # each stored calibration is applied as of its date: nothing later may shape it
+                raise MetaspaceError(
+                    f"--save-calibration needs --horizon DAYS: inferred, the horizon is read from every run known "
+                    f"(today the longest outcome window is {longest} days, so --horizon {longest + 1}), and the "
+                    f"calibrations stored for earlier dates would then depend on runs dated after them")
             else:
-                notes.append(f"horizon {horizon} days, as given")
-            every_point = evaluation_store.decision_points(conn, path, until_date)
-            lag = dt.timedelta(days=horizon)
-            points = [p for p in every_point if since_date is None or p.as_of_date - lag >= since_date]
-            total_points = len(points)
-            if sample is not None and sample < len(points):
-                keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
-                points = [points[i] for i in keep]
-                notes.append(f"replayed {sample:,} of {total_points:,} decision points, drawn with seed {seed}")
-            if ranking == "suggest":
-                notes.append(_answered_as_suggest(conn, ".".join(path), higher_is_better))
-            fitted = _fit_note_for(conn, min((p.as_of_date - lag for p in points), default=None))
-            if fitted:
-                notes.append(fitted)
-            history = _History(*evaluation_store.objective_history(conn, path, until_date),
-                               direction=1.0 if higher_is_better else -1.0)
-            # v5 and suggest are ranked as `metaspace suggest` ranks by default: evidence in blocks of the runs' own
-            # outcome windows (point in time), the horizon only dating the decisions; a calibration to be stored is
-            # replayed on the exact path, whose answers as of a date no later run can move (a graph walk's can).
-            blocks = None if ranking in ("v5", "suggest") else given_horizon
-            if ranking == "v5":
-                rank = functools.partial(evaluation_store.picks_at_scales, objective=".".join(path),
-                                         higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                                         horizon=blocks, exact=save_calibration)
-            else:
-                rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
-                                         higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
-                                         ranking=ranking, horizon=blocks, exact=save_calibration)
-            if ranking == "v5":
-                tops, fits = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
-                                                higher_is_better=higher_is_better, notes=notes,
-                                                context={"neighbours": neighbours, "min_runs": min_runs,
-                                                         "horizon": horizon, "horizon_given": blocks},
-                                                snapshot=snapshot)
-            else:
-                fits = []
-                tops = [ranked[0] if ranked else None
-                        for ranked in _replay(conn, url, points, lag, rank, progress, snapshot=snapshot)]
-            decisions = [_decide(point, point.as_of_date - lag, top,
-                                 history.best_so_far(point.as_of_date - lag, point.configs), higher_is_better)
-                         for point, top in zip(points, tops)]
-        if save_calibration:  # after the snapshot, so that what another evaluate stored meanwhile is seen
+                horizon = longest + 1
+                notes.append(f"horizon {horizon} days, inferred: the longest outcome window in the runs (as_of_date "
+                             f"minus test_start, {longest} days) plus the decision day")
+        else:
+            notes.append(f"horizon {horizon} days, as given")
+        every_point = evaluation_store.decision_points(conn, path, until_date)
+        lag = dt.timedelta(days=horizon)
+        points = [p for p in every_point if since_date is None or p.as_of_date - lag >= since_date]
+        total_points = len(points)
+        if sample is not None and sample < len(points):
+            keep = np.sort(np.random.default_rng(seed).choice(len(points), size=sample, replace=False))
+            points = [points[i] for i in keep]
+            notes.append(f"replayed {sample:,} of {total_points:,} decision points, drawn with seed {seed}")
+        if ranking == "suggest":
+            notes.append(_answered_as_suggest(conn, ".".join(path), higher_is_better))
+        fitted = _fit_note_for(conn, min((p.as_of_date - lag for p in points), default=None))
+        if fitted:
+            notes.append(fitted)
+        history = _History(*evaluation_store.objective_history(conn, path, until_date),
+                           direction=1.0 if higher_is_better else -1.0)
+        # v5 and suggest are ranked as `metaspace suggest` ranks by default: evidence in blocks of the runs' own
+        # outcome windows (point in time), the horizon only dating the decisions; a calibration to be stored is
+        # replayed on the exact path, whose answers as of a date no later run can move (a graph walk's can).
+        blocks = None if ranking in ("v5", "suggest") else given_horizon
+        if ranking == "v5":
+            rank = functools.partial(evaluation_store.picks_at_scales, objective=".".join(path),
+                                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                                     horizon=blocks, exact=save_calibration)
+        else:
+            rank = functools.partial(evaluation_store.ranked_eligible, objective=".".join(path),
+                                     higher_is_better=higher_is_better, neighbours=neighbours, min_runs=min_runs,
+                                     ranking=ranking, horizon=blocks, exact=save_calibration)
+        if ranking == "v5":
+            tops, fits = _calibrated_replay(conn, url, every_point, points, lag, rank, progress, horizon=horizon,
+                                            higher_is_better=higher_is_better, notes=notes,
+                                            context={"neighbours": neighbours, "min_runs": min_runs,
+                                                     "horizon": horizon, "horizon_given": blocks})
+        else:
+            fits = []
+            tops = [ranked[0] if ranked else None
+                    for ranked in _replay(conn, url, points, lag, rank, progress)]
+        decisions = [_decide(point, point.as_of_date - lag, top,
+                             history.best_so_far(point.as_of_date - lag, point.configs), higher_is_better)
+                     for point, top in zip(points, tops)]
+        if save_calibration:
             _save(conn, version, fits, objective=".".join(path), higher_is_better=higher_is_better, notes=notes)
     result = _aggregate(decisions, key.name, higher_is_better, horizon, since_date, until_date, ranking,
                         total_points, notes)
@@ -233,8 +232,8 @@ REPLAY_CONNECTIONS = 2  # decisions are independent queries: a second connection
 
 def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.timedelta,
                        rank: Callable[..., Any], progress: Callable[[int, int], None] | None, *,
-                       horizon: int, higher_is_better: bool, notes: list[str], context: dict[str, Any],
-                       snapshot: str | None) -> tuple[list[dict[str, Any] | None], list[Any]]:
+                       horizon: int, higher_is_better: bool, notes: list[str], context: dict[str, Any]
+                       ) -> tuple[list[dict[str, Any] | None], list[Any]]:
     """v5's top suggestion at each of ``points``: every decision known is replayed uncalibrated, oldest first
     (``rank`` gives its top config and raw confidence at every local scale of the grid, from SQL), and each is
     answered with the calibration fitted on the decisions realised by its date, the one suggest_configs
@@ -242,8 +241,7 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
     from metaspace.calibration import OnlineCalibration
 
     online = OnlineCalibration(horizon, context=context)
-    picks_all = _replay(conn, url, every_point, lag, functools.partial(rank, scales=online.scales), progress,
-                        snapshot=snapshot)
+    picks_all = _replay(conn, url, every_point, lag, functools.partial(rank, scales=online.scales), progress)
     sign = 1.0 if higher_is_better else -1.0
     tops: dict[Any, dict[str, Any] | None] = {}
     for point, picks in zip(every_point, picks_all):
@@ -275,28 +273,31 @@ def _calibrated_replay(conn, url: str, every_point: list, points: list, lag: dt.
 
 def _save(conn, version: int | None, fits: list[Any], *, objective: str, higher_is_better: bool,
           notes: list[str]) -> None:
-    """Store the calibrations under the encoder version the replay measured them on, and say what happened."""
+    """Store the calibrations under the encoder version every decision was ranked on, and say what happened.
+    Evaluate reads the store as it goes (a snapshot held for the whole replay would hold its tables' locks that
+    long, and a DROP INDEX queued behind them would stall every search): if ``embed-runs --rebuild`` switched the
+    active version meanwhile, the decisions were ranked partly on each, and nothing is stored."""
+    now = evaluation_store.active_version(conn)
+    if version is None or now != version:
+        notes.append(f"the active encoder version changed from {version} to {now} while evaluate replayed "
+                     "(embed-runs --rebuild): its decisions were ranked partly on each, so no calibration was "
+                     "stored; run evaluate --save-calibration again")
+        return
     saved = evaluation_store.save_calibrations(conn, objective=objective, higher_is_better=higher_is_better,
                                                fits=fits, encoder_version=version)
     if saved.already:
         notes.append(f"the same {saved.count:,} calibrations were stored already (another evaluate "
                      "--save-calibration finished first): left as they are")
     else:
-        notes.append(f"stored {saved.count:,} calibrations: suggest_configs (metaspace suggest) applies the latest "
-                     "fitted on or before each answer's date")
-    now = evaluation_store.active_version(conn)
-    if now != saved.encoder_version:
-        notes.append(f"the active encoder version changed from {saved.encoder_version} to {now} while evaluate ran "
-                     f"(embed-runs --rebuild): the calibrations are filed under {saved.encoder_version}, the version "
-                     f"they were measured on, and suggest answers uncalibrated until evaluate --save-calibration "
-                     f"runs on {now}")
+        notes.append(f"stored {saved.count:,} calibrations for encoder version {version}: suggest_configs "
+                     "(metaspace suggest) applies the latest fitted on or before each answer's date")
 
 
 def _replay(conn, url: str, points: list, lag: dt.timedelta, rank: Callable[..., list[dict[str, Any]]],
-            progress: Callable[[int, int], None] | None, snapshot: str | None) -> list[list[dict[str, Any]]]:
+            progress: Callable[[int, int], None] | None) -> list[list[dict[str, Any]]]:
     """The suggestions at each decision point, best first, in the points' order. The rankings are asked on
-    ``REPLAY_CONNECTIONS`` connections at once (each worker its own), since each is one independent read; the
-    others read ``snapshot`` (``conn``'s, exported), so the answers are the same as asked one by one."""
+    ``REPLAY_CONNECTIONS`` connections at once (each worker its own), since each is one independent read of
+    the same snapshot-free tables; the answers are the same as asked one by one."""
     tops: list[list[dict[str, Any]]] = [[] for _ in points]
     lock = threading.Lock()
 
@@ -313,7 +314,7 @@ def _replay(conn, url: str, points: list, lag: dt.timedelta, rank: Callable[...,
         return tops
 
     def other(start: int) -> None:
-        with evaluation_store.in_snapshot(url, snapshot) as own:
+        with connect(url, autocommit=True) as own:
             work(range(start, len(points), workers), own)
 
     with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="metaspace-replay") as pool:

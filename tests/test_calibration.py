@@ -450,7 +450,8 @@ def test_suggest_says_when_its_calibration_ranks_by_the_records_alone(db_url: st
     _load(db_url, history, tmp_path)
     record_only, neighbourhood = dt.date(2012, 6, 1), dt.date(2012, 9, 1)
     with connect(db_url, autocommit=True) as conn:
-        save_calibrations(conn, objective="sharpe", higher_is_better=True, fits=[
+        version = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+        save_calibrations(conn, objective="sharpe", higher_is_better=True, encoder_version=version, fits=[
             Calibration(record_only, 0.0, *IDENTITY, 40, {"neighbours": 1000, "min_runs": 3, "horizon_given": None}),
             Calibration(neighbourhood, 1.0, *IDENTITY, 60, {"neighbours": 1000, "min_runs": 3, "horizon_given": None})])
     trending_up = dict(history[-1]["env"], trend=1.5)

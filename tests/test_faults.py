@@ -117,6 +117,16 @@ def _restarted(result: subprocess.CompletedProcess) -> None:
     assert "had stopped without a clean shutdown" in result.stderr, result.stderr[-2000:]
 
 
+def _check_after_kill(home: Path) -> dict:
+    """The first command after a kill: it starts the server again and says so, and db check finds nothing
+    half-written (faults none) before any rerun."""
+    checked = _cli(home, "db", "check", "--format", "json")
+    _restarted(checked)
+    state = json.loads(checked.stdout)
+    assert state["faults"] == {}, state
+    return state
+
+
 def _whole(home: Path) -> dict:
     checked = _cli(home, "db", "check", "--format", "json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -143,8 +153,9 @@ def test_the_server_killed_during_an_import_loses_no_batch_and_a_rerun_completes
     killed = _kill_when(home, ("import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH)),
                         lambda: _count(home, "SELECT count(*) FROM historical_db.runs") >= batches * BATCH, seed)
     _ended_cleanly(killed, record_property)
-    rerun = _cli(home, "import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH))
-    _restarted(rerun)
+    after = _check_after_kill(home)
+    assert after["runs"] % BATCH == 0, after  # whole batches or none
+    assert _cli(home, "import-runs", str(home / "runs.jsonl"), "--batch-size", str(BATCH)).returncode == 0
     assert _whole(home)["runs"] == RUNS
 
 
@@ -158,8 +169,9 @@ def test_the_server_killed_during_embed_runs_leaves_no_duplicate_or_orphan(home:
                         lambda: _count(home, "SELECT count(*) FROM historical_db.joint_embeddings")
                         >= batches * BATCH, seed)
     _ended_cleanly(killed, record_property)
-    rerun = _cli(home, "embed-runs", "--batch-size", str(BATCH))
-    _restarted(rerun)
+    after = _check_after_kill(home)
+    assert after["embedded"] + after["pending"] == RUNS, after
+    assert _cli(home, "embed-runs", "--batch-size", str(BATCH)).returncode == 0
     state = _whole(home)
     assert (state["runs"], state["embedded"], state["pending"]) == (RUNS, RUNS, 0), state
 
@@ -174,10 +186,11 @@ def test_the_server_killed_during_evaluate_save_calibration_stores_all_or_nothin
     killed = _kill_when(home, ("evaluate", "--save-calibration", "--horizon", "60"),
                         lambda: _count(home, replaying) > 0, seed, pause=0.5)
     _ended_cleanly(killed, record_property)
+    _check_after_kill(home)
     if killed.returncode:
-        assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") in (-1, 0)
+        assert _count(home, "SELECT count(*) FROM historical_db.suggest_calibrations") == 0
     rerun = _cli(home, "evaluate", "--save-calibration", "--horizon", "60", "--format", "json")
-    _restarted(rerun)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     said = json.loads(rerun.stdout)["notes"]
     stored = next(int(re.search(r"(?:stored|the same) ([\d,]+) calibrations", note)[1].replace(",", ""))
                   for note in said if re.search(r"(?:stored|the same) [\d,]+ calibrations", note))
@@ -257,14 +270,16 @@ def test_two_saves_of_one_calibration_at_once_both_finish_and_the_second_says_it
 
     fits, objective = _fits(dt.date(2015, 1, 2)), f"outcome.o{uuid.uuid4().hex[:6]}"
     first, second = connect(sample_db), connect(sample_db, autocommit=True)
+    version = second.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
     outcome: dict = {}
     try:
         first.execute("SELECT 1")  # the first's transaction stays open: its rows are written, not committed
-        save_calibrations(first, objective=objective, higher_is_better=True, fits=fits)
+        save_calibrations(first, objective=objective, higher_is_better=True, fits=fits, encoder_version=version)
 
         def later() -> None:
             try:
-                outcome["saved"] = save_calibrations(second, objective=objective, higher_is_better=True, fits=fits)
+                outcome["saved"] = save_calibrations(second, objective=objective, higher_is_better=True, fits=fits,
+                                                     encoder_version=version)
             except Exception as exc:  # noqa: BLE001 (the old failure, reported by the assertion below)
                 outcome["error"] = exc
 
@@ -284,11 +299,10 @@ def test_two_saves_of_one_calibration_at_once_both_finish_and_the_second_says_it
         second.close()
 
 
-def test_calibrations_are_filed_under_the_encoder_version_evaluate_measured_them_on(db_url: str,
-                                                                                  tmp_path: Path) -> None:
-    """embed-runs --rebuild switches the active version while evaluate replays (from its progress callback,
-    at its first decision). Before, every later decision was ranked on the new version's vectors and all the
-    calibrations were filed under it."""
+def test_calibrations_measured_across_an_encoder_version_switch_are_not_stored(db_url: str, tmp_path: Path) -> None:
+    """embed-runs --rebuild switches the active version while evaluate replays (from its progress callback, at
+    its first decision), so later decisions are ranked on the new version. Before, all the calibrations were
+    filed under the new version as if measured on it; now none is stored, and evaluate says why."""
     import metaspace
     from metaspace import pipeline
 
@@ -312,9 +326,13 @@ def test_calibrations_are_filed_under_the_encoder_version_evaluate_measured_them
     result = metaspace.evaluate(save_calibration=True, horizon=60, database_url=db_url, progress=switch)
     assert switched and switched[0] != before
     with connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM historical_db.suggest_calibrations").fetchone()[0] == 0
+    assert any(f"changed from {before} to {switched[0]}" in note and "no calibration was stored" in note
+               for note in result.notes), result.notes
+    again = metaspace.evaluate(save_calibration=True, horizon=60, database_url=db_url)
+    with connect(db_url) as conn:
         filed = conn.execute("SELECT DISTINCT encoder_version FROM historical_db.suggest_calibrations").fetchall()
-    assert filed == [(before,)]
-    assert any(f"changed from {before} to {switched[0]}" in note for note in result.notes), result.notes
+    assert filed == [(switched[0],)] and any(f"for encoder version {switched[0]}" in n for n in again.notes)
 
 
 # -- a reader's connection ended, a user's statement_timeout -------------------------------------------------

@@ -50,7 +50,9 @@ def connect_resolved(url: str | None, *, autocommit: bool = False) -> tuple[psyc
     try:
         return connect(resolved, autocommit=autocommit, register=False), resolved
     except psycopg.OperationalError as exc:
-        if not embedded_default(url) or exc.sqlstate is not None:  # reached, and refused for a reason of its own
+        from metaspace.store.embedded import no_listener
+
+        if not embedded_default(url) or not no_listener(exc):  # reached, and refused for a reason of its own
             raise
     resolved = _embedded("restart")
     return connect(resolved, autocommit=autocommit, register=False), resolved
@@ -94,7 +96,11 @@ _OWN: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
     """A psycopg connection with the pgvector types registered (numpy arrays in and out), and room for
     the staging tables of the write path."""
-    conn = psycopg.connect(url, autocommit=autocommit)
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit)
+    except psycopg.Error as exc:
+        exc.connecting = True  # type: ignore[attr-defined]  # never made: describe_error says "could not connect"
+        raise
     _OWN.add(conn)
     try:
         conn.execute(_TEMP_BUFFERS)
@@ -113,8 +119,10 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
 def other_sessions(conn: psycopg.Connection) -> int:
     """How many client sessions of other programs are connected to this database (this process's own, made by
     :func:`connect`, are not counted): readers that a writer's choices (such as dropping a graph) would slow."""
+    # (a role without pg_read_all_stats sees other roles' sessions with backend_type NULL, but their usesysid)
     return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND backend_type = 'client backend' AND pid <> ALL (%s)",
+                        "AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL)) "
+                        "AND pid <> ALL (%s)",
                         ([own.info.backend_pid for own in list(_OWN) if not own.closed]
                          + [conn.info.backend_pid],)).fetchone()[0]
 
@@ -179,12 +187,16 @@ def describe_error(exc: Exception, *, embedded: bool = False) -> str:
     diag = getattr(exc, "diag", None)
     primary = (getattr(diag, "message_primary", None) or str(exc)).strip()
     hint = getattr(diag, "message_hint", None)
-    if sqlstate in ("57P01", "57P02", "57P03") or (sqlstate is None and not _not_made(primary)):
+    connecting = getattr(exc, "connecting", False) or _not_made(primary)
+    if sqlstate in ("57P01", "57P02", "57P03") or (
+            isinstance(exc, psycopg.OperationalError) and sqlstate is None and not connecting):
         cause = _embedded_crash_cause() if embedded else None
         return (f"the connection to the database was lost during the command: {primary}"
                 + (f"\nThe server's log says: {cause}" if cause else "")
                 + "\nEach batch is one transaction: what was written is whole, the rest is absent. Run the command "
                   "again to finish" + (" (it starts the embedded server again)." if embedded else "."))
+    if sqlstate is None and not connecting and not isinstance(exc, psycopg.OperationalError):
+        return f"the database call failed: {primary}"  # refused by psycopg itself (a NUL byte in text, ...)
     if sqlstate is None or sqlstate.startswith("08"):
         return (f"could not connect to the database: {primary}\n"
                 "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")

@@ -15,6 +15,8 @@ import os
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -180,19 +182,17 @@ def _server_class() -> type:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs. A postmaster killed a moment ago may still be a zombie, which answers
-    ``kill(pid, 0)`` until its parent reaps it: on Linux its state in /proc says so."""
+    """Whether process ``pid`` runs. A postmaster killed a moment ago may stay a zombie, which answers
+    ``kill(pid, 0)`` until its parent reaps it (never, under an init that does not reap): psutil says so on
+    every platform."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except PermissionError:
-        pass
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
+    except psutil.Error:  # (access denied: another user's process, which runs)
         return True
-    return state not in ("Z", "X")
 
 
 def _postmaster(data_dir: Path):
@@ -216,11 +216,37 @@ def _running(data_dir: Path):
     running = _postmaster(data_dir)
     if running is not None:
         return running
-    crashed = (data_dir / "postmaster.pid").exists()
-    if crashed:  # the wheel would take a killed postmaster not yet reaped for a running one
-        _wait_for_exit(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(exist_ok=True)
+    with _starting(data_dir):  # one command at a time checks, cleans up after a crash and starts
+        running = _postmaster(data_dir)  # (another command may have started it meanwhile)
+        if running is not None:
+            return running
+        return _start_after(data_dir, crashed=(data_dir / "postmaster.pid").exists())
+
+
+@contextmanager
+def _starting(data_dir: Path) -> Iterator[None]:
+    """An exclusive lock (a file beside the data directory, flock) held while one command starts the server:
+    commands that find it down at once (every reader of a killed server) take turns, so that none removes the
+    lock files of a server another has just started."""
+    lock = data_dir.parent / ".metaspace-start.lock"
+    with open(lock, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # (no flock on Windows: the wheel's own start is the only guard there)
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _start_after(data_dir: Path, *, crashed: bool):
+    if crashed:  # the wheel would take a killed postmaster not yet reaped for a running one
+        _wait_for_exit(data_dir)
     deadline = time.monotonic() + (CRASH_RESTART_SECONDS if crashed else 0.0)
     while True:
         try:
@@ -291,9 +317,9 @@ def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
             _ensure_database(_uri(socket_dir, "postgres"), database, fresh)
             return _uri(socket_dir, database)
         except psycopg.OperationalError as exc:
-            if exc.sqlstate is not None:  # reached, and refused for a reason of its own
+            if not no_listener(exc):  # reached, and refused for a reason of its own (too many clients, ...)
                 raise
-            _wait_for_exit(data_dir)
+            return restart(database, fresh=fresh)
     server = _running(data_dir)
     _ensure_database(server.get_uri(), database, fresh)
     return server.get_uri(database=database)
@@ -301,30 +327,36 @@ def start(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
 
 def _wait_for_exit(data_dir: Path) -> None:
     """Wait (up to ``CRASH_RESTART_SECONDS``) for a killed server's processes to end: the postmaster that
-    ``postmaster.pid`` names, and every server process still working in ``data_dir`` (a backend notices its
+    ``postmaster.pid`` names, and every PostgreSQL process still working in ``data_dir`` (a backend notices its
     postmaster's death only at its next check). Then a postmaster left a zombie (a parent that does not reap,
-    as some containers' init) has its ``postmaster.pid`` removed: PostgreSQL, like the wheel, would take it
-    for a running server and refuse to start."""
+    as some containers' init) has its lock files removed (``postmaster.pid`` and the socket's), if they still
+    name it: PostgreSQL, like the wheel, would take it for a running server and refuse to start. Called with
+    :func:`_starting` held."""
     import psutil
 
     pid_file = data_dir / "postmaster.pid"
-    deadline = time.monotonic() + CRASH_RESTART_SECONDS
-    while time.monotonic() < deadline:
+
+    def named() -> tuple[int | None, str, str]:
         try:
             lines = pid_file.read_text().splitlines()
-            pid, port, socket_dir = int(lines[0]), lines[3].strip(), lines[4].strip()
+            return int(lines[0]), lines[3].strip(), lines[4].strip()
         except (OSError, ValueError, IndexError):
-            pid = port = socket_dir = None
-        working = pid is not None and _alive(pid)
-        for process in psutil.process_iter():
+            return None, "", ""
+
+    dead, port, socket_dir = named()
+    deadline = time.monotonic() + CRASH_RESTART_SECONDS
+    while time.monotonic() < deadline:
+        working = dead is not None and _alive(dead)
+        for process in psutil.process_iter(["name"]):
             if working:
                 break
             try:
-                working = process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == data_dir
+                working = (process.pid != os.getpid() and (process.info["name"] or "").startswith("postgres")
+                           and process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == data_dir)
             except (psutil.Error, OSError):
                 continue
         if not working:
-            if pid is not None and _exists(pid):  # and the socket's lock file, which names it too
+            if dead is not None and _exists(dead) and named()[0] == dead:  # a zombie's, not a new server's
                 if socket_dir and port:
                     Path(socket_dir, f".s.PGSQL.{port}.lock").unlink(missing_ok=True)
                 pid_file.unlink(missing_ok=True)
@@ -342,11 +374,32 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def restart(database: str = DATABASE_NAME) -> str:
-    """:func:`start`, for a server that refused a connection: once the process its ``postmaster.pid`` names
-    has ended, it is started again, and a note says so (:func:`_running`)."""
-    _wait_for_exit(pgdata())
-    return start(database)
+def no_listener(exc: Exception) -> bool:
+    """Whether a connection failed because nothing listens on the socket (the server is down, or was killed a
+    moment ago and is exiting), not because a running server refused it."""
+    return "Connection refused" in str(exc) or "No such file or directory" in str(exc)
+
+
+def restart(database: str = DATABASE_NAME, *, fresh: bool = False) -> str:
+    """:func:`start`, for a server that refused a connection because nothing listened (:func:`no_listener`):
+    once the processes of the one ``postmaster.pid`` names have ended, it is started again, and a note says so
+    (:func:`_running`). Another command may have started it meanwhile: then that one is used."""
+    import psycopg
+
+    data_dir = pgdata()
+    with _starting(data_dir):
+        socket_dir = _ready_socket(data_dir)
+        try:
+            if socket_dir is not None:
+                _ensure_database(_uri(socket_dir, "postgres"), database, fresh)
+                return _uri(socket_dir, database)
+        except psycopg.OperationalError as exc:
+            if not no_listener(exc):
+                raise
+        _wait_for_exit(data_dir)
+    server = _running(data_dir)
+    _ensure_database(server.get_uri(), database, fresh)
+    return server.get_uri(database=database)
 
 
 def _probe(server_url: str) -> dict[str, object]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +14,6 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from metaspace.names import JOINT_MODEL
-from metaspace.store.connection import connect
 from metaspace.store.search import HISTORY_RUNS, SUGGESTION_COLUMNS, _call
 
 # The ranking functions evaluate may replay: the released ones by version, or (benchmarks) any function
@@ -198,32 +195,6 @@ def calibration_settings(conn: psycopg.Connection, *, objective: str, higher_is_
     return row[0] if row else {}
 
 
-@contextmanager
-def one_snapshot(conn: psycopg.Connection) -> Iterator[str]:
-    """One REPEATABLE READ transaction on ``conn`` for a whole replay, and its snapshot exported for the replay's
-    other connections (:func:`in_snapshot`): every decision is answered from one state of the store, so runs
-    imported, or an encoder version switched by ``embed-runs --rebuild``, while evaluate runs move none of its
-    answers."""
-    previous = conn.isolation_level
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    try:
-        with conn.transaction():
-            yield conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-    finally:
-        conn.isolation_level = previous
-
-
-@contextmanager
-def in_snapshot(url: str, snapshot: str | None) -> Iterator[psycopg.Connection]:
-    """A connection of its own reading ``snapshot`` (exported by :func:`one_snapshot`) until it is closed."""
-    with connect(url) as own:
-        own.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        if snapshot is not None:
-            own.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        yield own
-        own.rollback()
-
-
 def active_version(conn: psycopg.Connection) -> int | None:
     """The active encoder version, as this connection's snapshot sees it (None before the first embed-runs)."""
     row = conn.execute(f"SELECT version FROM historical_db.encoder_versions "  # noqa: S608 (a constant)
@@ -239,9 +210,9 @@ class Saved:
 
 
 def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_better: bool,
-                      fits: list[Any], encoder_version: int | None = None) -> Saved:
+                      fits: list[Any], encoder_version: int) -> Saved:
     """Replace the stored calibrations of this objective and direction, for ``encoder_version`` (the version they
-    were measured on; the active one by default), with ``fits`` (metaspace.calibration.Calibration, one per date
+    were measured on), with ``fits`` (metaspace.calibration.Calibration, one per date
     refitted on), in one transaction.
 
     Two savers of one objective, direction and version take turns (a transaction-level advisory lock): the
@@ -249,7 +220,7 @@ def save_calibrations(conn: psycopg.Connection, *, objective: str, higher_is_bet
     they are, and ``already`` says so. Without the turn, both deleted what neither could yet see and the
     second failed on the first's primary keys."""
     with conn.transaction():
-        version = encoder_version if encoder_version is not None else active_version(conn)
+        version = encoder_version
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                      (f"metaspace.suggest_calibrations/{objective}/{higher_is_better}/{version}",))
         where = ("WHERE objective = %(objective)s AND higher_is_better = %(higher)s "

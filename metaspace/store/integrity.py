@@ -5,11 +5,14 @@ the check that says so from the rows themselves. Faults (each must be 0):
 
 - ``duplicate_joint``: runs with more than one joint vector of one encoder version;
 - ``orphan_joint``: joint vectors of a run that no longer exists;
+
+(each of metaspace's own joint type and model: rows other programs keep in the table are theirs);
 - ``partial_entities``: runs whose reference to their env, config or outcome vector is missing for a version
   they have a joint vector of (a run is embedded with all four or none);
 - ``orphan_entities``: distinct branch vectors no run references (embed-runs sweeps them; a crash between a
   writer's delete and its sweep leaves them until the next embed-runs);
-- ``invalid_indexes``: indexes of the schema left invalid by an interrupted ``CREATE INDEX CONCURRENTLY``.
+- ``invalid_indexes``: indexes of the schema left invalid by an interrupted ``CREATE INDEX CONCURRENTLY`` (one
+  being built now is not counted).
 
 And, for information: ``runs``, the runs ``embedded`` for the active version, the runs ``pending`` (neither
 embedded nor quarantined) and ``quarantined``.
@@ -21,28 +24,27 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
-from metaspace.names import JOINT_MODEL, SCHEMA
+from metaspace.names import JOINT_MODEL, JOINT_TYPE, SCHEMA
 
 FAULTS = ("duplicate_joint", "orphan_joint", "partial_entities", "orphan_entities", "invalid_indexes")
 
 _CHECK = f"""
 WITH active AS (SELECT (SELECT version FROM {SCHEMA}.encoder_versions
-                        WHERE model_id = '{JOINT_MODEL}' AND is_active) AS version)
+                        WHERE model_id = '{JOINT_MODEL}' AND is_active) AS version),
+     ours AS NOT MATERIALIZED (SELECT * FROM {SCHEMA}.joint_embeddings
+              WHERE joint_type = '{JOINT_TYPE}' AND model_id = '{JOINT_MODEL}' AND encoder_version IS NOT NULL)
 SELECT
   (SELECT count(*) FROM {SCHEMA}.runs),
-  (SELECT count(*) FROM {SCHEMA}.joint_embeddings j, active a WHERE j.encoder_version = a.version),
+  (SELECT count(*) FROM ours j, active a WHERE j.encoder_version = a.version),
   (SELECT count(*) FROM {SCHEMA}.runs r, active a
-    WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.joint_embeddings j
-                      WHERE j.run_id = r.run_id AND j.encoder_version = a.version)
+    WHERE NOT EXISTS (SELECT 1 FROM ours j WHERE j.run_id = r.run_id AND j.encoder_version = a.version)
       AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.embedding_quarantine q
                       WHERE q.run_id = r.run_id AND q.encoder_version = a.version)),
   (SELECT count(*) FROM {SCHEMA}.embedding_quarantine q, active a WHERE q.encoder_version = a.version),
-  (SELECT count(*) FROM (SELECT 1 FROM {SCHEMA}.joint_embeddings WHERE encoder_version IS NOT NULL
-                         GROUP BY run_id, encoder_version HAVING count(*) > 1) d),
-  (SELECT count(*) FROM {SCHEMA}.joint_embeddings j
-    WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.runs r WHERE r.run_id = j.run_id)),
-  (SELECT count(*) FROM {SCHEMA}.joint_embeddings j
-    WHERE j.encoder_version IS NOT NULL AND NOT EXISTS (
+  (SELECT count(*) FROM (SELECT 1 FROM ours GROUP BY run_id, encoder_version HAVING count(*) > 1) d),
+  (SELECT count(*) FROM ours j WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.runs r WHERE r.run_id = j.run_id)),
+  (SELECT count(*) FROM ours j
+    WHERE NOT EXISTS (
       SELECT 1 FROM {SCHEMA}.run_entities e
       WHERE e.run_id = j.run_id AND e.encoder_version = j.encoder_version
         AND e.env_entity IS NOT NULL AND e.config_entity IS NOT NULL AND e.outcome_entity IS NOT NULL)),
@@ -54,7 +56,8 @@ SELECT
       AND NOT (b.branch = 'outcome' AND EXISTS (
                  SELECT 1 FROM {SCHEMA}.run_entities e WHERE e.outcome_entity = b.entity_id))),
   (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{SCHEMA}' AND NOT i.indisvalid)
+    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{SCHEMA}' AND NOT i.indisvalid
+      AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid))
 """  # noqa: S608 (constants only)
 
 
