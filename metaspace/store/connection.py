@@ -166,8 +166,6 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
         conn.close()
 
 
-
-
 def _not_made(primary: str) -> bool:
     """Whether libpq's message says a connection could not be made (``connection to server ... failed: ...``),
     rather than that one made was lost mid-command (closed by the server, or left unusable by that)."""

@@ -356,22 +356,12 @@ def _wait_for_exit(data_dir: Path) -> None:
             except (psutil.Error, OSError):
                 continue
         if not working:
-            if dead is not None and _exists(dead) and named()[0] == dead:  # a zombie's, not a new server's
+            if dead is not None and psutil.pid_exists(dead) and named()[0] == dead:  # a zombie's, not a new one's
                 if socket_dir and port:
                     Path(socket_dir, f".s.PGSQL.{port}.lock").unlink(missing_ok=True)
                 pid_file.unlink(missing_ok=True)
             return
         time.sleep(0.2)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def no_listener(exc: Exception) -> bool:
