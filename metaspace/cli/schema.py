@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import click
 
@@ -108,6 +109,66 @@ def db_url() -> None:
         psql "$(metaspace db url)"
     """
     click.echo(redact(_embedded().start()))
+
+
+@db.group("cluster")
+def db_cluster() -> None:
+    """A local Citus cluster (a coordinator and workers on this machine), kept under METASPACE_HOME beside the
+    embedded server: for trying metaspace on a distributed engine before a team's own cluster.
+
+    \b
+    Example:
+        metaspace db cluster start --citus-source citus-14.0.1.tar.gz --workers 2
+        metaspace --database-url "$(metaspace db cluster url)" migrate
+        metaspace db cluster stop
+    """
+
+
+@db_cluster.command("start")
+@click.option("--citus-source", type=click.Path(dir_okay=False, path_type=Path),
+              help="Citus's source tarball, built against the embedded server when no build is kept yet.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="How many workers (a running cluster with fewer gets the new ones added).")
+@domain_errors
+def db_cluster_start(citus_source: Path | None, workers: int) -> None:
+    """Start the local Citus cluster (building Citus first when needed) and print the coordinator's URL.
+
+    \b
+    Example:
+        metaspace db cluster start --citus-source ../shared/vendor/citus-14.0.1.tar.gz
+    """
+    from metaspace.store import cluster
+
+    click.echo(cluster.start(citus_source, workers).url())
+
+
+@db_cluster.command("url")
+@domain_errors
+def db_cluster_url() -> None:
+    """Print the URL of the local cluster's coordinator.
+
+    \b
+    Example:
+        metaspace --database-url "$(metaspace db cluster url)" search --run R1
+    """
+    from metaspace.store import cluster
+
+    click.echo(cluster.current().url())
+
+
+@db_cluster.command("stop")
+@domain_errors
+def db_cluster_stop() -> None:
+    """Stop every node of the local cluster; its data stays for the next start.
+
+    \b
+    Example:
+        metaspace db cluster stop
+    """
+    from metaspace.store import cluster
+
+    stopped = cluster.stop()
+    click.echo(f"stopped {stopped} node(s)" if stopped else "not running")
 
 
 @db.command("check")

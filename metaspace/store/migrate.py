@@ -172,8 +172,17 @@ def upgrade(url: str, to: str = "head", *, concurrently: bool = False) -> list[s
 
     with psycopg.connect(url) as conn:
         check_server(conn)
+        from metaspace.store import citus
 
-    return _run(command.upgrade, url, to, concurrently=concurrently)
+        on_citus = citus.installed(conn)
+    messages = _run(command.upgrade, url, to, concurrently=concurrently)
+    if on_citus and to in ("head", head()):  # (a table of a later revision may be missing before head)
+        try:
+            messages += citus.distribute(url)
+        except psycopg.Error as exc:
+            raise MetaspaceError(f"the schema is at {head()}, but distributing its tables on Citus failed: "
+                                 f"{_root_message(exc)}") from exc
+    return messages
 
 
 def downgrade(url: str, to: str, *, allow_data_loss: bool = False) -> list[str]:

@@ -62,13 +62,15 @@ def _upsert(conn: psycopg.Connection, runs: Sequence[Any]) -> UpsertCounts:
     rows = conn.execute(
         """
         INSERT INTO historical_db.runs AS r
-            (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256)
-        SELECT run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256 FROM staging_runs
+            (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256, updated_at)
+        SELECT run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256, updated_at
+        FROM staging_runs
         ORDER BY run_id  -- rows are locked in run_id order, as embed locks them: the two never deadlock
+        -- (updated_at: the staged default, now(); Citus takes only immutable functions in DO UPDATE SET)
         ON CONFLICT (run_id) DO UPDATE SET
             config_id = excluded.config_id, strategy_id = excluded.strategy_id, as_of_date = excluded.as_of_date,
             config = excluded.config, env = excluded.env, outcome = excluded.outcome, extra = excluded.extra,
-            record_sha256 = excluded.record_sha256, updated_at = now()
+            record_sha256 = excluded.record_sha256, updated_at = excluded.updated_at
         WHERE r.record_sha256 <> excluded.record_sha256
         RETURNING run_id, (xmax = 0) AS inserted
         """
