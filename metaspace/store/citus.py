@@ -5,6 +5,9 @@ installed (docs/scaling.md, "Running metaspace on Citus"). A plain ``migrate`` e
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
+
 import psycopg
 from psycopg import sql
 
@@ -21,6 +24,47 @@ REFERENCE = ("encoder_versions", "encoder_branches", "encoder_features", "encode
 # enough to spread over up to 8 workers later by moving shards (citus_rebalance_start) without splitting them.
 SHARD_COUNT = 8
 SCHEMA = "historical_db"
+
+
+_DISTRIBUTED: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
+
+
+def distributed(conn: psycopg.Connection) -> bool:
+    """Whether this database's runs are a Citus distributed table (asked once per connection)."""
+    known = _DISTRIBUTED.get(conn)
+    if known is None:
+        known = bool(conn.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL").fetchone()[0]
+                     and conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
+                                      "WHERE logicalrelid = to_regclass('historical_db.runs'))").fetchone()[0])
+        _DISTRIBUTED[conn] = known
+    return known
+
+
+def prepare_writer(conn: psycopg.Connection) -> None:
+    """For a connection that writes, on Citus: its statements over several shards use one connection per worker,
+    so that a transaction may write the reference table branch_entities after reading or writing the run
+    tables (a new run's entities, an orphan's removal), which Citus refuses after a statement that ran over
+    several connections to a worker. Set for the session (in a transaction, until it ends), before any such
+    statement. Nothing on one server."""
+    if distributed(conn):
+        conn.execute("SET citus.multi_shard_modify_mode = 'sequential'")
+
+
+def share_lock_runs(conn: psycopg.Connection, run_ids: Sequence[str]) -> None:
+    """Hold these runs FOR SHARE until the transaction ends, in run_id order (as every writer locks them, so two
+    never deadlock). Citus takes row locks only in a query on one shard: there, one query per shard."""
+    ids = sorted(set(run_ids))
+    if not distributed(conn):
+        conn.execute("SELECT 1 FROM historical_db.runs r WHERE r.run_id = ANY (%s) ORDER BY r.run_id FOR SHARE",
+                     (ids,))
+        return
+    groups = conn.execute(
+        "SELECT array_agg(u.id ORDER BY u.id) FROM unnest(%s::text[]) AS u (id) "
+        "GROUP BY get_shard_id_for_distribution_column('historical_db.runs', u.id) ORDER BY min(u.id)",
+        (ids,)).fetchall()
+    for (group,) in groups:
+        conn.execute("SELECT 1 FROM historical_db.runs r WHERE r.run_id = ANY (%s) ORDER BY r.run_id FOR SHARE",
+                     (group,))
 
 
 def installed(conn: psycopg.Connection) -> bool:

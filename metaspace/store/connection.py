@@ -155,6 +155,11 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
     conn, resolved = connect_resolved(url, autocommit=autocommit)
     try:
         checked(conn, url, resolved)
+        from metaspace.store import citus
+
+        citus.prepare_writer(conn)  # (the commands that open a connection this way write runs or vectors)
+        if not autocommit:
+            conn.commit()  # (the setting holds for the session, whatever later transactions do)
         from pgvector.psycopg import register_vector
 
         register_vector(conn)

@@ -173,8 +173,9 @@ def save_settings(conn: psycopg.Connection, settings: IndexSettings) -> None:
         if value is None:
             conn.execute(f"DELETE FROM {SCHEMA}.settings WHERE name = %s", (name,))  # noqa: S608
         else:
+            # (set_at: the inserted row's default, now(); Citus takes only immutable functions in DO UPDATE SET)
             conn.execute(f"INSERT INTO {SCHEMA}.settings (name, value) VALUES (%s, %s) "  # noqa: S608
-                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value, set_at = now()",
+                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
                          (name, Jsonb(value)))
 
 

@@ -24,41 +24,40 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
-from metaspace.names import JOINT_MODEL, JOINT_TYPE, SCHEMA
+from metaspace.names import JOINT_MODEL, JOINT_TYPE
 
 FAULTS = ("duplicate_joint", "orphan_joint", "partial_entities", "orphan_entities", "invalid_indexes")
 
-_CHECK = f"""
-WITH active AS (SELECT (SELECT version FROM {SCHEMA}.encoder_versions
-                        WHERE model_id = '{JOINT_MODEL}' AND is_active) AS version),
-     ours AS NOT MATERIALIZED (SELECT * FROM {SCHEMA}.joint_embeddings
-              WHERE joint_type = '{JOINT_TYPE}' AND model_id = '{JOINT_MODEL}' AND encoder_version IS NOT NULL)
-SELECT
-  (SELECT count(*) FROM {SCHEMA}.runs),
-  (SELECT count(*) FROM ours j, active a WHERE j.encoder_version = a.version),
-  (SELECT count(*) FROM {SCHEMA}.runs r, active a
-    WHERE NOT EXISTS (SELECT 1 FROM ours j WHERE j.run_id = r.run_id AND j.encoder_version = a.version)
-      AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.embedding_quarantine q
-                      WHERE q.run_id = r.run_id AND q.encoder_version = a.version)),
-  (SELECT count(*) FROM {SCHEMA}.embedding_quarantine q, active a WHERE q.encoder_version = a.version),
-  (SELECT count(*) FROM (SELECT 1 FROM ours GROUP BY run_id, encoder_version HAVING count(*) > 1) d),
-  (SELECT count(*) FROM ours j WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.runs r WHERE r.run_id = j.run_id)),
-  (SELECT count(*) FROM ours j
-    WHERE NOT EXISTS (
-      SELECT 1 FROM {SCHEMA}.run_entities e
-      WHERE e.run_id = j.run_id AND e.encoder_version = j.encoder_version
-        AND e.env_entity IS NOT NULL AND e.config_entity IS NOT NULL AND e.outcome_entity IS NOT NULL)),
-  (SELECT count(*) FROM {SCHEMA}.branch_entities b
-    WHERE NOT (b.branch = 'config' AND EXISTS (
-                 SELECT 1 FROM {SCHEMA}.run_entities e WHERE e.config_entity = b.entity_id))
-      AND NOT (b.branch = 'env' AND EXISTS (
-                 SELECT 1 FROM {SCHEMA}.run_entities e WHERE e.env_entity = b.entity_id))
-      AND NOT (b.branch = 'outcome' AND EXISTS (
-                 SELECT 1 FROM {SCHEMA}.run_entities e WHERE e.outcome_entity = b.entity_id))),
-  (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{SCHEMA}' AND NOT i.indisvalid
-      AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid))
-"""  # noqa: S608 (constants only)
+# Each count a statement of its own, all in one snapshot (one REPEATABLE READ transaction): on Citus a statement
+# with correlated subqueries over a CTE is refused, and a reference table (branch_entities) is anti-joined to the
+# distributed run_entities only through a subquery that is not correlated.
+_OURS = "j.joint_type = %(joint_type)s AND j.model_id = %(model)s AND j.encoder_version IS NOT NULL"
+_ACTIVE = "SELECT version FROM historical_db.encoder_versions WHERE model_id = %(model)s AND is_active"
+_COUNTS = tuple(query.replace("{ours}", _OURS) for query in (
+    "SELECT count(*) FROM historical_db.runs",
+    "SELECT count(*) FROM historical_db.joint_embeddings j WHERE {ours} AND j.encoder_version = %(v)s",
+    """SELECT count(*) FROM historical_db.runs r
+       WHERE NOT EXISTS (SELECT 1 FROM historical_db.joint_embeddings j
+                         WHERE j.run_id = r.run_id AND {ours} AND j.encoder_version = %(v)s)
+         AND NOT EXISTS (SELECT 1 FROM historical_db.embedding_quarantine q
+                         WHERE q.run_id = r.run_id AND q.encoder_version = %(v)s)""",
+    "SELECT count(*) FROM historical_db.embedding_quarantine q WHERE q.encoder_version = %(v)s",
+    """SELECT count(*) FROM (SELECT j.run_id FROM historical_db.joint_embeddings j WHERE {ours}
+                             GROUP BY j.run_id, j.encoder_version HAVING count(*) > 1) d""",
+    """SELECT count(*) FROM historical_db.joint_embeddings j
+       WHERE {ours} AND NOT EXISTS (SELECT 1 FROM historical_db.runs r WHERE r.run_id = j.run_id)""",
+    """SELECT count(*) FROM historical_db.joint_embeddings j
+       WHERE {ours} AND NOT EXISTS (SELECT 1 FROM historical_db.run_entities e
+                                    WHERE e.run_id = j.run_id AND e.encoder_version = j.encoder_version)""",
+    """SELECT count(*) FROM historical_db.branch_entities b
+       WHERE NOT (b.branch = 'config' AND b.entity_id IN (SELECT e.config_entity FROM historical_db.run_entities e))
+         AND NOT (b.branch = 'env' AND b.entity_id IN (SELECT e.env_entity FROM historical_db.run_entities e))
+         AND NOT (b.branch = 'outcome'
+                  AND b.entity_id IN (SELECT e.outcome_entity FROM historical_db.run_entities e))""",
+    """SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'historical_db' AND NOT i.indisvalid
+         AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)""",
+))
 
 
 @dataclass(frozen=True)
@@ -83,5 +82,12 @@ class Integrity:
 
 
 def check(conn: psycopg.Connection) -> Integrity:
-    """Count what a fault could have left behind (see the module's docstring), in one statement and snapshot."""
-    return Integrity(*(int(value) for value in conn.execute(_CHECK).fetchone()))
+    """Count what a fault could have left behind (see the module's docstring), in one snapshot."""
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction():
+        if idle:  # (a caller's open transaction keeps its own snapshot)
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        names = {"joint_type": JOINT_TYPE, "model": JOINT_MODEL}
+        row = conn.execute(_ACTIVE, names).fetchone()
+        values = {**names, "v": row[0] if row else None}
+        return Integrity(*(int(conn.execute(query, values).fetchone()[0]) for query in _COUNTS))

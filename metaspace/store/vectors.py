@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from metaspace.errors import VersionChanged
 from metaspace.names import BRANCH_MODELS, DIMENSION, JOINT_MODEL, JOINT_TYPE, SOURCE
+from metaspace.store import citus
 
 # Advisory lock key held by embed-runs while it writes (two backfills never interleave).
 EMBED_LOCK_KEY = 0x6D657461_7370  # "meta" "sp"
@@ -82,10 +83,11 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
     # commits: an import changing one of them waits, then drops the vectors written here (its upsert deletes
     # a changed run's vectors); an import that changed one first makes this batch wait for it and then skip
     # that run, which stays pending. Either way no vector outlives the record it was made from.
-    conn.execute("SELECT 1 FROM historical_db.runs r JOIN staging_meta m ON m.run_id = r.run_id "
-                 "ORDER BY r.run_id FOR SHARE OF r")
-    conn.execute("DELETE FROM staging_meta m WHERE NOT EXISTS (SELECT 1 FROM historical_db.runs r "
-                 "WHERE r.run_id = m.run_id AND r.record_sha256 = m.record_sha256)")
+    citus.prepare_writer(conn)
+    citus.share_lock_runs(conn, [runs[i]["run_id"] for i in idx.tolist()])
+    current = [i for (i,) in conn.execute("SELECT m.idx FROM staging_meta m JOIN historical_db.runs r "
+                                          "ON r.run_id = m.run_id AND r.record_sha256 = m.record_sha256")]
+    conn.execute("DELETE FROM staging_meta WHERE NOT (idx = ANY (%s))", (current,))  # (Citus: no join in a DELETE)
     blocks = [_vector_rows(idx, SPACE_CODES[space], vectors[space][idx]) for space in SPACE_CODES]
     with conn.cursor().copy("COPY staging_vectors (idx, space, vector) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(_SIGNATURE)
@@ -116,7 +118,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
     # writer: historical_db.attach_entities_v1, sql/branch_entities_v1.sql).
     conn.execute(
         """
-        SELECT historical_db.attach_entities_v1(%(version)s, array_agg(m.run_id ORDER BY m.idx),
+        SELECT historical_db.attach_entities_v2(%(version)s, array_agg(m.run_id ORDER BY m.idx),
                                                 array_agg(c.vector ORDER BY m.idx), array_agg(e.vector ORDER BY m.idx),
                                                 array_agg(o.vector ORDER BY m.idx))
         FROM staging_meta m
@@ -156,7 +158,7 @@ def quarantine(conn: psycopg.Connection, version: int, entries: Sequence[Mapping
             "SELECT %(run_id)s, %(version)s, %(field)s, %(reason)s, %(record_sha256)s FROM historical_db.runs r "
             "WHERE r.run_id = %(run_id)s AND r.record_sha256 = %(record_sha256)s "
             "ON CONFLICT (run_id, encoder_version) DO UPDATE SET field = excluded.field, "
-            "reason = excluded.reason, record_sha256 = excluded.record_sha256, quarantined_at = now()",
+            "reason = excluded.reason, record_sha256 = excluded.record_sha256, quarantined_at = excluded.quarantined_at",
             [dict(entry, version=version) for entry in entries],
         )
 
