@@ -26,15 +26,17 @@ RANKINGS = {"v1": ("historical_db", "suggest_configs_v1"), "v2": ("historical_db
             "suggest": ("historical_db", "suggest_configs")}
 _QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
-# Runs that report the objective as a number and have an env vector of the active encoder version, known by
-# $until (as_of_date on or before it). An environment is one env object at one as_of_date.
+# Runs that report the objective as a number and have an env vector of the active encoder version (read first,
+# and passed in: on Citus a function in the join would run on the shards, where its read of the reference table
+# encoder_versions is a nested distributed query), known by $until (as_of_date on or before it). An environment
+# is one env object at one as_of_date.
 _KNOWN = """
     SELECT r.run_id, coalesce(r.config_id, r.run_id) AS config_id, r.as_of_date, md5(r.env::text) AS env_key,
            (r.outcome #>> %(path)s)::double precision AS value
     FROM historical_db.runs r
     JOIN historical_db.run_entities b
       ON b.run_id = r.run_id AND b.env_entity IS NOT NULL
-     AND b.encoder_version = historical_db.active_encoder_version_v1()
+     AND b.encoder_version = %(active)s
     WHERE jsonb_typeof(r.outcome #> %(path)s) = 'number'
       AND (%(until)s::date IS NULL OR r.as_of_date <= %(until)s::date)
 """
@@ -67,7 +69,7 @@ def decision_points(conn: psycopg.Connection, path: list[str], until: dt.date | 
         HAVING count(*) >= 2
         ORDER BY p.as_of_date, p.env_key
         """,  # noqa: S608 (constant text; the arguments are parameters)
-        {"path": path, "until": until},
+        {"path": path, "until": until, "active": _active_version(conn)},
     ).fetchall()
     return [DecisionPoint(d, key, run, tuple(configs), tuple(float(v) for v in values))
             for d, key, run, configs, values in rows]
@@ -82,7 +84,7 @@ def objective_history(conn: psycopg.Connection, path: list[str],
         SELECT k.as_of_date, k.config_id, sum(k.value), count(*)
         FROM known k GROUP BY k.as_of_date, k.config_id ORDER BY k.as_of_date, k.config_id
         """,  # noqa: S608 (constant text; the arguments are parameters)
-        {"path": path, "until": until},
+        {"path": path, "until": until, "active": _active_version(conn)},
     ).fetchall()
     dates = np.array([r[0] for r in rows], dtype="datetime64[D]")
     return dates, [r[1] for r in rows], np.array([r[2] for r in rows], float), np.array([r[3] for r in rows], float)
@@ -112,6 +114,19 @@ def _ranking_function(ranking: str) -> sql.Composable:
     return sql.Identifier(*ranking.split("."))
 
 
+def _active_version(conn: psycopg.Connection) -> int | None:
+    return conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
+
+
+def _env_vector(conn: psycopg.Connection, run_id: str) -> Any:
+    """The run's env vector for the active encoder version (None when it has none), read before the call that
+    ranks by it: on Citus a vector read by a subquery in that call's arguments would be planned on the shards."""
+    row = conn.execute(
+        "SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %s AND b.branch = 'env' "
+        "AND b.encoder_version = %s", (run_id, _active_version(conn))).fetchone()
+    return None if row is None else row[0]
+
+
 def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt.date, objective: str,
                     higher_is_better: bool, neighbours: int, min_runs: int, ranking: str = "v4",
                     exact: bool = False, horizon: int | None = None) -> list[dict[str, Any]]:
@@ -120,10 +135,8 @@ def ranked_eligible(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
     v2 and its variants restrict the candidates in SQL (``eligible_configs``); v1 has no such argument, so it
     ranks every config and the eligible ones are kept in its order. ``horizon`` (days of one outcome
     window) reaches v4 and suggest, which count evidence in blocks of it."""
-    env = sql.SQL(
-        "(SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env' "
-        "AND b.encoder_version = historical_db.active_encoder_version_v1())")
-    params = {"run": point.env_run_id, "as_of": as_of, "objective": objective, "higher": higher_is_better,
+    env = sql.SQL("%(env)s::vector")
+    params = {"env": _env_vector(conn, point.env_run_id), "as_of": as_of, "objective": objective, "higher": higher_is_better,
               "neighbours": neighbours, "min_runs": min_runs, "exact": exact}
     if ranking == "v1":
         statement = sql.SQL(
@@ -154,12 +167,11 @@ def picks_at_scales(conn: psycopg.Connection, point: DecisionPoint, *, as_of: dt
     rows = _call(conn, """
         SELECT p.local_scale, p.config_id, p.raw_confidence
         FROM historical_db.suggest_picks(
-            (SELECT b.vector FROM historical_db.branch_embeddings b WHERE b.run_id = %(run)s AND b.branch = 'env'
-               AND b.encoder_version = historical_db.active_encoder_version_v1()),
-            %(as_of)s, %(objective)s, %(higher)s, %(neighbours)s, %(min_runs)s, %(eligible)s, %(exact)s, %(horizon)s,
+            %(env)s::vector, %(as_of)s, %(objective)s, %(higher)s, %(neighbours)s, %(min_runs)s, %(eligible)s, %(exact)s, %(horizon)s,
             %(scales)s, %(history)s) p""",
-        {"run": point.env_run_id, "as_of": as_of, "objective": objective, "higher": higher_is_better,
-         "neighbours": neighbours, "min_runs": min_runs, "eligible": list(point.configs), "exact": exact,
+        {"env": _env_vector(conn, point.env_run_id), "as_of": as_of, "objective": objective,
+         "higher": higher_is_better, "neighbours": neighbours, "min_runs": min_runs, "eligible": list(point.configs),
+         "exact": exact,
          "horizon": horizon, "scales": [float(scale) for scale in scales], "history": HISTORY_RUNS})
     return {float(scale): (config, float(raw)) for scale, config, raw in rows}
 

@@ -93,10 +93,12 @@ def distinct(conn: psycopg.Connection, vector: np.ndarray | None, k: int, space:
     """The k nearest distinct entities of a branch space (historical_db.search_distinct): to a vector made with
     encoder ``version``, or to a stored run's own vector in that space (``run_id``)."""
     if run_id is not None:
+        # (the active version read first: on Citus a function in the filter would run on the shards, where its
+        # read of the reference table encoder_versions is a nested distributed query)
+        active = conn.execute("SELECT historical_db.active_encoder_version_v1()").fetchone()[0]
         found = conn.execute(
             "SELECT b.vector, b.encoder_version FROM historical_db.branch_embeddings b WHERE b.run_id = %s "
-            "AND b.branch = %s AND b.encoder_version = historical_db.active_encoder_version_v1()",
-            (run_id, space)).fetchone()
+            "AND b.branch = %s AND b.encoder_version = %s", (run_id, space, active)).fetchone()
         if found is None:
             raise MetaspaceError(f"run {run_id!r} has no {space} vector for the active encoder version: import it "
                                  "(metaspace import-runs) and embed it (metaspace embed-runs), or check the run_id")
