@@ -285,6 +285,84 @@ BEGIN
 END
 $fn$;
 
+-- The online path, replaced in place again (same arguments, same result): branch_entities_v1.sql's store_run_v3
+-- with what Citus needs: a changed run's updated_at is the inserted row's default (the same now(); Citus takes only
+-- immutable functions in ON CONFLICT DO UPDATE SET), its entities attached by attach_entities_v2, and Citus's
+-- sequential mode for its statements.
+CREATE OR REPLACE FUNCTION historical_db.store_run_v3(
+    run jsonb, record_sha256 text, encoder_version integer, fingerprint text,
+    joint vector, config vector, env vector, outcome vector, legacy_f32 bytea DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+-- (on Citus: its statements over several shards one at a time, so that it may write the reference table
+-- branch_entities after them; on one server a setting nothing reads)
+SET citus.multi_shard_modify_mode = 'sequential'
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    id text := run ->> 'run_id';
+    written integer;
+BEGIN
+    IF id IS NULL OR id = '' OR run ->> 'as_of_date' IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'store_run_v3: the run needs run_id and as_of_date';
+    END IF;
+    PERFORM 1 FROM historical_db.encoder_versions v
+    WHERE v.version = encoder_version AND v.model_id = 'joint-meta-config-env-v1' AND v.is_active
+      AND v.fingerprint = store_run_v3.fingerprint
+    FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'encoder version ' || coalesce(encoder_version::text, 'NULL')
+                      || ' with that fingerprint is not the active one',
+            HINT = 'Encode the run again with the active version.';
+    END IF;
+    IF vector_dims(joint) <> 384 OR vector_dims(config) <> 384 OR vector_dims(env) <> 384
+       OR vector_dims(outcome) <> 384 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'store_run_v3: every vector must have 384 dimensions';
+    END IF;
+
+    INSERT INTO historical_db.runs AS r
+        (run_id, config_id, strategy_id, as_of_date, config, env, outcome, extra, record_sha256)
+    VALUES (id, run ->> 'config_id', run ->> 'strategy_id', (run ->> 'as_of_date')::date,
+            coalesce(run -> 'config', '{}'), coalesce(run -> 'env', '{}'), coalesce(run -> 'outcome', '{}'),
+            coalesce(run -> 'extra', '{}'), record_sha256)
+    ON CONFLICT (run_id) DO UPDATE SET
+        config_id = excluded.config_id, strategy_id = excluded.strategy_id, as_of_date = excluded.as_of_date,
+        config = excluded.config, env = excluded.env, outcome = excluded.outcome, extra = excluded.extra,
+        record_sha256 = excluded.record_sha256, updated_at = excluded.updated_at
+    WHERE r.record_sha256 <> excluded.record_sha256;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    IF written > 0 THEN  -- new or changed: vectors of an earlier form of this run are stale
+        PERFORM historical_db.forget_vectors_v1(ARRAY[id]);
+    END IF;
+
+    IF legacy_f32 IS NULL THEN
+        INSERT INTO historical_db.joint_embeddings
+            (run_id, joint_type, as_of_date, entity_scope, model_id, vector, encoder_version)
+        VALUES (id, 'META_CONFIG_ENV_V0', (run ->> 'as_of_date')::date,
+                jsonb_build_object('run_id', id, 'config_id', run ->> 'config_id',
+                                   'strategy_id', run ->> 'strategy_id', 'source', 'meta-config-env'),
+                'joint-meta-config-env-v1', joint, encoder_version)
+        ON CONFLICT (joint_type, model_id, run_id, encoder_version)
+            WHERE encoder_version IS NOT NULL DO NOTHING;
+    ELSE  -- the table was converted from float32 bytes: older readers still read them
+        INSERT INTO historical_db.joint_embeddings
+            (run_id, joint_type, as_of_date, entity_scope, model_id, vector, encoder_version, vector_f32)
+        VALUES (id, 'META_CONFIG_ENV_V0', (run ->> 'as_of_date')::date,
+                jsonb_build_object('run_id', id, 'config_id', run ->> 'config_id',
+                                   'strategy_id', run ->> 'strategy_id', 'source', 'meta-config-env'),
+                'joint-meta-config-env-v1', joint, encoder_version, legacy_f32)
+        ON CONFLICT (joint_type, model_id, run_id, encoder_version)
+            WHERE encoder_version IS NOT NULL DO NOTHING;
+    END IF;
+    PERFORM historical_db.attach_entities_v2(encoder_version, ARRAY[id], ARRAY[config], ARRAY[env], ARRAY[outcome]);
+    RETURN id;
+END
+$fn$;
+
 -- The released names hand over (same arguments, same results).
 CREATE OR REPLACE FUNCTION historical_db.walk_entities_v1(
     query vector, space text, encoder_version integer, as_of date, strategy_ids text[], config_ids text[],

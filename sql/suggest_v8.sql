@@ -4,7 +4,8 @@
 -- record), which v1 read with a LATERAL subquery per config ending in FETCH FIRST n ROWS WITH TIES. Citus plans
 -- no LIMIT in a lateral subquery over a distributed table. suggest_evidence_v1 keeps its name, arguments and
 -- results and hands over to v2, so every suggest function (suggest_configs, suggest_for_env, suggest_picks)
--- answers through it, on one server as before.
+-- answers through it, on one server as before (floats within 1e-12: a sum may meet its terms in another order).
+-- outcome_keys_v2 (what an empty answer lists) reads its sample before its recursive query, for the same reason.
 
 -- Each config's newest runs known as of a date (as_of NULL: all) that report the objective at path as a number,
 -- of the given strategies (NULL: all): for each config, its per_config newest runs, with every run as old as the
@@ -228,7 +229,42 @@ AS $fn$
     FROM shrunk s CROSS JOIN departure d
 $fn$;
 
--- The released name hands over (same arguments, same results).
+-- Dotted numeric leaves of outcome over a sample of the runs known by a date (2,000 runs), most common first
+-- (outcome_keys_v1's rule): the sample read first, by a plain query, and its leaves found by a recursive query
+-- over those values (Citus plans a recursive query over a distributed table only with a filter on run_id).
+CREATE FUNCTION historical_db.outcome_keys_v2(as_of date) RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    outcomes jsonb[];
+    keys text[];
+BEGIN
+    SELECT array_agg(s.outcome) INTO outcomes FROM (
+        SELECT r.outcome FROM historical_db.runs r
+        WHERE outcome_keys_v2.as_of IS NULL OR r.as_of_date <= outcome_keys_v2.as_of
+        LIMIT 2000
+    ) s;
+    WITH RECURSIVE leaves (key, value, depth) AS (
+        SELECT e.key, e.value, 0 FROM unnest(outcomes) AS s (outcome) CROSS JOIN LATERAL jsonb_each(
+            CASE WHEN jsonb_typeof(s.outcome) = 'object' THEN s.outcome ELSE '{}' END) e
+        UNION ALL
+        SELECT l.key || '.' || e.key, e.value, l.depth + 1
+        FROM leaves l CROSS JOIN LATERAL jsonb_each(l.value) e
+        WHERE jsonb_typeof(l.value) = 'object' AND l.depth < 16
+    )
+    SELECT coalesce(array_agg(k.key ORDER BY k.n DESC, k.key), '{}') INTO keys
+    FROM (SELECT l.key, count(*) AS n FROM leaves l WHERE jsonb_typeof(l.value) = 'number' GROUP BY l.key) k;
+    RETURN keys;
+END
+$fn$;
+
+-- The released names hand over (same arguments, same results).
+CREATE OR REPLACE FUNCTION historical_db.outcome_keys_v1(as_of date) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$ SELECT historical_db.outcome_keys_v2(as_of) $fn$;
+
 CREATE OR REPLACE FUNCTION historical_db.suggest_evidence_v1(
     env vector, as_of date, path text[], direction double precision, neighbours integer, min_runs integer,
     strategy_ids text[], exact boolean, eligible_configs text[], of_version integer, history integer,

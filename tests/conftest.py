@@ -21,7 +21,21 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 PGVECTOR_IMAGE = "pgvector/pgvector:0.8.0-pg17"
+# METASPACE_TESTS_ON=citus (with METASPACE_CITUS_URL, a Citus coordinator's database): every test's database
+# (db_url, sample_db) is that one, its schema made afresh and distributed by migrate (.ci/citus.sh runs the
+# pipeline's, search's, suggest's, evaluate's and the importers' tests so).
+CITUS_URL = os.environ.get("METASPACE_CITUS_URL") if os.environ.get("METASPACE_TESTS_ON") == "citus" else None
 TEMPLATE = "metaspace_test_template"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On Citus (METASPACE_TESTS_ON=citus), tests marked one_node skip, with their reason."""
+    if not CITUS_URL:
+        return
+    for item in items:
+        marker = item.get_closest_marker("one_node")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"one server only: {marker.kwargs['reason']}"))
 
 
 def _docker_answers() -> bool:
@@ -101,9 +115,27 @@ def empty_db(server_url: str) -> Iterator[str]:
     _drop_database(server_url, name)
 
 
+def _citus_database() -> Iterator[str]:
+    """A database of this test's own on the Citus cluster (on every node, the workers registered), migrated to
+    head, which distributes its tables; dropped after."""
+    from metaspace.store import cluster, migrate
+
+    nodes = cluster.cluster_nodes(CITUS_URL)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = cluster.prepare_database(CITUS_URL, nodes, name)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        cluster.drop_database(CITUS_URL, nodes, name)
+
+
 @pytest.fixture
 def db_url(server_url: str, template_url: str) -> Iterator[str]:
-    """A database of this test's own, migrated to head."""
+    """A database of this test's own, migrated to head (on Citus: the cluster's, made afresh)."""
+    if CITUS_URL:
+        yield from _citus_database()
+        return
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield _create_database(server_url, name, template=TEMPLATE)
     _drop_database(server_url, name)
@@ -150,11 +182,43 @@ def sample_template(server_url: str, template_url: str, tmp_path_factory: pytest
     return SAMPLE_TEMPLATE
 
 
+def _citus_sample(url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from metaspace import pipeline
+    from metaspace.sample import sample_runs, write_runs
+
+    path = write_runs(sample_runs(SAMPLE_RUNS, seed=SAMPLE_SEED), tmp_path_factory.mktemp("sample") / "runs.jsonl.gz")
+    pipeline.import_runs([str(path)], database_url=url)
+    pipeline.embed_runs(database_url=url, index_min_vectors=0)
+
+
 @pytest.fixture(scope="module")
-def sample_db(server_url: str, sample_template: str) -> Iterator[str]:
+def sample_db(server_url: str, sample_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database holding the sample history, imported and embedded (a copy of the session's): shared by a
     module's tests, which may change it without touching another module's."""
+    if CITUS_URL:
+        for url in _citus_database():
+            _citus_sample(url, tmp_path_factory)
+            yield url
+        return
     name = f"s_{uuid.uuid4().hex[:12]}"
     url = _create_database(server_url, name, template=sample_template)
     yield url
     _drop_database(server_url, name)
+
+
+def assert_same_answer(got, want, rel: float = 1e-12) -> None:
+    """Two answers (rows as tuples or dicts, or one row) that hold the same values, floats within ``rel`` (the
+    order in which a sum meets its terms may differ by a plan, in the last bit), everything else exactly."""
+    assert type(got) is type(want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            assert_same_answer(got[key], want[key], rel)
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert_same_answer(a, b, rel)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=rel, abs=rel)
+    else:
+        assert got == want

@@ -28,6 +28,9 @@ SPACES = ("joint", "config", "env", "outcome")
 INDEXED = DEFAULT_SPACES  # the spaces with a graph by default: config's copies are searched exactly
 SLOW_DB = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+# (where the suite runs on Citus, tests/test_citus.py checks the shards' walks instead)
+ON_THE_COORDINATOR = "plans and index-scan counts are the coordinator's there"
+
 
 def _vector(conn: psycopg.Connection, run_id: str, space: str = "joint") -> np.ndarray:
     row = conn.execute("SELECT vector FROM historical_db.run_vectors_v1 WHERE space = %s AND run_id = %s",
@@ -56,6 +59,7 @@ def sconn(sample_db: str):
 # -- the SQL functions ----------------------------------------------------------------------------
 
 
+@pytest.mark.one_node(reason=ON_THE_COORDINATOR)
 @pytest.mark.parametrize("space", INDEXED)
 def test_search_walks_the_space_hnsw_index_and_exact_does_not(sconn, sample_history, space: str) -> None:
     index = _graph(space)
@@ -79,6 +83,7 @@ def test_search_walks_the_space_hnsw_index_and_exact_does_not(sconn, sample_hist
     assert sum(min(hnsw.count(d), truth.count(d)) for d in set(hnsw)) >= 9
 
 
+@pytest.mark.one_node(reason=ON_THE_COORDINATOR)
 @pytest.mark.parametrize("space", INDEXED)
 def test_plain_sql_uses_the_space_index(sconn, space: str) -> None:
     """The plain form of the README's table: ``vector <-> :q`` walks a float32 graph, and on a space whose
@@ -105,6 +110,7 @@ def test_plain_sql_uses_the_space_index(sconn, space: str) -> None:
     assert f"Index Scan using {_graph(space)}" in plan, plan
 
 
+@pytest.mark.one_node(reason=ON_THE_COORDINATOR)
 def test_product_sql_form_keeps_using_the_joint_index(sconn, sample_history) -> None:
     query = _vector(sconn, sample_history[1]["run_id"])
     plan = "\n".join(row[0] for row in sconn.execute(
@@ -170,6 +176,7 @@ def test_selective_filters_still_return_exactly_k_rows(sconn, sample_history, sp
     assert fewer == 12
 
 
+@pytest.mark.one_node(reason=ON_THE_COORDINATOR)
 def test_an_as_of_date_leaving_few_runs_skips_the_graph(sconn, sample_history) -> None:
     dates = sorted(r["as_of_date"] for r in sample_history)
     query = _vector(sconn, sample_history[0]["run_id"])
@@ -182,6 +189,7 @@ def test_an_as_of_date_leaving_few_runs_skips_the_graph(sconn, sample_history) -
     assert many == 10 and _hnsw_scans(sconn)["joint_embeddings_vector_hnsw"] == before + 1
 
 
+@pytest.mark.one_node(reason=ON_THE_COORDINATOR)
 def test_a_walk_that_stops_short_falls_back_to_the_exact_answer(sconn, sample_history) -> None:
     config_id = sample_history[4]["config_id"]
     query = _vector(sconn, sample_history[0]["run_id"])
@@ -350,6 +358,7 @@ def test_suggestions_carry_evidence_and_a_deflated_confidence(sconn, sample_hist
     assert [r[0] for r in lower] == sorted(r[0] for r in lower)
 
 
+@pytest.mark.one_node(reason="Citus reaches the workers as the current role: SET ROLE to a NOLOGIN role cannot log in")
 def test_reader_role_can_search_but_not_write(sconn, sample_history) -> None:
     query = _vector(sconn, sample_history[0]["run_id"])
     with sconn.transaction():
@@ -359,6 +368,7 @@ def test_reader_role_can_search_but_not_write(sconn, sample_history) -> None:
             sconn.execute("DELETE FROM historical_db.runs")
 
 
+@pytest.mark.one_node(reason="a downgrade of a distributed schema is not supported")
 def test_search_functions_survive_a_downgrade_upgrade_cycle(db_url: str, tmp_path: Path) -> None:
     path = write_runs(sample_runs(300, seed=3), tmp_path / "runs.jsonl")
     pipeline.import_runs([str(path)], database_url=db_url)

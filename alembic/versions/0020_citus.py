@@ -11,7 +11,8 @@ and removed by id; on Citus the walk keeps the entities with a matching run afte
 its runs by id. ``sql/suggest_v8.sql``: ``suggest_evidence_v1`` (revision 0017) with the candidates' records read
 by ``recent_records_v1``, whose LATERAL ... FETCH FIRST Citus does not plan (there, one ranked query). The
 released names keep their arguments and results and hand over to these (one body per rule); on one server every
-answer is the same. ``sql/roles_v5.sql`` is run again, so that the new writing functions are the writer's alone.
+answer is the same (floats within 1e-12). ``store_run_v3`` is replaced in place again (no now() in its upsert's
+DO UPDATE, which Citus refuses; its entities by attach_entities_v2). ``sql/roles_v5.sql`` is run again, so that the new writing functions are the writer's alone.
 
 Nothing is stored: downgrading gives the released functions their 0019 and 0017 bodies and drops the new ones.
 """
@@ -28,8 +29,8 @@ depends_on = None
 
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "branch_entities_v2.sql": "8a9e97a311c38f35cd4c6907df6af2b3f06cbce0fc14da1a5f3776e89b03ed36",
-    "suggest_v8.sql": "e6c5d557dd3b4fff4ccbd388092a571eb50710703692636c3667d19ff0e6916b",
+    "branch_entities_v2.sql": "392ce2df2dfaf360210d9a0cac8f6a9e3bf65d91a8957b826ae008ffb4b5bc0b",
+    "suggest_v8.sql": "a0981316b4c844af835979c9f47707f3e323098bfce88800d581feff5c064918",
     "roles_v5.sql": "902b3ce01006617cf5cf96dbf1527164b525148b5ffe67240d36d43d4113e2f1",
 }
 
@@ -39,6 +40,7 @@ DROPPED = [
     "FUNCTION historical_db.suggest_evidence_v2(vector, date, text[], double precision, integer, integer, text[], "
     "boolean, text[], integer, integer, integer, boolean)",
     "FUNCTION historical_db.recent_records_v1(text[], bigint, date, text[], text[])",
+    "FUNCTION historical_db.outcome_keys_v2(date)",
     "FUNCTION historical_db.search_distinct_v2(vector, integer, text, date, text[], text[], jsonb, boolean, integer)",
     "FUNCTION historical_db.walk_entities_v2(vector, text, integer, date, text[], text[], jsonb, integer, boolean)",
     "FUNCTION historical_db.distributed_v1(regclass)",
@@ -62,6 +64,13 @@ def _released(frozen: str, names: tuple[str, ...]) -> list[str]:
     return bodies
 
 
+def _released_or_replaced(frozen: str, name: str) -> list[str]:
+    """A function as an earlier revision replaced it in place (its frozen file's CREATE OR REPLACE)."""
+    text = (FROZEN / frozen).read_text(encoding="utf-8")
+    body = re.search(rf"^CREATE OR REPLACE FUNCTION historical_db\.{name}\(.*?^\$fn\$;$", text, re.MULTILINE | re.DOTALL)
+    return [body.group(0)]
+
+
 def upgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
     op.execute(_frozen("branch_entities_v2.sql"))
@@ -71,9 +80,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(_frozen("pin_search_path_v1.sql"))
-    for statement in (_released("0017_suggest_v6.sql", ("suggest_evidence_v1",))
+    for statement in (_released("0017_suggest_v6.sql", ("suggest_evidence_v1", "outcome_keys_v1"))
                       + _released("0019_branch_entities_v1.sql", ("attach_entities_v1", "drop_orphans_v1",
-                                                                   "walk_entities_v1", "search_distinct_v1"))):
+                                                                   "walk_entities_v1", "search_distinct_v1"))
+                      + _released_or_replaced("0019_branch_entities_v1.sql", "store_run_v3")):
         op.execute(statement)
     for name in DROPPED:
         op.execute(f"DROP {name}")

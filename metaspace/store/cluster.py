@@ -211,27 +211,62 @@ def _start_node(cluster: Cluster, node: int, user: str | None) -> None:
 
 
 def _prepare_database(cluster: Cluster) -> None:
-    """The ``metaspace`` database on every node, with Citus and pgvector, and the workers registered with the
-    coordinator (each step only where it is missing)."""
-    import psycopg
+    prepare_database(cluster.url(0), [(str(cluster.socket_dir), port) for port in cluster.ports], DATABASE)
 
-    for node in range(len(cluster.ports)):
-        with psycopg.connect(cluster.url(node, "postgres"), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        with psycopg.connect(cluster.url(node), autocommit=True) as conn:
+
+def _node_url(url: str, host: str, port: int, database: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(url, host=host, port=str(port), dbname=database)
+
+
+def prepare_database(url: str, nodes: list[tuple[str, int]], database: str) -> str:
+    """Database ``database`` on every node (``nodes``: the coordinator's host and port first, then the workers'),
+    with Citus and pgvector, and the workers registered with the coordinator in it (each step only where it is
+    missing); ``url`` gives the user and other connection settings. Returns the coordinator's URL of it. A Citus
+    database is one per node, each with its own metadata: this is what makes a new one usable."""
+    import psycopg
+    from psycopg import sql
+
+    for host, port in nodes:
+        with psycopg.connect(_node_url(url, host, port, "postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        with psycopg.connect(_node_url(url, host, port, database), autocommit=True) as conn:
             # (only where missing: on a worker that already holds Citus's metadata, even CREATE EXTENSION IF NOT
             # EXISTS of a distributed extension is refused as DDL outside the coordinator)
             present = {name for (name,) in conn.execute("SELECT extname FROM pg_extension")}
             for extension in ("citus", "vector"):
                 if extension not in present:
-                    conn.execute(f"CREATE EXTENSION {extension}")
-    with psycopg.connect(cluster.url(0), autocommit=True) as conn:
-        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (str(cluster.socket_dir), cluster.ports[0]))
-        known = {port for (port,) in conn.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0")}
-        for port in cluster.ports[1:]:
-            if port not in known:
-                conn.execute("SELECT citus_add_node(%s, %s)", (str(cluster.socket_dir), port))
+                    conn.execute(sql.SQL("CREATE EXTENSION {}").format(sql.Identifier(extension)))
+    (host, port), workers = nodes[0], nodes[1:]
+    coordinator = _node_url(url, host, port, database)
+    with psycopg.connect(coordinator, autocommit=True) as conn:
+        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (host, port))
+        known = set(conn.execute("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid > 0").fetchall())
+        for worker in workers:
+            if worker not in known:
+                conn.execute("SELECT citus_add_node(%s, %s)", worker)
+    return coordinator
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The nodes of the cluster whose coordinator ``url`` names: the coordinator first, then the workers."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return [(host, int(port)) for host, port in conn.execute(
+            "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' ORDER BY groupid > 0, nodeport")]
+
+
+def drop_database(url: str, nodes: list[tuple[str, int]], database: str) -> None:
+    """Drop ``database`` on every node (workers first)."""
+    import psycopg
+    from psycopg import sql
+
+    for host, port in reversed(nodes):
+        with psycopg.connect(_node_url(url, host, port, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
 def start(citus_source: Path | None, workers: int = 2) -> Cluster:

@@ -119,10 +119,11 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
 def other_sessions(conn: psycopg.Connection) -> int:
     """How many client sessions of other programs are connected to this database (this process's own, made by
     :func:`connect`, are not counted): readers that a writer's choices (such as dropping a graph) would slow."""
-    # (a role without pg_read_all_stats sees other roles' sessions with backend_type NULL, but their usesysid)
+    # (a role without pg_read_all_stats sees other roles' sessions with backend_type NULL, but their usesysid; on
+    # Citus the coordinator's connections to its own placements are client backends named citus_internal)
     return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                         "AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL)) "
-                        "AND pid <> ALL (%s)",
+                        "AND coalesce(application_name, '') NOT LIKE 'citus\\_internal%%' AND pid <> ALL (%s)",
                         ([own.info.backend_pid for own in list(_OWN) if not own.closed]
                          + [conn.info.backend_pid],)).fetchone()[0]
 

@@ -189,6 +189,13 @@ def downgrade(url: str, to: str, *, allow_data_loss: bool = False) -> list[str]:
     """Downgrade the schema to ``to`` (a revision id or ``base``)."""
     from alembic import command
 
+    from metaspace.store import citus
+
+    with psycopg.connect(url) as conn:
+        if citus.installed(conn) and citus.layout(conn):
+            raise MetaspaceError(
+                "this schema's tables are distributed by Citus, and metaspace does not downgrade a distributed "
+                "schema (its revisions' DDL is written for one server): restore a dump taken before the upgrade")
     return _run(command.downgrade, url, to, allow_data_loss=allow_data_loss)
 
 

@@ -115,7 +115,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
         {"joint_type": JOINT_TYPE, "source": SOURCE, "model_id": JOINT_MODEL, "version": version},
     )
     # The branch vectors: each distinct branch record stored once, the runs referencing it (one rule for every
-    # writer: historical_db.attach_entities_v1, sql/branch_entities_v1.sql).
+    # writer: historical_db.attach_entities_v2, sql/branch_entities_v2.sql).
     conn.execute(
         """
         SELECT historical_db.attach_entities_v2(%(version)s, array_agg(m.run_id ORDER BY m.idx),
@@ -188,7 +188,7 @@ def analyze(conn: psycopg.Connection) -> None:
 def drop_orphans(conn: psycopg.Connection) -> int:
     """Remove the branch entities no run references any more (runs deleted, records changed by hand): what
     embed-runs sweeps after its writes. Returns how many."""
-    return conn.execute("SELECT historical_db.drop_orphans_v1()").fetchone()[0]
+    return conn.execute("SELECT historical_db.drop_orphans_v2()").fetchone()[0]
 
 
 def lock(conn: psycopg.Connection) -> None:
