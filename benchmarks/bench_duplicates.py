@@ -5,6 +5,7 @@
     python benchmarks/bench_duplicates.py --envs 25000 --configs 40 --keep    # 1,000,000 runs
     python benchmarks/bench_duplicates.py --envs 300 --configs 40             # 12,000 runs, about a minute
     python benchmarks/bench_duplicates.py --envs 300 --format json            # one JSON object on stdout
+    python benchmarks/bench_duplicates.py --envs 1000 --citus                 # on the local Citus cluster
 
 The history: N environments x M configs (``--configs``, 40 by default), one run each. An environment is a
 trailing window of one of ``metaspace.sample``'s simulated markets (several histories of each market, so
@@ -59,6 +60,7 @@ from psycopg.conninfo import make_conninfo
 
 import metaspace
 from metaspace import sample
+from metaspace.store import citus, cluster
 from metaspace.store.connection import connect, resolve_url
 
 KS = (10, 1000)
@@ -193,6 +195,20 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _citus_database(name: str) -> tuple[str, str, bool]:
+    """A fresh database on every node of the local Citus cluster (metaspace db cluster start), the workers
+    registered: migrate distributes its tables."""
+    nodes = _cluster_nodes()
+    server = cluster.current().url(0, "postgres")
+    cluster.drop_database(server, nodes, name)
+    return server, cluster.prepare_database(server, nodes, name), False
+
+
+def _cluster_nodes() -> list[tuple[str, int]]:
+    local = cluster.current()
+    return [(str(local.socket_dir), port) for port in local.ports]
+
+
 def _database(name: str, reuse: bool, runs: int) -> tuple[str, str, bool]:
     """(server URL, database URL, whether it already holds the N x M runs): a fresh database, unless
     ``reuse`` finds one holding exactly them."""
@@ -286,7 +302,15 @@ def recall(conn: psycopg.Connection, space: str, queries: list, grid: list[sampl
 
 
 def storage(conn: psycopg.Connection, runs: int, top: int = 12) -> dict[str, Any]:
-    """Bytes of every relation of historical_db (a table with its TOAST, each index on its own)."""
+    """Bytes of every relation of historical_db (a table with its TOAST, each index on its own). On Citus, the
+    whole only: every node's relations of the schema (the shards, and each node's copy of the reference tables)."""
+    if citus.distributed(conn):
+        total = conn.execute("""
+            SELECT sum(result::bigint)::bigint FROM run_command_on_all_nodes($$
+                SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                JOIN pg_namespace s ON s.oid = c.relnamespace
+                WHERE s.nspname = 'historical_db' AND c.relkind IN ('r', 'm', 'S')$$)""").fetchone()[0]
+        return {"bytes": total, "bytes_per_run": total / runs, "tables": [], "relations": []}
     rows = conn.execute("""
         SELECT c.relname, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
                coalesce(t.relname, c.relname),
@@ -394,13 +418,17 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="measure dup_<envs>x<configs> if it holds this N x M (migrated to head, embed_runs "
                              "run again), else build it; kept either way")
+    parser.add_argument("--citus", action="store_true",
+                        help="on the local Citus cluster (metaspace db cluster start), its tables distributed")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = parser.parse_args()
     started = time.perf_counter()
     runs = args.envs * args.configs
     grid = sweep_configs(args.configs)
     name = f"dup_{args.envs}x{args.configs}" + (f"_s{args.seed}" if args.seed != 1 else "")
-    server, url, loaded = _database(name, args.reuse, runs)
+    if args.citus:
+        name += "_citus"
+    server, url, loaded = _citus_database(name) if args.citus else _database(name, args.reuse, runs)
     try:
         metaspace.migrate(database_url=url)
         if loaded:
@@ -423,6 +451,8 @@ def main() -> int:
         metaspace.close()
         if args.keep or args.reuse:
             _log(f"kept: {name}")
+        elif args.citus:
+            cluster.drop_database(server, _cluster_nodes(), name)
         else:
             with psycopg.connect(server, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
