@@ -269,7 +269,9 @@ BEGIN
     RETURN QUERY EXECUTE $q$
         WITH m AS (
             SELECT $q$ || ref || $q$ AS entity_id, count(*)::integer AS runs, min(r.as_of_date) AS first_date,
-                   max(r.as_of_date) AS last_date, min(ARRAY[r.as_of_date::text, r.run_id]) AS first
+                   max(r.as_of_date) AS last_date,
+                   -- (the first run by date, then id: a date as YYYYMMDD text orders as the date, whatever DateStyle)
+                   min(ARRAY[to_char(r.as_of_date, 'YYYYMMDD'), r.run_id]) AS first
             FROM historical_db.run_entities r
             WHERE $q$ || ref || $q$ = ANY ($9) AND $q$ || matching || $q$
             GROUP BY 1

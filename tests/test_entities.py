@@ -136,6 +136,25 @@ def test_distinct_answers_environments_with_their_runs_and_dates(sweep_db: str) 
     assert joint.exit_code == 1 and "--space env" in joint.output and "Traceback" not in joint.output
 
 
+def test_a_distinct_answer_names_its_first_run_by_date_whatever_the_sessions_datestyle(sweep_db: str) -> None:
+    """Each config entity's first run is its earliest (then lowest run_id), read in any DateStyle: a date compared
+    as text in a day-first style (31/12/1999 after 01/06/2000) would name another run."""
+    with psycopg.connect(sweep_db) as conn:
+        query = conn.execute("SELECT vector FROM historical_db.branch_embeddings WHERE run_id = 'DUP_0000150_007' "
+                             "AND branch = 'config'").fetchone()[0]
+        answers = []
+        for style in ("ISO, MDY", "SQL, DMY"):
+            conn.execute(f"SET DateStyle = '{style}'")
+            answers.append(conn.execute("SELECT entity_id, first_run, runs FROM historical_db.search_distinct("
+                                        "%s, 5, 'config', exact => true)", (query,)).fetchall())
+        conn.execute("SET DateStyle = 'ISO, MDY'")
+        first = {entity: conn.execute(
+            "SELECT r.run_id FROM historical_db.run_entities r WHERE r.config_entity = %s "
+            "ORDER BY r.as_of_date, r.run_id LIMIT 1", (entity,)).fetchone()[0] for entity, _, _ in answers[0]}
+    assert answers[0] == answers[1] and len(answers[0]) == 5
+    assert all(run == first[entity] for entity, run, _ in answers[0])
+
+
 def test_as_of_a_date_no_entity_or_run_dated_after_it_is_answered(sweep_db: str) -> None:
     with connect(sweep_db) as conn:
         days = [d for (d,) in conn.execute("SELECT DISTINCT as_of_date FROM historical_db.runs ORDER BY 1")]
