@@ -22,7 +22,7 @@ import numpy as np
 
 from metaspace.errors import MetaspaceError
 from metaspace.records import parse_date
-from metaspace.transfer import Proposal, Source, Space, TransferModel
+from metaspace.transfer import Proposal, Source, Space, TransferModel, one_thread
 
 # Environments read: with an env, the nearest 60 (a study weighs the few that resemble it; the rest cost time);
 # without one, the 200 most recent (only the study's responses can tell which it resembles: they all compete).
@@ -81,27 +81,25 @@ def _param_keys(space: Space, fmap: Any) -> dict[str, str]:
     return keys
 
 
-def _configs(rows: list[tuple[dict[str, Any], float]], keys: dict[str, str]) -> list[dict[str, Any]]:
-    from metaspace.encoders.features import flatten
-
-    return [{name: flat.get(key) for name, key in keys.items()} for flat in (flatten(c) for c, _ in rows)]
-
-
-def _kept(rows: list[tuple[dict[str, Any], float]], direction: float) -> list[tuple[dict[str, Any], float]]:
-    """At most MAX_ROWS runs: the best hundred and an even spread of the rest (deterministic)."""
-    if len(rows) <= MAX_ROWS:
-        return rows
-    order = sorted(range(len(rows)), key=lambda i: -direction * rows[i][1])
+def _kept(values: list[float], direction: float) -> list[int]:
+    """The runs a source keeps, as indices: all, or at most MAX_ROWS: the best hundred and an even spread of the
+    rest (deterministic)."""
+    if len(values) <= MAX_ROWS:
+        return list(range(len(values)))
+    order = sorted(range(len(values)), key=lambda i: -direction * values[i])
     rest = order[100:]
     spread = [rest[int(i)] for i in np.linspace(0, len(rest) - 1, MAX_ROWS - 100)]
-    return [rows[i] for i in sorted(order[:100] + spread)]
+    return sorted(order[:100] + spread)
 
 
 def _environments(env: Mapping[str, Any] | None, day: dt.date, exclude: Sequence[str], objective: str | None,
-                  max_sources: int | None, database_url: str | None) -> tuple[tuple, list[Any], list[str], str]:
+                  max_sources: int | None, database_url: str | None
+                  ) -> tuple[tuple, list[Any], list[str], str, list[list[dict[str, Any]]]]:
     """The environments a study in ``env`` reads as of ``day`` (remembered per process until the runs or the
     encoder change, whatever the study's space: a space that grows, conditional parameter by parameter, reads
-    them once), what was said of choosing them, and the objective's name."""
+    them once), what was said of choosing them, the objective's name, and each environment's configs
+    flattened (what a space's parameters are looked up in)."""
+    from metaspace.encoders.features import flatten
     from metaspace.queries import _Encoder, queries_from
     from metaspace.store import history as history_store
     from metaspace.store.session import session
@@ -129,7 +127,7 @@ def _environments(env: Mapping[str, Any] | None, day: dt.date, exclude: Sequence
                          "their env, only by how they answer the study's trials")
         found = history_store.environments(conn, query=query, version=facts.version, path=path, as_of=day,
                                            exclude=list(exclude), limit=limit)
-    read = (found, notes, "outcome." + ".".join(path))
+    read = (found, notes, "outcome." + ".".join(path), [[flatten(c) for c, _ in e.rows] for e in found])
     _remember(_ENVIRONMENTS, remembered, read)
     return (remembered, *read)
 
@@ -141,14 +139,12 @@ def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: A
     """The transfer model for a study in ``space`` and environment ``env``, as of a date (remembered per
     process until the runs or the encoder change). ``max_sources``: the environments read (default: the
     nearest 60 with an env, the 200 most recent without one)."""
-    from threadpoolctl import threadpool_limits
-
     from metaspace.sources.mapping import load_map
 
     day = parse_date(as_of, "as_of") or dt.date.today()
     direction = 1.0 if higher_is_better else -1.0
     fmap = load_map(map) if map is not None else None
-    read, found, said, objective_name = _environments(env, day, exclude, objective, max_sources, database_url)
+    read, found, said, objective_name, flat = _environments(env, day, exclude, objective, max_sources, database_url)
     remembered = (read, tuple(space.params), higher_is_better, json.dumps(map, sort_keys=True, default=str), seed)
     if remembered in _HISTORIES:
         return _HISTORIES[remembered]
@@ -156,16 +152,17 @@ def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: A
     keys = _param_keys(space, fmap)
     sources, described, dropped = [], [], 0
     strategies = [e.strategy for e in found]
-    with threadpool_limits(limits=1):  # small matrices: threads only contend, most of all in parallel workers
-        for e in found:
-            rows = _kept(e.rows, direction)
-            configs = _configs(rows, keys)
-            if space.coverage(configs) < MIN_COVERAGE:
+    with one_thread():
+        for e, configs_of in zip(found, flat):
+            kept = _kept([value for _, value in e.rows], direction)
+            configs = [{name: configs_of[i].get(key) for name, key in keys.items()} for i in kept]
+            x, covered = space.encode_covered(configs)
+            if covered < MIN_COVERAGE:
                 dropped += 1
                 continue
             name = e.strategy if strategies.count(e.strategy) == 1 else f"{e.strategy}#{e.env_key & 0xFFFF:04x}"
-            y = direction * np.array([value for _, value in rows])
-            sources.append(Source(name, space.encode(configs), y, e.distance).fit())
+            y = direction * np.array([e.rows[i][1] for i in kept])
+            sources.append(Source(name, x, y, e.distance).fit())
             described.append({"source": name, "runs": len(e.rows), "distance": e.distance,
                               "latest": e.latest.isoformat(),
                               "best": max(v for _, v in e.rows) if higher_is_better else min(v for _, v in e.rows)})

@@ -42,10 +42,9 @@ from optuna.distributions import (
 )
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
-from threadpoolctl import threadpool_limits
 
 from metaspace.errors import MetaspaceError
-from metaspace.transfer import Param, Space
+from metaspace.transfer import Param, Space, one_thread
 
 PLAN = "metaspace:proposal"
 SUMMARY = "metaspace:transfer"
@@ -227,7 +226,7 @@ class TransferSampler(BaseSampler):
         sign = 1.0 if higher else -1.0
         tried = space.encode([t.params for t in done])
         y = np.array([sign * t.value for t in done])
-        with threadpool_limits(limits=1):
+        with one_thread():
             mu = history.model.predict(tried) if len(done) else np.empty((len(history.model.sources), 0))
         if not history.model.related(mu, y):
             self._say("the history's environments order this study's results no better than chance: its trials "
@@ -236,7 +235,7 @@ class TransferSampler(BaseSampler):
         running = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number
                    and isinstance(t.system_attrs.get(PLAN), dict)]
         pending = space.encode([t.system_attrs[PLAN] for t in running]) if running else None
-        with threadpool_limits(limits=1):  # small matrices: threads only contend, most of all in parallel workers
+        with one_thread():
             _, proposal = history.model.propose(tried, y, tried_mu=mu, pending=pending)
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, PLAN, proposal.config)

@@ -23,6 +23,7 @@ better than chance (:meth:`TransferModel.related`) are left to the caller's base
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,51 +69,77 @@ class Space:
         self.width = int(self.offsets[-1])
         self.names = [p.name for p in self.params]
 
-    def _scale(self, p: Param, value: float) -> float:
+    def _scale(self, p: Param, values: np.ndarray) -> np.ndarray:
+        """Values of ``p`` (finite; positive where ``p`` is on a log scale) as coordinates of the cube."""
         lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
-        x = math.log(value) if p.log else value
-        return (x - lo) / (hi - lo) if hi > lo else 0.5
+        if not hi > lo:
+            return np.full(len(values), 0.5)
+        return ((np.log(values) if p.log else values) - lo) / (hi - lo)
+
+    def _column(self, p: Param, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``p``'s value in each config: for a categorical parameter the choice's index (-1: none of them), else
+        the number (NaN: missing, not a finite number, or not positive on a log scale)."""
+        values = [config.get(p.name) for config in configs]
+        if p.kind == "categorical":
+            return np.array([_index(p.choices, v) for v in values], dtype=int)
+        out = np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
+                        else math.nan for v in values], dtype=float)
+        if p.log:
+            out[~(out > 0)] = math.nan
+        return out
+
+    def _encoded(self, columns: Sequence[np.ndarray], n: int) -> np.ndarray:
+        out = np.zeros((n, self.width))
+        for j, (p, column) in enumerate(zip(self.params, columns)):
+            a = self.offsets[j]
+            if p.kind == "categorical":
+                chosen = column >= 0
+                out[np.flatnonzero(chosen), a + column[chosen]] = ONE_HOT
+            else:
+                known = ~np.isnan(column)
+                out[:, a] = MISSING
+                out[known, a] = self._scale(p, column[known])
+        return out
 
     def encode(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Configs (parameter name -> value; missing or foreign values allowed) as rows of the unit cube."""
-        out = np.zeros((len(configs), self.width))
-        for j, p in enumerate(self.params):
-            a = self.offsets[j]
-            for i, config in enumerate(configs):
-                value = config.get(p.name)
-                if p.kind == "categorical":
-                    if value in p.choices:
-                        out[i, a + p.choices.index(value)] = ONE_HOT
-                elif (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                      and (not p.log or value > 0)):
-                    out[i, a] = self._scale(p, float(value))
-                else:
-                    out[i, a] = MISSING
-        return out
+        return self._encoded([self._column(p, configs) for p in self.params], len(configs))
 
-    def decode(self, u: np.ndarray) -> dict[str, Any]:
-        """A row of the cube as a config inside the space (clipped, rounded to the step, integers as int)."""
-        config: dict[str, Any] = {}
+    def encode_covered(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, float]:
+        """:meth:`encode` of the configs, and the share of the space's parameters that most of them give a value
+        inside the space for."""
+        columns = [self._column(p, configs) for p in self.params]
+        return self._encoded(columns, len(configs)), self._covered(columns, len(configs))
+
+    def _values(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Rows of the cube as the values of the configs they decode to, parameter by parameter (the choice's
+        index for a categorical one): clipped, rounded to the step, integers whole."""
+        columns = []
         for j, p in enumerate(self.params):
             a, b = self.offsets[j], self.offsets[j + 1]
             if p.kind == "categorical":
-                config[p.name] = p.choices[int(np.argmax(u[a:b]))]
+                columns.append(np.argmax(rows[:, a:b], axis=1))
                 continue
-            x = min(max(float(u[a]), 0.0), 1.0)
             lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
-            value = lo + x * (hi - lo)
-            value = math.exp(value) if p.log else value
+            value = lo + np.clip(rows[:, a], 0.0, 1.0) * (hi - lo)
+            value = np.exp(value) if p.log else value
             if p.step or p.kind == "int":
                 step = p.step or 1
-                value = p.low + round((value - p.low) / step) * step
-            value = min(max(value, p.low), p.high)
-            config[p.name] = int(round(value)) if p.kind == "int" else float(value)
-        return config
+                value = p.low + np.round((value - p.low) / step) * step
+            value = np.clip(value, p.low, p.high)
+            columns.append(np.round(value) if p.kind == "int" else value)
+        return columns
+
+    def decode(self, u: np.ndarray) -> dict[str, Any]:
+        """A row of the cube as a config inside the space (clipped, rounded to the step, integers as int)."""
+        columns = self._values(np.asarray(u, dtype=float)[None, :])
+        return {p.name: p.choices[int(c[0])] if p.kind == "categorical" else int(c[0]) if p.kind == "int"
+                else float(c[0]) for p, c in zip(self.params, columns)}
 
     def snap(self, rows: np.ndarray) -> np.ndarray:
         """Rows moved to the configs they decode to (integers, steps, one category), so that two rows are one
         config exactly when they are equal."""
-        return self.encode([self.decode(row) for row in rows]) if len(rows) else rows
+        return self._encoded(self._values(rows), len(rows)) if len(rows) else rows
 
     def uniform(self, rng: np.random.Generator, n: int) -> np.ndarray:
         out = np.zeros((n, self.width))
@@ -141,13 +168,28 @@ class Space:
                 column[present] = np.clip(column[present] + rng.normal(0, scale, int(present.sum())), 0, 1)
         return out
 
-    def coverage(self, configs: Sequence[Mapping[str, Any]]) -> float:
-        """The share of the space's parameters that most of ``configs`` give a value inside the space for."""
-        if not configs or not self.params:
+    def _covered(self, columns: Sequence[np.ndarray], n: int) -> float:
+        if not n or not self.params:
             return 0.0
-        covered = sum(1 for p in self.params
-                      if sum(1 for c in configs if p.contains(c.get(p.name))) >= 0.5 * len(configs))
+        covered = 0
+        for p, column in zip(self.params, columns):
+            inside = column >= 0 if p.kind == "categorical" else (column >= p.low) & (column <= p.high)
+            covered += int(inside.sum()) >= 0.5 * n
         return covered / len(self.params)
+
+
+def _index(choices: tuple[Any, ...], value: Any) -> int:
+    try:
+        return choices.index(value)
+    except ValueError:
+        return -1
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def normal_scores(values: np.ndarray) -> np.ndarray:
@@ -166,6 +208,19 @@ def normal_scores(values: np.ndarray) -> np.ndarray:
         ranks[order[start:stop + 1]] = (start + stop) / 2
         start = stop + 1
     return ndtri((ranks + 0.5) / n)
+
+
+@functools.cache
+def _controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # it reads which BLAS libraries the process holds: about 1.5 ms, so once
+
+
+def one_thread() -> Any:
+    """A context in which BLAS runs on one thread: the model's matrices are small, and threads only contend,
+    most of all in parallel workers."""
+    return _controller().limit(limits=1)
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from optuna.distributions import (
 import metaspace
 from metaspace.cli import cli
 from metaspace.sampler import space_from_distributions
-from metaspace.transfer import Param, Source, Space, TransferModel, normal_scores
+from metaspace.transfer import MISSING, Param, Source, Space, TransferModel, normal_scores
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"x1": FloatDistribution(0.0, 1.0), "x2": FloatDistribution(0.0, 1.0),
@@ -127,6 +127,50 @@ def test_a_config_decoded_from_the_cube_lies_in_the_space_and_encodes_back(u, ki
     assert all(SPACE[name]._contains(SPACE[name].to_internal_repr(value)) for name, value in config.items())
     again = space.decode(space.encode([config])[0])
     assert again == config
+
+
+STEPPED = {**SPACE, "width": IntDistribution(2, 1024, log=True), "frac": FloatDistribution(0.0, 1.0, step=0.1),
+           "fixed": FloatDistribution(2.0, 2.0), "mixed": CategoricalDistribution(("x", 3, None))}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40))
+def test_snapping_rows_together_is_decoding_and_encoding_each(seed, n) -> None:
+    """The whole-array snap (every proposal's candidates) is the per-row rule: decode, then encode."""
+    space = space_from_distributions(STEPPED)
+    rows = np.random.default_rng(seed).uniform(-0.6, 1.4, (n, space.width))
+    snapped = space.snap(rows)
+    assert np.array_equal(snapped, space.encode([space.decode(row) for row in rows]))
+    assert np.array_equal(space.snap(snapped), snapped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(STEPPED) + ["other"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3),
+                                 st.lists(st.integers(), max_size=2), st.sampled_from(("a", "x", 3, 3.0)))))
+def test_any_value_encodes_inside_the_space_or_as_missing(config) -> None:
+    """A past run's config may hold anything: a value inside a parameter's range lands in the cube, any other
+    is missing (a number) or no category, and the coverage counts exactly the values inside."""
+    space = space_from_distributions(STEPPED)
+    rows, share = space.encode_covered([config])
+    row, covered = rows[0], 0
+    for j, p in enumerate(space.params):
+        value = config.get(p.name)
+        if p.kind == "categorical":
+            inside = any(value == c for c in p.choices)
+            assert np.count_nonzero(row[space.offsets[j]:space.offsets[j + 1]]) == inside
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            inside = number and p.low <= value <= p.high
+            u = row[space.offsets[j]]
+            if not number or (p.log and value <= 0):
+                assert u == MISSING
+            elif p.low == p.high:  # one value: every number sits at its only coordinate
+                assert u == 0.5
+            else:
+                assert (0.0 <= u <= 1.0) == inside
+        covered += inside
+    assert share == covered / len(space.params)
 
 
 def test_normal_scores_keep_the_order_and_share_ties() -> None:
