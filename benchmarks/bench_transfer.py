@@ -211,9 +211,9 @@ OWN_LIMIT_MS = 50.0  # issue 23: the sampler's own time per suggestion in a warm
 
 
 class TimedTransferSampler(metaspace.TransferSampler):
-    """``TransferSampler`` with its own time per trial kept (every call Optuna makes of it, sequential
-    studies only): the first trial of a run reads the store and fits the sources; the rest are what a warm
-    process pays per suggestion."""
+    """``TransferSampler`` with its own time per trial kept (every call Optuna makes of it, its base sampler's
+    work included where it hands a trial or a parameter over; sequential studies only): the first trial of a
+    run reads the store and fits the sources; the rest are what a warm process pays per suggestion."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

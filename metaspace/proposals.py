@@ -44,7 +44,9 @@ class History:
 
 
 _HISTORIES: dict[tuple, History] = {}
-_ENVIRONMENTS: dict[tuple, tuple[list[Any], list[str], list[str]]] = {}  # what was read, whatever the space
+# What was read, whatever the space: the environments, the notes, the objective's name, and per environment its
+# kept runs' configs flattened, by the run's index (_environments).
+_ENVIRONMENTS: dict[tuple, tuple[list[Any], list[str], str, list[dict[int, dict[str, Any]]]]] = {}
 _KEPT = 8
 
 
@@ -82,8 +84,8 @@ def _param_keys(space: Space, fmap: Any) -> dict[str, str]:
 
 
 def _kept(values: list[float], direction: float) -> list[int]:
-    """The runs a source keeps, as indices: all, or at most MAX_ROWS: the best hundred and an even spread of the
-    rest (deterministic)."""
+    """The indices of the runs a source keeps: every run, or where there are more than MAX_ROWS, the best hundred
+    and an even spread of the rest (deterministic)."""
     if len(values) <= MAX_ROWS:
         return list(range(len(values)))
     order = sorted(range(len(values)), key=lambda i: -direction * values[i])
@@ -94,11 +96,12 @@ def _kept(values: list[float], direction: float) -> list[int]:
 
 def _environments(env: Mapping[str, Any] | None, day: dt.date, exclude: Sequence[str], objective: str | None,
                   max_sources: int | None, database_url: str | None
-                  ) -> tuple[tuple, list[Any], list[str], str, list[list[dict[str, Any]]]]:
+                  ) -> tuple[tuple, list[Any], list[str], str, list[dict[int, dict[str, Any]]]]:
     """The environments a study in ``env`` reads as of ``day`` (remembered per process until the runs or the
     encoder change, whatever the study's space: a space that grows, conditional parameter by parameter, reads
-    them once), what was said of choosing them, the objective's name, and each environment's configs
-    flattened (what a space's parameters are looked up in)."""
+    them once), what was said of choosing them, the objective's name, and the configs of the runs each
+    environment may keep (for either direction) flattened, by the run's index: what a space's parameters are
+    looked up in."""
     from metaspace.encoders.features import flatten
     from metaspace.queries import _Encoder, queries_from
     from metaspace.store import history as history_store
@@ -127,7 +130,11 @@ def _environments(env: Mapping[str, Any] | None, day: dt.date, exclude: Sequence
                          "their env, only by how they answer the study's trials")
         found = history_store.environments(conn, query=query, version=facts.version, path=path, as_of=day,
                                            exclude=list(exclude), limit=limit)
-    read = (found, notes, "outcome." + ".".join(path), [[flatten(c) for c, _ in e.rows] for e in found])
+    flat = []
+    for e in found:
+        values = [value for _, value in e.rows]
+        flat.append({i: flatten(e.rows[i][0]) for i in sorted(set(_kept(values, 1.0)) | set(_kept(values, -1.0)))})
+    read = (found, notes, "outcome." + ".".join(path), flat)
     _remember(_ENVIRONMENTS, remembered, read)
     return (remembered, *read)
 
@@ -156,7 +163,7 @@ def load_history(space: Space, *, env: Mapping[str, Any] | None = None, as_of: A
         for e, configs_of in zip(found, flat):
             kept = _kept([value for _, value in e.rows], direction)
             configs = [{name: configs_of[i].get(key) for name, key in keys.items()} for i in kept]
-            x, covered = space.encode_covered(configs)
+            x, covered = space.encode_with_coverage(configs)
             if covered < MIN_COVERAGE:
                 dropped += 1
                 continue

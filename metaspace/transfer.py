@@ -23,9 +23,11 @@ better than chance (:meth:`TransferModel.related`) are left to the caller's base
 
 from __future__ import annotations
 
-import functools
 import math
+import sys
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +52,9 @@ class Param:
     step: float | None = None
     choices: tuple[Any, ...] = ()
 
-    def contains(self, value: Any) -> bool:
-        if self.kind == "categorical":
-            return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        return self.low <= value <= self.high
+    def bounds(self) -> tuple[float, float]:
+        """The range on the cube's scale: the logarithms of low and high on a log scale."""
+        return (float(np.log(self.low)), float(np.log(self.high))) if self.log else (self.low, self.high)
 
 
 class Space:
@@ -70,15 +69,17 @@ class Space:
         self.names = [p.name for p in self.params]
 
     def _scale(self, p: Param, values: np.ndarray) -> np.ndarray:
-        """Values of ``p`` (finite; positive where ``p`` is on a log scale) as coordinates of the cube."""
-        lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
+        """Values of ``p`` (finite; positive where ``p`` is on a log scale) as coordinates of the cube (the bounds
+        and the values through one logarithm, numpy's, so that low and high land on 0 and 1 exactly)."""
+        lo, hi = p.bounds()
         if not hi > lo:
             return np.full(len(values), 0.5)
         return ((np.log(values) if p.log else values) - lo) / (hi - lo)
 
     def _column(self, p: Param, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """``p``'s value in each config: for a categorical parameter the choice's index (-1: none of them), else
-        the number (NaN: missing, not a finite number, or not positive on a log scale)."""
+        """``p``'s value in each config: for a categorical parameter the index of the first choice equal to it
+        (-1: none, or a value that cannot be compared with them), else the number (NaN: missing, not a finite
+        number, or not positive on a log scale)."""
         values = [config.get(p.name) for config in configs]
         if p.kind == "categorical":
             return np.array([_index(p.choices, v) for v in values], dtype=int)
@@ -105,22 +106,24 @@ class Space:
         """Configs (parameter name -> value; missing or foreign values allowed) as rows of the unit cube."""
         return self._encoded([self._column(p, configs) for p in self.params], len(configs))
 
-    def encode_covered(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, float]:
+    def encode_with_coverage(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, float]:
         """:meth:`encode` of the configs, and the share of the space's parameters that most of them give a value
         inside the space for."""
         columns = [self._column(p, configs) for p in self.params]
         return self._encoded(columns, len(configs)), self._covered(columns, len(configs))
 
-    def _values(self, rows: np.ndarray) -> list[np.ndarray]:
-        """Rows of the cube as the values of the configs they decode to, parameter by parameter (the choice's
-        index for a categorical one): clipped, rounded to the step, integers whole."""
+    def _decoded_columns(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Rows of the cube as the values of the configs they decode to, parameter by parameter (for a
+        categorical one, the index of the first choice equal to the chosen one, as :meth:`encode` reads it back):
+        clipped, rounded to the step, integers whole."""
         columns = []
         for j, p in enumerate(self.params):
             a, b = self.offsets[j], self.offsets[j + 1]
             if p.kind == "categorical":
-                columns.append(np.argmax(rows[:, a:b], axis=1))
+                first_equal = np.array([p.choices.index(c) for c in p.choices], dtype=int)
+                columns.append(first_equal[np.argmax(rows[:, a:b], axis=1)])
                 continue
-            lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
+            lo, hi = p.bounds()
             value = lo + np.clip(rows[:, a], 0.0, 1.0) * (hi - lo)
             value = np.exp(value) if p.log else value
             if p.step or p.kind == "int":
@@ -132,14 +135,14 @@ class Space:
 
     def decode(self, u: np.ndarray) -> dict[str, Any]:
         """A row of the cube as a config inside the space (clipped, rounded to the step, integers as int)."""
-        columns = self._values(np.asarray(u, dtype=float)[None, :])
+        columns = self._decoded_columns(np.asarray(u, dtype=float)[None, :])
         return {p.name: p.choices[int(c[0])] if p.kind == "categorical" else int(c[0]) if p.kind == "int"
                 else float(c[0]) for p, c in zip(self.params, columns)}
 
     def snap(self, rows: np.ndarray) -> np.ndarray:
         """Rows moved to the configs they decode to (integers, steps, one category), so that two rows are one
         config exactly when they are equal."""
-        return self._encoded(self._values(rows), len(rows)) if len(rows) else rows
+        return self._encoded(self._decoded_columns(rows), len(rows)) if len(rows) else rows
 
     def uniform(self, rng: np.random.Generator, n: int) -> np.ndarray:
         out = np.zeros((n, self.width))
@@ -169,6 +172,8 @@ class Space:
         return out
 
     def _covered(self, columns: Sequence[np.ndarray], n: int) -> float:
+        """The share of the parameters for which at least half of the ``n`` configs hold a value inside the
+        space (``columns``: :meth:`_column`'s)."""
         if not n or not self.params:
             return 0.0
         covered = 0
@@ -210,17 +215,44 @@ def normal_scores(values: np.ndarray) -> np.ndarray:
     return ndtri((ranks + 0.5) / n)
 
 
-@functools.cache
-def _controller() -> Any:
-    from threadpoolctl import ThreadpoolController
+class _OneThread:
+    """The native thread pools (BLAS, OpenMP) limited to one thread while any caller is inside; the limit is the
+    process's, so the threads of one process (Optuna's ``n_jobs``) share it: the first in sets it, the last out
+    restores the pools. The controller, which reads the libraries the process holds (a read of its memory map,
+    about a millisecond), is kept until a module is imported."""
 
-    return ThreadpoolController()  # it reads which BLAS libraries the process holds: about 1.5 ms, so once
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limiter: Any = None
+        self._controller: Any = None
+        self._modules = -1
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                if self._controller is None or self._modules != len(sys.modules):
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller, self._modules = ThreadpoolController(), len(sys.modules)
+                self._limiter = self._controller.limit(limits=1)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
 
 
-def one_thread() -> Any:
-    """A context in which BLAS runs on one thread: the model's matrices are small, and threads only contend,
-    most of all in parallel workers."""
-    return _controller().limit(limits=1)
+_ONE_THREAD = _OneThread()
+
+
+def one_thread() -> AbstractContextManager[None]:
+    """A context in which the model's linear algebra runs on one thread: its matrices are small, and threads
+    only contend, most of all in parallel workers."""
+    return _ONE_THREAD
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

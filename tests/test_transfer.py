@@ -33,7 +33,7 @@ from optuna.distributions import (
 import metaspace
 from metaspace.cli import cli
 from metaspace.sampler import space_from_distributions
-from metaspace.transfer import MISSING, Param, Source, Space, TransferModel, normal_scores
+from metaspace.transfer import MISSING, Param, Source, Space, TransferModel, normal_scores, one_thread
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"x1": FloatDistribution(0.0, 1.0), "x2": FloatDistribution(0.0, 1.0),
@@ -130,47 +130,136 @@ def test_a_config_decoded_from_the_cube_lies_in_the_space_and_encodes_back(u, ki
 
 
 STEPPED = {**SPACE, "width": IntDistribution(2, 1024, log=True), "frac": FloatDistribution(0.0, 1.0, step=0.1),
-           "fixed": FloatDistribution(2.0, 2.0), "mixed": CategoricalDistribution(("x", 3, None))}
+           "fixed": FloatDistribution(2.0, 2.0), "mixed": CategoricalDistribution(("x", 1, True, 1.0, None)),
+           "edge": FloatDistribution(1.0051433296716599, 1.5077149945074897, log=True)}
+
+
+def _number(value: object) -> bool:
+    """What the cube takes as a number: an int or float (not a bool), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _first_equal(choices: tuple, value: object) -> int:
+    return next((i for i, c in enumerate(choices) if c == value), -1)
+
+
+def _reference_row(space: Space, config: dict) -> np.ndarray:
+    """The cube's rule for one config, parameter by parameter, in plain Python: the reference the whole-array
+    code is held to."""
+    row = np.zeros(space.width)
+    for j, p in enumerate(space.params):
+        a, value = space.offsets[j], config.get(p.name)
+        if p.kind == "categorical":
+            if (i := _first_equal(p.choices, value)) >= 0:
+                row[a + i] = 1 / math.sqrt(2)
+        elif not _number(value) or (p.log and value <= 0):
+            row[a] = MISSING
+        elif p.low == p.high:
+            row[a] = 0.5
+        else:
+            lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
+            row[a] = ((math.log(value) if p.log else value) - lo) / (hi - lo)
+    return row
+
+
+def _reference_config(space: Space, row: np.ndarray) -> dict:
+    config = {}
+    for j, p in enumerate(space.params):
+        a, b = space.offsets[j], space.offsets[j + 1]
+        if p.kind == "categorical":
+            config[p.name] = p.choices[_first_equal(p.choices, p.choices[int(np.argmax(row[a:b]))])]
+            continue
+        lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
+        value = lo + min(max(float(row[a]), 0.0), 1.0) * (hi - lo)
+        value = math.exp(value) if p.log else value
+        if p.step or p.kind == "int":
+            value = p.low + round((value - p.low) / (p.step or 1)) * (p.step or 1)
+        value = min(max(value, p.low), p.high)
+        config[p.name] = int(round(value)) if p.kind == "int" else value
+    return config
+
+
+def _same_config(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        type(a[k]) is type(b[k]) and (a[k] == b[k] if not isinstance(a[k], float) else math.isclose(a[k], b[k],
+                                                                                                    rel_tol=1e-12))
+        for k in a)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40))
-def test_snapping_rows_together_is_decoding_and_encoding_each(seed, n) -> None:
-    """The whole-array snap (every proposal's candidates) is the per-row rule: decode, then encode."""
+def test_rows_decode_and_snap_as_the_rule_says_row_by_row(seed, n) -> None:
+    """The whole-array decode and snap (every proposal's candidates) are the per-row rule: a row decodes to the
+    config the reference reads off it (a category to the first choice equal to it: 1, True and 1.0 are one
+    config, as in Optuna), and snaps to that config's reference encoding; snapping again moves nothing."""
     space = space_from_distributions(STEPPED)
     rows = np.random.default_rng(seed).uniform(-0.6, 1.4, (n, space.width))
     snapped = space.snap(rows)
-    assert np.array_equal(snapped, space.encode([space.decode(row) for row in rows]))
+    for row, moved in zip(rows, snapped):
+        config = space.decode(row)
+        assert _same_config(config, _reference_config(space, row))
+        assert np.allclose(moved, _reference_row(space, config), rtol=0, atol=1e-12)
+        assert all(STEPPED[k]._contains(STEPPED[k].to_internal_repr(v)) for k, v in config.items())
     assert np.array_equal(space.snap(snapped), snapped)
 
 
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from((10**400, -(10**400), 2**53 + 1)),
+                   st.floats(), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+                   st.sampled_from(("a", "x", 1, 1.0, True, 3, 3.0, np.int64(4), np.float32(0.5), np.bool_(True),
+                                    np.float64(0.25), 1.0051433296716599, 1.5077149945074897)))
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(STEPPED) + ["other"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3),
-                                 st.lists(st.integers(), max_size=2), st.sampled_from(("a", "x", 3, 3.0)))))
-def test_any_value_encodes_inside_the_space_or_as_missing(config) -> None:
-    """A past run's config may hold anything: a value inside a parameter's range lands in the cube, any other
-    is missing (a number) or no category, and the coverage counts exactly the values inside."""
+@given(st.lists(st.dictionaries(st.sampled_from(sorted(STEPPED) + ["other"]), VALUES), min_size=1, max_size=4))
+def test_any_value_encodes_as_the_rule_says_and_coverage_counts_the_values_inside(configs) -> None:
+    """A past run's config may hold anything: a number inside a parameter's range lands in the cube (its bounds
+    on 0 and 1), any other value is missing (a number) or no category, and a parameter is covered where at least
+    half the configs hold a value inside the space."""
     space = space_from_distributions(STEPPED)
-    rows, share = space.encode_covered([config])
-    row, covered = rows[0], 0
+    rows, share = space.encode_with_coverage(configs)
+    assert np.array_equal(rows, space.encode(configs))
+    covered = 0
     for j, p in enumerate(space.params):
-        value = config.get(p.name)
-        if p.kind == "categorical":
-            inside = any(value == c for c in p.choices)
-            assert np.count_nonzero(row[space.offsets[j]:space.offsets[j + 1]]) == inside
-        else:
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            inside = number and p.low <= value <= p.high
-            u = row[space.offsets[j]]
-            if not number or (p.log and value <= 0):
-                assert u == MISSING
-            elif p.low == p.high:  # one value: every number sits at its only coordinate
-                assert u == 0.5
+        a, b = space.offsets[j], space.offsets[j + 1]
+        inside = 0
+        for row, config in zip(rows, configs):
+            value = config.get(p.name)
+            if p.kind == "categorical":
+                assert np.array_equal(row[a:b], _reference_row(space, config)[a:b])
+                inside += _first_equal(p.choices, value) >= 0
             else:
-                assert (0.0 <= u <= 1.0) == inside
-        covered += inside
+                assert math.isclose(row[a], _reference_row(space, config)[a], rel_tol=0, abs_tol=1e-12)
+                ok = _number(value) and p.low <= value <= p.high
+                assert not ok or p.low == p.high or 0.0 <= row[a] <= 1.0
+                inside += ok
+        covered += inside >= 0.5 * len(configs)
     assert share == covered / len(space.params)
+
+
+def test_overlapping_callers_share_one_limit_and_the_last_out_restores_the_pools() -> None:
+    """Optuna's n_jobs runs trials in threads of one process, whose native thread pools are one: a caller
+    leaving must not lift the limit under another still inside (per-call limits restored the pools then)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info()]
+
+    with threadpool_limits(limits=2):
+        before = threads()
+        if max(before, default=1) < 2:
+            pytest.skip("no native thread pool here runs more than one thread: nothing to limit")
+        first, second = one_thread(), one_thread()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert max(threads()) == 1
+        second.__exit__(None, None, None)
+        assert threads() == before
 
 
 def test_normal_scores_keep_the_order_and_share_ties() -> None:
