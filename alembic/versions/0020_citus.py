@@ -30,7 +30,7 @@ depends_on = None
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
     "branch_entities_v2.sql": "ae33e450ef5d9a69ddea58cc4be843f88be1cc8645faa8652b269970b4b1e854",
-    "suggest_v8.sql": "a0981316b4c844af835979c9f47707f3e323098bfce88800d581feff5c064918",
+    "suggest_v8.sql": "83df059fa12e0edfcbd7f7aef63305b1bb20b9824bd4b4a72c6488595a120073",
     "roles_v5.sql": "902b3ce01006617cf5cf96dbf1527164b525148b5ffe67240d36d43d4113e2f1",
 }
 
