@@ -21,7 +21,7 @@ import optuna
 import psycopg
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from optuna.distributions import (
     CategoricalDistribution,
@@ -193,10 +193,12 @@ def _same_config(a: dict, b: dict) -> bool:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40))
+@example(seed=32257, n=18)  # a log value whose exp and log round trip moves it by an ulp
 def test_rows_decode_and_snap_as_the_rule_says_row_by_row(seed, n) -> None:
     """The whole-array decode and snap (every proposal's candidates) are the per-row rule: a row decodes to the
     config the reference reads off it (a category to the first choice equal to it: 1, True and 1.0 are one
-    config, as in Optuna), and snaps to that config's reference encoding; snapping again moves nothing."""
+    config, as in Optuna), and snaps to that config's reference encoding; snapping again moves nothing beyond
+    rounding (within the 1e-12 at which the model tells a config from one tried)."""
     space = space_from_distributions(STEPPED)
     rows = np.random.default_rng(seed).uniform(-0.6, 1.4, (n, space.width))
     snapped = space.snap(rows)
@@ -205,7 +207,7 @@ def test_rows_decode_and_snap_as_the_rule_says_row_by_row(seed, n) -> None:
         assert _same_config(config, _reference_config(space, row))
         assert np.allclose(moved, _reference_row(space, config), rtol=0, atol=1e-12)
         assert all(STEPPED[k]._contains(STEPPED[k].to_internal_repr(v)) for k, v in config.items())
-    assert np.array_equal(space.snap(snapped), snapped)
+    assert np.allclose(space.snap(snapped), snapped, rtol=0, atol=1e-12)
 
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from((10**400, -(10**400), 2**53 + 1)),
