@@ -115,7 +115,7 @@ def write_vectors(conn: psycopg.Connection, version: int, runs: Sequence[Mapping
         {"joint_type": JOINT_TYPE, "source": SOURCE, "model_id": JOINT_MODEL, "version": version},
     )
     # The branch vectors: each distinct branch record stored once, the runs referencing it (one rule for every
-    # writer: historical_db.attach_entities_v2, sql/branch_entities_v2.sql).
+    # writer: historical_db.attach_entities_v2, whose body is sql/branch_entities_v3.sql's since revision 0021).
     conn.execute(
         """
         SELECT historical_db.attach_entities_v2(%(version)s, array_agg(m.run_id ORDER BY m.idx),
