@@ -24,7 +24,7 @@ from metaspace.errors import MetaspaceError
 from metaspace.sample import write_runs
 from metaspace.store import graphs, migrate
 
-EXACT_RUNS = 50
+EXACT_RUNS = 30
 REAL_MIN_MULTIPLE = graphs.PREFIX_MIN_MULTIPLE
 
 
@@ -96,8 +96,8 @@ def test_embed_runs_builds_prefix_graphs_at_dates_leaving_a_third_of_the_level_a
         definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'asof_joint_vector_1'"
                                   ).fetchone()[0]
     assert "USING hnsw (vector vector_l2_ops)" in definition and "WHERE (as_of_date <= '" in definition
-    targets = [total / 2 / 3 ** level for level in range(len(joint))]
-    assert len(joint) == 4 and runs == sorted(runs, reverse=True)  # 1,500, 500, 167, 56 of 3,000
+    targets = [total / 3 ** level for level in range(1, len(joint) + 1)]
+    assert len(joint) == 4 and runs == sorted(runs, reverse=True)  # 1,000, 333, 111, 37 of 3,000
     assert all(target <= count < target + 5 for target, count in zip(targets, runs)), (runs, targets)
     assert EXACT_RUNS <= runs[-1] < 3 * EXACT_RUNS
 
@@ -107,7 +107,7 @@ def test_a_selective_as_of_search_walks_the_smallest_prefix_graph_covering_its_d
     known as of the date, wherever they lay; with prefix graphs it walks the one holding the date."""
     with psycopg.connect(tail_db, autocommit=True) as conn:
         level = {p.level: p for p in graphs.present_prefix(conn)[("joint", "vector")]}
-        day = _date_leaving(conn, 120)  # between the 56-run and the 167-run graphs
+        day = _date_leaving(conn, 80)  # between the 37-run and the 111-run graphs
         assert level[4].as_of < day <= level[3].as_of
         q = _queries(conn, 1)[0]
         before = _index_scans(conn)
@@ -122,7 +122,7 @@ def test_a_selective_as_of_search_walks_the_smallest_prefix_graph_covering_its_d
 def test_a_halfvec_space_walks_its_halfvec_prefix_graph(tail_db: str) -> None:
     with psycopg.connect(tail_db, autocommit=True) as conn:
         assert [p.name for p in graphs.present_prefix(conn)[("env", "halfvec")]][2] == "asof_env_halfvec_3"
-        day = _date_leaving(conn, 120)
+        day = _date_leaving(conn, 80)
         q = conn.execute("SELECT vector::text FROM historical_db.branch_embeddings WHERE branch = 'env' "
                          "ORDER BY run_id LIMIT 1").fetchone()[0]
         before = _index_scans(conn)
@@ -164,7 +164,7 @@ def test_as_of_answers_do_not_depend_on_runs_dated_after_the_date(tail_db: str, 
     """Later runs never enter a prefix graph dated before them, so the walk as of an early date is the same
     walk, on the same graph, with or without them."""
     with psycopg.connect(tail_db, autocommit=True) as conn:
-        day = _date_leaving(conn, 120)
+        day = _date_leaving(conn, 80)
         queries = _queries(conn, 5)
         before = [conn.execute(SEARCH, (q, day, False)).fetchall() for q in queries]
         prefixes = graphs.present_prefix(conn)
@@ -183,15 +183,15 @@ def test_as_of_answers_do_not_depend_on_runs_dated_after_the_date(tail_db: str, 
 def test_prefix_graphs_are_rebuilt_once_the_history_has_grown_past_their_plan() -> None:
     day = dt.date(2020, 1, 1)
     history = [(day + dt.timedelta(days=i), 10) for i in range(300)]  # 3,000 runs, 10 a day
-    plan = graphs.plan_prefix(history, "joint", "vector", 50)
-    assert [p.runs for p in plan] == [1500, 500, 170, 60] and not graphs.prefix_stale(plan, plan, history)
+    plan = graphs.plan_prefix(history, "joint", "vector", 30)  # a third, a ninth, ... down to 30 runs
+    assert [p.runs for p in plan] == [1000, 340, 120, 40] and not graphs.prefix_stale(plan, plan, history)
     grown = history + [(day + dt.timedelta(days=300 + i), 10) for i in range(150)]  # 1.5x, all later
-    assert not graphs.prefix_stale(plan, graphs.plan_prefix(grown, "joint", "vector", 50), grown)
+    assert not graphs.prefix_stale(plan, graphs.plan_prefix(grown, "joint", "vector", 30), grown)
     doubled = history + [(day + dt.timedelta(days=300 + i), 10) for i in range(300)]  # 2x > sqrt(3)x
-    assert graphs.prefix_stale(plan, graphs.plan_prefix(doubled, "joint", "vector", 50), doubled)
+    assert graphs.prefix_stale(plan, graphs.plan_prefix(doubled, "joint", "vector", 30), doubled)
     backfill = [(d, count * 3) for d, count in history[:100]] + history[100:]  # old runs added: level 1 grows
-    assert graphs.prefix_stale(plan, graphs.plan_prefix(backfill, "joint", "vector", 50), backfill)
-    assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # 1,500 < 2,000: no prefix graph
+    assert graphs.prefix_stale(plan, graphs.plan_prefix(backfill, "joint", "vector", 30), backfill)
+    assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # 1,000 < 2,000: no prefix graph
 
 
 def test_prefix_graphs_only_where_they_pay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,7 +203,7 @@ def test_prefix_graphs_only_where_they_pay(monkeypatch: pytest.MonkeyPatch) -> N
     assert graphs.plan_prefix(demo, "env", "halfvec", graphs.DEFAULT_ASOF_EXACT_RUNS) == []
     large = [(day + dt.timedelta(days=i), 100) for i in range(1000)]  # 100,000 runs
     assert [p.runs for p in graphs.plan_prefix(large, "joint", "vector", graphs.DEFAULT_ASOF_EXACT_RUNS)] == [
-        50000, 16700, 5600]
+        33400, 11200, 3800]
     old = graphs.plan_prefix(large, "env", "halfvec", graphs.DEFAULT_ASOF_EXACT_RUNS)
     assert graphs.prefix_stale(old, graphs.plan_prefix(demo, "env", "halfvec", 2000), demo)  # dropped if shrunk
 
@@ -213,11 +213,11 @@ def test_prefix_graphs_follow_the_space_graph_kind_and_go_with_it(db_url: str, s
     path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
     pipeline.import_runs([str(path)], database_url=db_url)
     result = CliRunner().invoke(cli, ["--database-url", db_url, "embed-runs", "--index-min-vectors", "0",
-                                      "--indexed-spaces", "joint", "--asof-exact-runs", "100"])
+                                      "--indexed-spaces", "joint", "--asof-exact-runs", "60"])
     assert result.exit_code == 0, result.output
     assert "as-of prefix graph(s) built: joint as of" in result.output
     with psycopg.connect(db_url) as conn:
-        assert graphs.read_settings(conn).asof_exact_runs == 100
+        assert graphs.read_settings(conn).asof_exact_runs == 60
     with psycopg.connect(db_url) as conn:
         assert [p.name for p in graphs.present_prefix(conn)[("joint", "vector")]] == ["asof_joint_vector_1",
                                                                                       "asof_joint_vector_2"]
@@ -240,7 +240,7 @@ def test_0014_downgrades_to_the_old_path_rule_and_back_without_losing_a_row(db_u
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows_before = conn.execute(counts).fetchone()
         assert "asof_exact_runs" in conn.execute(body).fetchone()[0]
-        graphs.save_settings(conn, graphs.IndexSettings(asof_exact_runs=100))
+        graphs.save_settings(conn, graphs.IndexSettings(asof_exact_runs=60))
     with pytest.raises(MetaspaceError, match="asof_exact_runs"):
         migrate.downgrade(db_url, "0013_suggest_v4")
     migrate.downgrade(db_url, "0013_suggest_v4", allow_data_loss=True)
@@ -262,7 +262,7 @@ def test_0014_downgrade_drops_the_prefix_graphs_and_no_row(db_url: str, sample_h
     """At 0013 nothing plans, rebuilds or drops prefix graphs, yet every insert would still feed them."""
     path = write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz")
     pipeline.import_runs([str(path)], database_url=db_url)
-    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, asof_exact_runs=100)
+    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, asof_exact_runs=60)
     prefix_graphs = ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                      "JOIN pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE n.nspname = 'historical_db' AND c.relname ~ '^asof_' ORDER BY 1")
@@ -278,7 +278,7 @@ def test_0014_downgrade_drops_the_prefix_graphs_and_no_row(db_url: str, sample_h
         assert conn.execute(prefix_graphs).fetchall() == []
         assert conn.execute(counts).fetchone() == rows_before
     migrate.upgrade(db_url)
-    pipeline.embed_runs(database_url=db_url, asof_exact_runs=100)
+    pipeline.embed_runs(database_url=db_url, asof_exact_runs=60)
     with psycopg.connect(db_url) as conn:
         assert [name for (name,) in conn.execute(prefix_graphs).fetchall()] == built
 
@@ -293,9 +293,9 @@ PREFIX_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class 
 
 
 def _joint_prefix_graphs(db_url: str, sample_history: list[dict], tmp_path) -> None:
-    """600 runs, a joint graph and its prefix graphs down to 100 runs: asof_joint_vector_1 and _2."""
+    """600 runs, a joint graph and its prefix graphs down to 60 runs: asof_joint_vector_1 and _2."""
     pipeline.import_runs([str(write_runs(sample_history[:600], tmp_path / "runs.jsonl.gz"))], database_url=db_url)
-    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=100)
+    pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=60)
 
 
 def _wait_for_lock_wait(observer: psycopg.Connection, outcome: dict, worker: threading.Thread) -> int:
@@ -317,7 +317,7 @@ def test_a_prefix_rebuild_lets_writers_in_and_keeps_the_old_copies_until_the_new
     walked the whole graph meanwhile. Built CONCURRENTLY, a writer that arrives during the rebuild gets in
     at once, and the old copies answer until the new ones are valid."""
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
-    settings = graphs.IndexSettings(("joint",), 0, None, 30)  # a third level: the set is stale, rebuilt
+    settings = graphs.IndexSettings(("joint",), 0, None, 20)  # a third level: the set is stale, rebuilt
     with psycopg.connect(db_url, autocommit=True) as observer:
         old = graphs.present_prefix(observer)
         assert len(old[("joint", "vector")]) == 2
@@ -376,7 +376,7 @@ def test_an_interrupted_concurrent_build_is_dropped_and_rebuilt_by_the_next_sync
     from psycopg import sql
 
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
-    settings = graphs.IndexSettings(("joint",), 0, None, 100)
+    settings = graphs.IndexSettings(("joint",), 0, None, 60)
     with psycopg.connect(db_url, autocommit=True) as conn:
         planned = graphs.present_prefix(conn)[("joint", "vector")]
         conn.execute("DROP INDEX historical_db.asof_joint_vector_2")
@@ -410,7 +410,7 @@ def test_inside_a_transaction_the_prefix_graphs_are_rebuilt_in_it(db_url: str, s
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
     with psycopg.connect(db_url) as conn:
         old = graphs.present_prefix(conn)
-        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 30))
+        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 20))
         assert len(built) == 3 and dropped == old[("joint", "vector")]
         assert [name for name, valid in conn.execute(PREFIX_INDEXES).fetchall() if valid] == [
             "asof_joint_vector_1", "asof_joint_vector_2", "asof_joint_vector_3"]
@@ -424,7 +424,7 @@ def test_a_failed_concurrent_rebuild_is_deferred_with_a_note_not_an_error(db_url
     embed-runs fail after its vectors were written. Now it is a note; the copies searches walk stay, and the
     next sync builds what is missing."""
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
-    settings = graphs.IndexSettings(("joint",), 0, None, 100)
+    settings = graphs.IndexSettings(("joint",), 0, None, 60)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("DROP INDEX historical_db.asof_joint_vector_2")
         with psycopg.connect(db_url) as open_writer:
@@ -449,7 +449,7 @@ def test_two_embed_runs_at_once_with_prefix_graphs_write_each_vector_once_and_le
     _joint_prefix_graphs(db_url, sample_history, tmp_path)
     pipeline.import_runs([str(write_runs(sample_history[600:1500], tmp_path / "more.jsonl.gz"))],
                          database_url=db_url)
-    results = embed_runs_at_once(db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=100,
+    results = embed_runs_at_once(db_url, index_min_vectors=0, indexed_spaces="joint", asof_exact_runs=60,
                                  batch_size=200)
     assert sorted(r.embedded for r in results) == [0, 900]
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -458,7 +458,7 @@ def test_two_embed_runs_at_once_with_prefix_graphs_write_each_vector_once_and_le
         copies = conn.execute(PREFIX_INDEXES).fetchall()
         assert copies and all(valid for _, valid in copies)
         # whatever the interleaving, a later embed-runs finds nothing to rebuild: the copies fit the history
-        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 100))
+        built, dropped = graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 60))
         assert (built, dropped) == ([], [])
 
 
@@ -471,16 +471,16 @@ def test_a_sync_left_to_another_session_says_so(db_url: str, sample_history: lis
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (graphs.PREFIX_LOCK_KEY,))
         summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
-                                      asof_exact_runs=100)
+                                      asof_exact_runs=60)
         idle = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
-                                   asof_exact_runs=100)  # wrote nothing: nothing for the copies to lag behind
+                                   asof_exact_runs=60)  # wrote nothing: nothing for the copies to lag behind
         other.execute("SELECT pg_advisory_unlock(%s)", (graphs.PREFIX_LOCK_KEY,))
     assert summary.embedded == 900
     assert any("another session is rebuilding the as-of prefix graphs" in note for note in summary.notes), \
         summary.notes
     assert idle.embedded == 0 and not any("another session" in note for note in idle.notes), idle.notes
     summary = pipeline.embed_runs(database_url=db_url, index_min_vectors=0, indexed_spaces="joint",
-                                  asof_exact_runs=100)  # the next one checks the copies itself
+                                  asof_exact_runs=60)  # the next one checks the copies itself
     assert not any("another session" in note for note in summary.notes), summary.notes
     with psycopg.connect(db_url, autocommit=True) as conn:
-        assert graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 100)) == ([], [])
+        assert graphs.sync_prefix_graphs(conn, graphs.IndexSettings(("joint",), 0, None, 60)) == ([], [])

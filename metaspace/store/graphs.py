@@ -27,12 +27,15 @@ search in a space that is not indexed says so.
 **As-of prefix graphs** (issue 14, the selective as-of tail). A graph walk filtered to the runs known as of
 an early date visits about k / share nodes, so at 1,000,000 runs a date leaving 0.3-2% of them took
 30-55 ms at p95 where an unfiltered walk takes a few. Each space with a graph therefore also gets partial
-copies of it, ``asof_<space>_<kind>_<level>`` (``WHERE as_of_date <= D``): level 1 at the date leaving
-half of the space's vectors, each next level at the date leaving a third of the one before, down to
+copies of it, ``asof_<space>_<kind>_<level>`` (``WHERE as_of_date <= D``): level 1 at the date leaving a
+third of the space's vectors, each next level at the date leaving a third of the one before, down to
 ``asof_exact_runs`` (default ``DEFAULT_ASOF_EXACT_RUNS``); the dates are read from the space's as-of dates
 when they are built. The planner walks the smallest copy covering a query's date, where at least about a
 third of the rows match; below the smallest copy ``nearest_runs_v2`` (sql/nearest_runs_asof_v1.sql) scans
-exactly. They cost about 0.75x the space's graph in memory and build time (docs/benchmarks.md).
+exactly. They cost about half the space's graph in memory and build time (1/3 + 1/9 + ...). Level 1 was at
+half of the vectors until issue 25's storage: the graph itself serves the dates leaving a third or more, as each
+copy serves those leaving a third of its own runs or more, and a copy at half cost a quarter of the graph again
+for no walk that needed it.
 
 Runs added later stay correct with them: a run dated after a copy's date is not in it, and a query's date
 decides which copy it may use (a run dated between a query's date and its copy's date is a node the walk
@@ -319,7 +322,7 @@ def as_of_histogram(conn: psycopg.Connection, space: str) -> list[tuple[dt.date,
 
 def plan_prefix(histogram: list[tuple[dt.date, int]], space: str, kind: str, exact_runs: int) -> list[PrefixGraph]:
     """The prefix graphs a space should have: none below ``PREFIX_MIN_MULTIPLE`` x ``exact_runs`` vectors, else
-    at the dates leaving 1/2, 1/6, 1/18, ... of its vectors, while a level would hold at least ``exact_runs``
+    at the dates leaving 1/3, 1/9, 1/27, ... of its vectors, while a level would hold at least ``exact_runs``
     (the smallest then holds between it and three times it).
     A date holding many runs can make two levels one, or leave none short of all of them; those are skipped."""
     cumulative = list(itertools.accumulate(count for _, count in histogram))
@@ -327,7 +330,7 @@ def plan_prefix(histogram: list[tuple[dt.date, int]], space: str, kind: str, exa
     if total < PREFIX_MIN_MULTIPLE * exact_runs:
         return []
     levels: list[PrefixGraph] = []
-    target = total / 2
+    target = total / PREFIX_STEP
     while target >= max(exact_runs, 1):
         at = bisect.bisect_left(cumulative, target)
         seen = cumulative[at]
