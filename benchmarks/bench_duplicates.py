@@ -31,7 +31,10 @@ Measured, all through the stable SQL names, on one kept connection:
 - **storage**: all relations of schema historical_db (tables, indexes, TOAST) over the runs, and where the
   bytes go;
 - **latency** p50/p95 (after a warm-up) of ``search_runs`` (k 10, env), ``neighbours`` (a run, k 10, joint)
-  and ``suggest_configs`` (the env vector, k 10).
+  and ``suggest_configs`` (the env vector, k 10);
+- with ``--as-of``, **searches as of early dates** in joint and outcome: at 1.5% to 100% of the space's vectors
+  known as of the date, p50/p95 of ``search_runs`` and its recall@10 against ``exact => true`` (the as-of prefix
+  graphs' work).
 
 Every figure is printed beside the issue's limit: recall >= 0.99 and no query missing its own environment
 or config; storage per run <= 0.7 x 13,941 bytes (the issue's measure of the layout before it). The exit
@@ -354,6 +357,46 @@ def latency(conn: psycopg.Connection, env_queries: list) -> dict[str, dict]:
     }
 
 
+AS_OF_SEARCH = ("SELECT run_id, distance FROM historical_db.search_runs(%(q)s, 10, space => %(space)s, "
+                "as_of => %(day)s, exact => %(exact)s)")
+AS_OF_SHARES = (0.015, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)
+AS_OF_QUERIES = 40
+
+
+def as_of_tail(conn: psycopg.Connection, seed: int) -> dict[str, list[dict]]:
+    """Searches as of early dates (the as-of prefix graphs' work), in joint and outcome: at each share of the
+    space's vectors known as of the date, p50 / p95 of ``search_runs`` (k 10, the default path) and its recall
+    against ``exact => true`` (runs within the exact 10th distance), over ``AS_OF_QUERIES`` vectors of the
+    space, each share warmed up first."""
+    out: dict[str, list[dict]] = {}
+    dated = {"joint": "SELECT as_of_date FROM historical_db.joint_embeddings ORDER BY as_of_date",
+             "outcome": "SELECT first_seen FROM historical_db.branch_entities WHERE branch = 'outcome' "
+                        "ORDER BY first_seen"}
+    vectors = {"joint": "SELECT vector FROM historical_db.joint_embeddings ORDER BY md5(run_id || %s) LIMIT %s",
+               "outcome": "SELECT vector FROM historical_db.branch_entities WHERE branch = 'outcome' "
+                          "ORDER BY md5(entity_id::text || %s) LIMIT %s"}
+    for space in ("joint", "outcome"):
+        dates = [d for (d,) in conn.execute(dated[space])]
+        queries = [q for (q,) in conn.execute(vectors[space], (str(seed), AS_OF_QUERIES))]
+        rows = []
+        for share in AS_OF_SHARES:
+            day = dates[min(len(dates) - 1, int(share * len(dates)))]
+            params = [{"q": q, "space": space, "day": day, "exact": False} for q in queries]
+            for p in params[:WARM_UP // 2]:
+                conn.execute(AS_OF_SEARCH, p).fetchall()
+            times, found = [], 0
+            for p in params:
+                started = time.perf_counter()
+                walked = conn.execute(AS_OF_SEARCH, p).fetchall()
+                times.append((time.perf_counter() - started) * 1000)
+                kth = conn.execute(AS_OF_SEARCH, {**p, "exact": True}).fetchall()[-1][1] + 1e-9
+                found += min(10, sum(1 for _, distance in walked if distance <= kth))
+            rows.append({"share": share, "as_of": day.isoformat(), "recall": found / (10 * len(params)),
+                         "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))})
+        out[space] = rows
+    return out
+
+
 # The report ----------------------------------------------------------------------------------------------
 
 def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -400,6 +443,11 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"\n| call (one kept connection, after {WARM_UP} warm-up calls) | p50 ms | p95 ms |\n| --- | --- | --- |")
     for call, t in result["latency"].items():
         print(f"| `{call}` | {t['p50_ms']:.2f} | {t['p95_ms']:.2f} |")
+    for space, rows in result.get("as_of", {}).items():
+        print(f"\n| {space} search as of a date (share of its vectors known then) | as of | recall@10 | p50 ms | p95 ms |"
+              "\n| --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['share']:.1%} | {r['as_of']} | {r['recall']:.3f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |")
     print("\n| against the issue's limit | value | limit | ratio | meets |\n| --- | --- | --- | --- | --- |")
     for v in result["verdicts"]:
         value = f"{v['value']:,.3f}" if isinstance(v["value"], float) and v["value"] < 10 else f"{v['value']:,.0f}"
@@ -420,6 +468,8 @@ def main() -> int:
                              "run again), else build it; kept either way")
     parser.add_argument("--citus", action="store_true",
                         help="on the local Citus cluster (metaspace db cluster start), its tables distributed")
+    parser.add_argument("--as-of", action="store_true",
+                        help="also time joint and outcome searches as of early dates (the as-of prefix graphs)")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -442,9 +492,10 @@ def main() -> int:
             figures = {space: recall(conn, space, queries[space], grid) for space in ("env", "config")}
             _log("recall measured")
             times = latency(conn, queries["env"])
+            tail = as_of_tail(conn, args.seed) if args.as_of else {}
             sizes = storage(conn, runs)
         result = {"envs": args.envs, "configs": args.configs, "runs": runs, "seed": args.seed, "database": name,
-                  "load": load_figures, "recall": figures, "storage": sizes, "latency": times}
+                  "load": load_figures, "recall": figures, "storage": sizes, "latency": times, "as_of": tail}
         result["verdicts"] = verdicts(result)
         result["seconds"] = time.perf_counter() - started
     finally:
