@@ -6,6 +6,8 @@
     python benchmarks/bench_duplicates.py --envs 300 --configs 40             # 12,000 runs, about a minute
     python benchmarks/bench_duplicates.py --envs 300 --format json            # one JSON object on stdout
     python benchmarks/bench_duplicates.py --envs 1000 --citus                 # on the local Citus cluster
+    python benchmarks/bench_duplicates.py --envs 25000 --citus --keep         # 1,000,000 runs on the cluster, kept
+    python benchmarks/bench_duplicates.py --envs 25000 --citus --reuse        # measure that one again
 
 The history: N environments x M configs (``--configs``, 40 by default), one run each. An environment is a
 trailing window of one of ``metaspace.sample``'s simulated markets (several histories of each market, so
@@ -32,6 +34,8 @@ Measured, all through the stable SQL names, on one kept connection:
   bytes go;
 - **latency** p50/p95 (after a warm-up) of ``search_runs`` (k 10, env), ``neighbours`` (a run, k 10, joint)
   and ``suggest_configs`` (the env vector, k 10);
+- with ``--citus``, **where a joint search's time goes on the cluster**: the plain walk from the client, and its
+  EXPLAIN ANALYZE with every task shown (the coordinator's time, the slowest shard's walk, all shards' together);
 - with ``--as-of``, **searches as of early dates** in joint and outcome: at 1.5% to 100% of the space's vectors
   known as of the date, p50/p95 of ``search_runs`` and its recall@10 against ``exact => true`` (the as-of prefix
   graphs' work).
@@ -198,11 +202,22 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _citus_database(name: str) -> tuple[str, str, bool]:
+def _citus_database(name: str, reuse: bool, runs: int) -> tuple[str, str, bool]:
     """A fresh database on every node of the local Citus cluster (metaspace db cluster start), the workers
-    registered: migrate distributes its tables."""
+    registered: migrate distributes its tables. With ``reuse``, the one kept by an earlier ``--keep`` if it holds
+    exactly the N x M runs."""
     nodes = _cluster_nodes()
     server = cluster.current().url(0, "postgres")
+    if reuse:
+        url = make_conninfo(server, dbname=name)
+        try:
+            with psycopg.connect(url) as conn:
+                held = conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == runs
+        except psycopg.Error:
+            held = False
+        if held:
+            return server, url, True
+        _log(f"{name} does not hold the {runs:,} runs of this N x M on the cluster: building it again")
     cluster.drop_database(server, nodes, name)
     return server, cluster.prepare_database(server, nodes, name), False
 
@@ -397,6 +412,52 @@ def as_of_tail(conn: psycopg.Connection, seed: int) -> dict[str, list[dict]]:
     return out
 
 
+PLAIN_WALK = ("SELECT run_id, vector <-> %(q)s AS distance FROM historical_db.joint_embeddings "
+              "ORDER BY vector <-> %(q)s LIMIT 10")
+
+
+def _distributed_scan(node: dict) -> dict | None:
+    if "Distributed Query" in node:
+        return node
+    for child in node.get("Plans", []):
+        found = _distributed_scan(child)
+        if found:
+            return found
+    return None
+
+
+def citus_breakdown(conn: psycopg.Connection, runs: list[str]) -> dict[str, Any]:
+    """On Citus, where a joint search's time goes. The plain walk (``ORDER BY vector <-> q LIMIT 10``: every
+    shard walks its own graph for its 10 nearest, the coordinator merges them) timed whole from the client,
+    then EXPLAIN ANALYZE of it with every task shown: the coordinator's planning and execution time, the slowest
+    shard's walk and the sum of the shards' walks. The shards' walks run side by side (here on the same 2 cores
+    as the coordinator), so the sum is the work and the slowest is the wait; the coordinator's own share
+    (planning the tasks, sending them over its connections, merging the sorted lists) is its execution time
+    less the slowest shard's."""
+    vectors = [v for (v,) in conn.execute("SELECT vector FROM historical_db.joint_embeddings WHERE run_id = ANY(%s) "
+                                          "ORDER BY run_id", (runs,))]
+    wall = _latency(conn, PLAIN_WALK, [{"q": v} for v in vectors])
+    conn.execute("SET citus.explain_all_tasks = on")
+    parts: dict[str, list[float]] = {"coordinator planning": [], "coordinator execution": [], "slowest shard": [],
+                                     "all shards together": [], "coordinator's own share": []}
+    tasks = 0
+    for v in vectors:
+        [explained] = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PLAIN_WALK, {"q": v}).fetchone()
+        top = explained[0]
+        shards = [task["Remote Plan"][0][0]["Execution Time"]
+                  for task in _distributed_scan(top["Plan"])["Distributed Query"]["Job"]["Tasks"]]
+        tasks = len(shards)
+        parts["coordinator planning"].append(top["Planning Time"])
+        parts["coordinator execution"].append(top["Execution Time"])
+        parts["slowest shard"].append(max(shards))
+        parts["all shards together"].append(sum(shards))
+        parts["coordinator's own share"].append(top["Execution Time"] - max(shards))
+    conn.execute("RESET citus.explain_all_tasks")
+    return {"tasks": tasks, "queries": len(vectors), "wall": wall,
+            "parts": {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}
+                      for name, t in parts.items()}}
+
+
 # The report ----------------------------------------------------------------------------------------------
 
 def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -448,6 +509,14 @@ def print_report(result: dict[str, Any]) -> None:
               "\n| --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['share']:.1%} | {r['as_of']} | {r['recall']:.3f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |")
+    b = result.get("citus_breakdown")
+    if b:
+        print(f"\n**Where a joint search's time goes on the cluster** (the plain walk, k 10, {b['queries']} queries; "
+              f"{b['tasks']} shard tasks each): from the client p50 {b['wall']['p50_ms']:.2f} ms, "
+              f"p95 {b['wall']['p95_ms']:.2f} ms\n\n| part (EXPLAIN ANALYZE, every task shown) | p50 ms | p95 ms |"
+              "\n| --- | --- | --- |")
+        for part, t in b["parts"].items():
+            print(f"| {part} | {t['p50_ms']:.2f} | {t['p95_ms']:.2f} |")
     print("\n| against the issue's limit | value | limit | ratio | meets |\n| --- | --- | --- | --- | --- |")
     for v in result["verdicts"]:
         value = f"{v['value']:,.3f}" if isinstance(v["value"], float) and v["value"] < 10 else f"{v['value']:,.0f}"
@@ -478,7 +547,8 @@ def main() -> int:
     name = f"dup_{args.envs}x{args.configs}" + (f"_s{args.seed}" if args.seed != 1 else "")
     if args.citus:
         name += "_citus"
-    server, url, loaded = _citus_database(name) if args.citus else _database(name, args.reuse, runs)
+    server, url, loaded = (_citus_database(name, args.reuse, runs) if args.citus
+                           else _database(name, args.reuse, runs))
     try:
         metaspace.migrate(database_url=url)
         if loaded:
@@ -493,9 +563,11 @@ def main() -> int:
             _log("recall measured")
             times = latency(conn, queries["env"])
             tail = as_of_tail(conn, args.seed) if args.as_of else {}
+            breakdown = citus_breakdown(conn, [run for run, _ in queries["env"]]) if args.citus else None
             sizes = storage(conn, runs)
         result = {"envs": args.envs, "configs": args.configs, "runs": runs, "seed": args.seed, "database": name,
-                  "load": load_figures, "recall": figures, "storage": sizes, "latency": times, "as_of": tail}
+                  "load": load_figures, "recall": figures, "storage": sizes, "latency": times, "as_of": tail,
+                  "citus_breakdown": breakdown}
         result["verdicts"] = verdicts(result)
         result["seconds"] = time.perf_counter() - started
     finally:
