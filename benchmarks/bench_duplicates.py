@@ -67,7 +67,7 @@ from psycopg.conninfo import make_conninfo
 
 import metaspace
 from metaspace import sample
-from metaspace.store import citus, cluster
+from metaspace.store import citus, cluster, graphs
 from metaspace.store.connection import connect, resolve_url
 
 KS = (10, 1000)
@@ -382,7 +382,7 @@ def as_of_tail(conn: psycopg.Connection, seed: int) -> dict[str, list[dict]]:
     """Searches as of early dates (the as-of prefix graphs' work), in joint and outcome: at each share of the
     space's vectors known as of the date, p50 / p95 of ``search_runs`` (k 10, the default path) and its recall
     against ``exact => true`` (runs within the exact 10th distance), over ``AS_OF_QUERIES`` vectors of the
-    space, each share warmed up first."""
+    space, each share warmed up first; a space without a graph (answered exactly) is left out."""
     out: dict[str, list[dict]] = {}
     dated = {"joint": "SELECT as_of_date FROM historical_db.joint_embeddings ORDER BY as_of_date",
              "outcome": "SELECT first_seen FROM historical_db.branch_entities WHERE branch = 'outcome' "
@@ -390,7 +390,10 @@ def as_of_tail(conn: psycopg.Connection, seed: int) -> dict[str, list[dict]]:
     vectors = {"joint": "SELECT vector FROM historical_db.joint_embeddings ORDER BY md5(run_id || %s) LIMIT %s",
                "outcome": "SELECT vector FROM historical_db.branch_entities WHERE branch = 'outcome' "
                           "ORDER BY md5(entity_id::text || %s) LIMIT %s"}
+    walked = {space for space, _ in graphs.present(conn)}
     for space in ("joint", "outcome"):
+        if space not in walked:  # answered exactly at every date: nothing of the prefix graphs to measure
+            continue
         dates = [d for (d,) in conn.execute(dated[space])]
         queries = [q for (q,) in conn.execute(vectors[space], (str(seed), AS_OF_QUERIES))]
         rows = []
