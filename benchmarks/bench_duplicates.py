@@ -212,7 +212,8 @@ def _citus_database(name: str, reuse: bool, runs: int) -> tuple[str, str, bool]:
         url = make_conninfo(server, dbname=name)
         try:
             with psycopg.connect(url) as conn:
-                held = conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0] == runs
+                held = conn.execute("SELECT count(*) FILTER (WHERE run_id LIKE 'DUP\\_%'), count(*) "
+                                    "FROM historical_db.runs").fetchone() == (runs, runs)
         except psycopg.Error:
             held = False
         if held:
@@ -405,10 +406,10 @@ def as_of_tail(conn: psycopg.Connection, seed: int) -> dict[str, list[dict]]:
             times, found = [], 0
             for p in params:
                 started = time.perf_counter()
-                walked = conn.execute(AS_OF_SEARCH, p).fetchall()
+                answer = conn.execute(AS_OF_SEARCH, p).fetchall()
                 times.append((time.perf_counter() - started) * 1000)
                 kth = conn.execute(AS_OF_SEARCH, {**p, "exact": True}).fetchall()[-1][1] + 1e-9
-                found += min(10, sum(1 for _, distance in walked if distance <= kth))
+                found += min(10, sum(1 for _, distance in answer if distance <= kth))
             rows.append({"share": share, "as_of": day.isoformat(), "recall": found / (10 * len(params)),
                          "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))})
         out[space] = rows
@@ -433,28 +434,34 @@ def citus_breakdown(conn: psycopg.Connection, runs: list[str]) -> dict[str, Any]
     """On Citus, where a joint search's time goes. The plain walk (``ORDER BY vector <-> q LIMIT 10``: every
     shard walks its own graph for its 10 nearest, the coordinator merges them) timed whole from the client,
     then EXPLAIN ANALYZE of it with every task shown: the coordinator's planning and execution time, the slowest
-    shard's walk and the sum of the shards' walks. The shards' walks run side by side (here on the same 2 cores
-    as the coordinator), so the sum is the work and the slowest is the wait; the coordinator's own share
-    (planning the tasks, sending them over its connections, merging the sorted lists) is its execution time
-    less the slowest shard's."""
+    shard's walk, the slowest node's walks added up and all shards' walks together. A query this short runs on
+    one connection per node (Citus opens more only after citus.executor_slow_start_interval), so a node's shards
+    are walked one after another while the nodes work side by side (here on the same 2 cores as the
+    coordinator): the slowest node is the wait, the sum is the work. The coordinator's own share (planning the
+    tasks, sending them, merging the sorted lists) is its execution time less the slowest node's."""
     vectors = [v for (v,) in conn.execute("SELECT vector FROM historical_db.joint_embeddings WHERE run_id = ANY(%s) "
                                           "ORDER BY run_id", (runs,))]
     wall = _latency(conn, PLAIN_WALK, [{"q": v} for v in vectors])
     conn.execute("SET citus.explain_all_tasks = on")
     parts: dict[str, list[float]] = {"coordinator planning": [], "coordinator execution": [], "slowest shard": [],
-                                     "all shards together": [], "coordinator's own share": []}
+                                     "slowest node, its shards in turn": [], "all shards together": [],
+                                     "coordinator's own share": []}
     tasks = 0
     for v in vectors:
         [explained] = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PLAIN_WALK, {"q": v}).fetchone()
         top = explained[0]
-        shards = [task["Remote Plan"][0][0]["Execution Time"]
-                  for task in _distributed_scan(top["Plan"])["Distributed Query"]["Job"]["Tasks"]]
+        by_node: dict[str, float] = {}
+        shards = []
+        for task in _distributed_scan(top["Plan"])["Distributed Query"]["Job"]["Tasks"]:
+            shards.append(task["Remote Plan"][0][0]["Execution Time"])
+            by_node[task["Node"]] = by_node.get(task["Node"], 0.0) + shards[-1]
         tasks = len(shards)
         parts["coordinator planning"].append(top["Planning Time"])
         parts["coordinator execution"].append(top["Execution Time"])
         parts["slowest shard"].append(max(shards))
+        parts["slowest node, its shards in turn"].append(max(by_node.values()))
         parts["all shards together"].append(sum(shards))
-        parts["coordinator's own share"].append(top["Execution Time"] - max(shards))
+        parts["coordinator's own share"].append(top["Execution Time"] - max(by_node.values()))
     conn.execute("RESET citus.explain_all_tasks")
     return {"tasks": tasks, "queries": len(vectors), "wall": wall,
             "parts": {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}

@@ -6,8 +6,9 @@
 -- priced the index on (encoder_version, branch, first_seen), with that comparison as its range, the same as the
 -- unique key's and took it: for each of a batch's records it read every entity of the branch seen later,
 -- filtering by key. The plan is kept for the session, so the cost of each batch grew with the table: at 120,000
--- runs of a sweep one batch of 5,000 runs took over 10 minutes instead of a few seconds. Written as a difference,
--- the comparison is no index condition, and the key is the only index that fits the join.
+-- runs of a sweep one batch of 5,000 runs took over 10 minutes instead of a few seconds. Against first_seen + 0,
+-- an expression, the comparison is no index condition, and the key is the only index that fits the join (the same
+-- answers: a date plus 0 days is that date, infinity included, which a difference of dates would refuse).
 CREATE OR REPLACE FUNCTION historical_db.attach_entities_v2(
     target integer, run_ids text[], configs vector[], envs vector[], outcomes vector[]
 ) RETURNS integer
@@ -51,7 +52,7 @@ BEGIN
                   FROM unnest(k_date, k_branch, k_key) AS k (as_of_date, branch, record_key)
                   GROUP BY k.branch, k.record_key) n
             WHERE e.encoder_version = target AND e.branch = n.branch AND e.record_key = n.record_key
-              AND e.first_seen - n.first_seen > 0;  -- (no index condition: the top of this file says why)
+              AND n.first_seen < e.first_seen + 0;  -- (no index condition: the top of this file says why)
             INSERT INTO historical_db.run_entities
                 (run_id, encoder_version, as_of_date, strategy_id, config_id, config_entity, env_entity,
                  outcome_entity)

@@ -191,7 +191,7 @@ def test_prefix_graphs_are_rebuilt_once_the_history_has_grown_past_their_plan() 
     assert graphs.prefix_stale(plan, graphs.plan_prefix(doubled, "joint", "vector", 30), doubled)
     backfill = [(d, count * 3) for d, count in history[:100]] + history[100:]  # old runs added: level 1 grows
     assert graphs.prefix_stale(plan, graphs.plan_prefix(backfill, "joint", "vector", 30), backfill)
-    assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # 1,000 < 2,000: no prefix graph
+    assert graphs.plan_prefix(history, "joint", "vector", 2000) == []  # a level would hold 1,000 < 2,000 runs: none
 
 
 def test_prefix_graphs_only_where_they_pay(monkeypatch: pytest.MonkeyPatch) -> None:

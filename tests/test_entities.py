@@ -269,13 +269,21 @@ REATTACH = """
     JOIN historical_db.branch_entities o ON o.entity_id = r.outcome_entity"""
 
 
-def _reattach_pages(url: str) -> int:
-    """The pages one attach_entities_v2 call touches (its own statements included) for every run again, in a new
-    session (a session keeps the function's plans)."""
-    with psycopg.connect(url) as conn:
-        [explained] = conn.execute(REATTACH).fetchone()
-        conn.rollback()
-    return explained[0]["Plan"]["Shared Hit Blocks"] + explained[0]["Plan"]["Shared Read Blocks"]
+FIRST_SEEN_SCANS = "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'branch_entities_first_seen'"
+
+
+def _reattach(url: str) -> tuple[int, int]:
+    """One attach_entities_v2 call for every run again, in a new session (a session keeps the function's plans):
+    the pages it touches (its own statements included) and its scans of the index on first_seen."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")  # (counted once the statement before is done)
+        before = conn.execute(FIRST_SEEN_SCANS).fetchone()[0]
+        with conn.transaction(force_rollback=True):
+            [explained] = conn.execute(REATTACH).fetchone()
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        scans = conn.execute(FIRST_SEEN_SCANS).fetchone()[0] - before
+    return explained[0]["Plan"]["Shared Hit Blocks"] + explained[0]["Plan"]["Shared Read Blocks"], scans
 
 
 @pytest.mark.one_node(reason="the pages are counted by the coordinator's EXPLAIN, which on Citus leaves out the "
@@ -297,13 +305,13 @@ def test_attaching_entities_reads_by_key_before_the_table_has_statistics(db_url:
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'historical_db' AND "
                             "tablename = 'branch_entities' AND attname = ANY (%s)", (list(columns),)).fetchone()[0] == 0
-    without = _reattach_pages(db_url)
+    without, first_seen_scans = _reattach(db_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
         for column in columns:
             conn.execute(f"ALTER TABLE historical_db.branch_entities ALTER COLUMN {column} SET STATISTICS -1")
         conn.execute("ANALYZE historical_db.branch_entities")
-    with_statistics = _reattach_pages(db_url)
-    assert without < 2 * with_statistics, (without, with_statistics)
+    with_statistics, _ = _reattach(db_url)
+    assert first_seen_scans == 0 and without < 2 * with_statistics, (first_seen_scans, without, with_statistics)
 
 
 def test_an_entity_no_run_references_is_removed_by_whoever_orphaned_it(db_url: str, tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ Revision ID: 0021_attach_plan
 Revises: 0020_citus
 
 ``sql/branch_entities_v3.sql`` replaces ``attach_entities_v2`` (revision 0020) in place, with the same arguments,
-rule and answers: the step that moves an entity's first_seen back compares the dates as a difference, so that the
-planner cannot walk the index on (encoder_version, branch, first_seen) for it. Before statistics exist it priced
+rule and answers: the step that moves an entity's first_seen back compares a date with ``first_seen + 0``, so that
+the planner cannot walk the index on (encoder_version, branch, first_seen) for it. Before statistics exist it priced
 that walk as the unique key's and took it, reading for each record of a batch every entity of its branch seen
 later; the plan is kept for the writer's session, so a first load of a sweep slowed batch after batch (the file
 says more).
@@ -25,7 +25,7 @@ depends_on = None
 
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "branch_entities_v3.sql": "afe5c38a30708444b8cc9a8b1d1696d3e61c326079245527740ccba2bff9412f",
+    "branch_entities_v3.sql": "b99c7810204b9ba0df922e5f954f17a0a7fa5ebb1b53addec090a3b30991cb7b",
 }
 
 FROZEN = Path(__file__).parent / "frozen"
