@@ -2,6 +2,7 @@
 
     python benchmarks/bench_duplicates.py --envs 5000 --configs 40 --keep     # 200,000 runs, kept as dup_5000x40
     python benchmarks/bench_duplicates.py --envs 5000 --configs 40 --reuse    # measure dup_5000x40 again
+    python benchmarks/bench_duplicates.py --envs 5000 --reuse --as-it-stands --as-of   # as it is: no embed-runs first
     python benchmarks/bench_duplicates.py --envs 25000 --configs 40 --keep    # 1,000,000 runs
     python benchmarks/bench_duplicates.py --envs 300 --configs 40             # 12,000 runs, about a minute
     python benchmarks/bench_duplicates.py --envs 300 --format json            # one JSON object on stdout
@@ -545,6 +546,9 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="measure dup_<envs>x<configs> if it holds this N x M (migrated to head, embed_runs "
                              "run again), else build it; kept either way")
+    parser.add_argument("--as-it-stands", action="store_true",
+                        help="with --reuse: measure the database as it is, without embed-runs (which would build "
+                             "the graphs and copies the defaults choose), e.g. after dropping an index by hand")
     parser.add_argument("--citus", action="store_true",
                         help="on the local Citus cluster (metaspace db cluster start), its tables distributed")
     parser.add_argument("--as-of", action="store_true",
@@ -561,7 +565,12 @@ def main() -> int:
                            else _database(name, args.reuse, runs))
     try:
         metaspace.migrate(database_url=url)
-        if loaded:
+        if loaded and args.as_it_stands:
+            _log(f"reusing {name} as it stands (no embed-runs)")
+            with connect(url) as conn:
+                load_figures = {"embed_seconds": 0.0, "embedded": 0,
+                                "graphs": {space: kind for space, kind in sorted(graphs.present(conn))}}
+        elif loaded:
             _log(f"reusing {name}")
             load_figures = _embed(url)
         else:
