@@ -549,6 +549,9 @@ def main() -> int:
     parser.add_argument("--as-it-stands", action="store_true",
                         help="with --reuse: measure the database as it is, without embed-runs (which would build "
                              "the graphs and copies the defaults choose), e.g. after dropping an index by hand")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="with --citus: storage and where a search's time goes, without recall and latency "
+                             "(a suggest on the cluster takes seconds at 1,000,000 runs)")
     parser.add_argument("--citus", action="store_true",
                         help="on the local Citus cluster (metaspace db cluster start), its tables distributed")
     parser.add_argument("--as-of", action="store_true",
@@ -578,9 +581,11 @@ def main() -> int:
         metaspace.close()
         with connect(url, autocommit=True) as conn:
             queries = pick_queries(conn, args.envs, args.configs, args.queries, args.seed)
-            figures = {space: recall(conn, space, queries[space], grid) for space in ("env", "config")}
-            _log("recall measured")
-            times = latency(conn, queries["env"])
+            figures, times = {}, {}
+            if not args.breakdown_only:
+                figures = {space: recall(conn, space, queries[space], grid) for space in ("env", "config")}
+                _log("recall measured")
+                times = latency(conn, queries["env"])
             tail = as_of_tail(conn, args.seed) if args.as_of else {}
             breakdown = citus_breakdown(conn, [run for run, _ in queries["env"]]) if args.citus else None
             sizes = storage(conn, runs)
