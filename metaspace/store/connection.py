@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -166,10 +167,32 @@ def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[
         register_vector(conn)
         yield conn
     except psycopg.Error as exc:
-        exc.login_role = conn.info.user  # type: ignore[attr-defined]  # for describe_error, after the close
+        annotate(exc, conn)
         raise
     finally:
         conn.close()
+
+
+def annotate(exc: psycopg.Error, conn: psycopg.Connection) -> None:
+    """Note on ``exc`` what :func:`describe_error` needs from the session it failed in, read before that closes:
+    the login role and, for a cancelled statement, the session's statement_timeout (PostgreSQL reports a timeout
+    that fires as a statement ends as "due to user request", so the message alone cannot say it was the timeout)."""
+    if isinstance(exc, psycopg.errors.PipelineAborted):  # describe_error reads the statement that failed first
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, psycopg.Error) and cause is not exc:
+            annotate(cause, conn)
+    if conn.closed:
+        return
+    exc.login_role = conn.info.user  # type: ignore[attr-defined]
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        try:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            exc.statement_timeout = conn.execute(  # type: ignore[attr-defined]
+                "SELECT current_setting('statement_timeout')").fetchone()[0]
+        except psycopg.Error:  # (this read can itself run past a timeout of a millisecond: then its options say)
+            given = re.search(r"statement_timeout\s*=\s*(\S+)", conn.info.options or "")
+            exc.statement_timeout = given.group(1) if given else None  # type: ignore[attr-defined]
 
 
 def _not_made(primary: str) -> bool:
@@ -204,9 +227,14 @@ def describe_error(exc: Exception, *, embedded: bool = False) -> str:
     if sqlstate is None or sqlstate.startswith("08"):
         return (f"could not connect to the database: {primary}\n"
                 "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")
-    if sqlstate == "57014" and "statement timeout" in primary:
-        return (f"a statement ran past statement_timeout ({primary}; set by you, in PGOPTIONS, the URL's options or "
-                "the role's settings): nothing was answered or written by it. Raise or unset it for this command.")
+    timeout = getattr(exc, "statement_timeout", None)
+    if sqlstate == "57014" and ("statement timeout" in primary or timeout not in (None, "0")):
+        why = ("" if "statement timeout" in primary else
+               f", or by another session's cancel (pg_cancel_backend): with statement_timeout at {timeout}, PostgreSQL "
+               "reports a timeout that fires as a statement ends as a user request")
+        return (f"a statement was cancelled ({primary}), by statement_timeout{f' ({timeout})' if timeout else ''}, "
+                f"set by you in PGOPTIONS, the URL's options or the role's settings{why}: nothing was answered or "
+                "written by it. Raise or unset statement_timeout for this command.")
     if sqlstate.startswith("53") and sqlstate != "53300":  # disk full, out of memory
         return (f"the database server ran out of a resource: {primary} (SQLSTATE {sqlstate}). Each batch is one "
                 "transaction: what was written is whole, the rest is absent. Free space, then run the command again.")

@@ -186,7 +186,9 @@ def session(url: str | None = None) -> Iterator[Session]:
         if _lost(exc, kept.conn):
             _discard(kept)
             held.pop(url, None)
-        exc.login_role = kept.conn.info.user if not kept.conn.closed else None  # type: ignore[attr-defined]
+        from metaspace.store.connection import annotate
+
+        annotate(exc, kept.conn)
         raise
 
 
