@@ -26,7 +26,7 @@ HEAD_SQL = ["pin_search_path_v1.sql", "search_v1.sql", "store_run_v1.sql", "role
             "suggest_v6.sql", "encoder_transform_v1.sql", "stable_v1.sql", "roles_v4.sql", "suggest_v7.sql",
             "stable_v2.sql", "record_as_of_strict_v1.sql", "entity_key_v1.sql", "branch_entities_v1.sql",
             "roles_v5.sql", "stable_v3.sql", "branch_entities_v2.sql", "suggest_v8.sql", "roles_v5.sql",
-            "branch_entities_v3.sql"]
+            "branch_entities_v3.sql", "suggest_v9.sql", "roles_v5.sql"]
 
 
 def _revision_files() -> list[Path]:

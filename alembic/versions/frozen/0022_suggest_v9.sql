@@ -1,0 +1,107 @@
+-- (No percent signs in this file: it is also printed by `metaspace migrate --sql`.)
+-- Suggest's records on Citus without reading every run of the candidates (revision 0022): recent_records_v2 is
+-- recent_records_v1 (sql/suggest_v8.sql) with the same arguments, rule and rows, and v1 hands over to it, so that
+-- suggest_evidence_v2 and every suggest function answer through it.
+--
+-- On one server it is v1's walk of runs_config_as_of per config, unchanged. On Citus, v1 ranked every run of the
+-- candidate configs by date in one query over the shards: at 1,000,000 runs (40 configs of 25,000 runs each) a
+-- suggest took 4.6 s there, against 0.1 s on one server (docs/benchmarks.md, issue 26). For up to 64 candidates, v2
+-- takes their records in two steps that the shards answer by their index:
+--   1. its cutoff, the date of the per_config-th newest run that reports the objective: a query per config ending
+--      in ORDER BY as_of_date DESC LIMIT per_config, which Citus sends to every shard with its LIMIT, each shard
+--      walking runs_config_as_of newest first and stopping;
+--   2. every run of each candidate on or after its cutoff: one query over the shards, joining the (config, cutoff)
+--      pairs to the runs, which each shard reads by the same index from the cutoff on. A FETCH FIRST n ROWS WITH
+--      TIES in date order is exactly the runs dated on or after the n-th one's date.
+-- Each step 1 is a round trip to every shard: with more candidates (a search's history, where configs rarely run
+-- twice and each has few runs) v1's one ranked query costs less, and v2 takes it.
+-- The test for "reports the objective as a number" is written as jsonb_typeof(...) <> ALL (every other type; the
+-- "null" quoted, as a bare null in an array literal is a NULL, which no value is unequal to): the same rows
+-- (jsonb_typeof is NULL for a missing path, and NULL <> ALL (...) is not true), but a planner
+-- without statistics on it takes it to keep most runs, not one in 200 as it takes "= 'number'". The workers plan
+-- the shards' queries with their own settings (a function's SET stays on the coordinator), and with one run in
+-- 200 expected a LIMIT would not stop a walk early: they would read every run of the config by a bitmap and sort.
+CREATE FUNCTION historical_db.recent_records_v2(
+    configs text[], per_config bigint, as_of date, path text[], strategy_ids text[]
+) RETURNS TABLE (as_of_date date, env_key bigint, config_id text, value double precision)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+SET plan_cache_mode = 'force_custom_plan'  -- (as suggest_evidence_v1: each call planned for its own arguments)
+-- (v1's reason, on one server: with the objective's test misjudged the planner read every run of each config by a
+-- bitmap and sorted them, 3.9 s a call at 1,000,000 runs against 21 ms in index order)
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    cutoffs date[];
+    taken date;
+    candidate text;
+BEGIN
+    IF NOT historical_db.distributed_v1('historical_db.runs') THEN
+        RETURN QUERY
+        SELECT h.as_of_date, h.env_key, w.config_id, h.value
+        FROM unnest(configs) AS w (config_id)
+        CROSS JOIN LATERAL (
+            SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key,
+                   (r.outcome #>> path)::double precision AS value
+            FROM historical_db.runs r
+            WHERE coalesce(r.config_id, r.run_id) = w.config_id
+              AND (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
+              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+            ORDER BY r.as_of_date DESC
+            FETCH FIRST (per_config) ROWS WITH TIES
+        ) h;
+        RETURN;
+    END IF;
+    IF per_config < 1 OR configs IS NULL THEN
+        RETURN;  -- (as v1: FETCH FIRST 0 ROWS takes none; with no configs there is nothing to read)
+    END IF;
+    IF cardinality(configs) > 64 THEN
+        -- Many candidates (a search's history, whose configs rarely run twice): a query a config would cost more
+        -- round trips than their few runs do; v1's one ranked query over the shards.
+        RETURN QUERY
+        SELECT h.as_of_date, h.env_key, h.config_id, h.value FROM (
+            SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key,
+                   coalesce(r.config_id, r.run_id) AS config_id, (r.outcome #>> path)::double precision AS value,
+                   rank() OVER (PARTITION BY coalesce(r.config_id, r.run_id) ORDER BY r.as_of_date DESC) AS newest
+            FROM historical_db.runs r
+            WHERE coalesce(r.config_id, r.run_id) = ANY (configs)
+              AND (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
+              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+        ) h
+        WHERE h.newest <= per_config;
+        RETURN;
+    END IF;
+    cutoffs := ARRAY[]::date[];
+    FOREACH candidate IN ARRAY configs LOOP
+        SELECT min(t.as_of_date) INTO taken FROM (
+            SELECT r.as_of_date FROM historical_db.runs r
+            WHERE coalesce(r.config_id, r.run_id) = candidate
+              AND (as_of IS NULL OR r.as_of_date <= as_of)
+              AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
+              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+            ORDER BY r.as_of_date DESC
+            LIMIT per_config
+        ) t;
+        cutoffs := cutoffs || taken;  -- (NULL: no run of this config reports the objective)
+    END LOOP;
+    RETURN QUERY
+    SELECT r.as_of_date, jsonb_hash_extended(r.env, 0), w.config_id, (r.outcome #>> path)::double precision
+    FROM unnest(configs, cutoffs) AS w (config_id, cutoff)
+    JOIN historical_db.runs r ON coalesce(r.config_id, r.run_id) = w.config_id AND r.as_of_date >= w.cutoff
+    WHERE (as_of IS NULL OR r.as_of_date <= as_of)
+      AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
+      AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids));
+END
+$fn$;
+
+-- The released name hands over (same arguments, same rows).
+CREATE OR REPLACE FUNCTION historical_db.recent_records_v1(
+    configs text[], per_config bigint, as_of date, path text[], strategy_ids text[]
+) RETURNS TABLE (as_of_date date, env_key bigint, config_id text, value double precision)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT * FROM historical_db.recent_records_v2(configs, per_config, as_of, path, strategy_ids)
+$fn$;
