@@ -376,32 +376,82 @@ def test_a_users_statement_timeout_is_honoured_with_a_clear_error_and_no_half_an
     assert "statement_timeout" in asked.stderr and "Traceback" not in asked.stderr, asked.stderr[-2000:]
 
 
-@pytest.mark.parametrize("opened", ["connection", "session"])
+def _cancel_when_waiting(killer: psycopg.Connection, url: str, *, on_lock: bool) -> threading.Thread:
+    """A thread that cancels the other session of ``url``'s database once it is waiting: on a lock, or in
+    pg_sleep."""
+    database = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+
+    def cancel() -> None:
+        for _ in range(200):
+            found = killer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() AND state = 'active' "
+                "AND (CASE WHEN %s THEN wait_event_type = 'Lock' ELSE query LIKE '%%pg_sleep%%' END)",
+                (database, on_lock)).fetchone()
+            if found:
+                killer.execute("SELECT pg_cancel_backend(%s)", found)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("opened", ["connection", "session", "session opening"])
 @pytest.mark.parametrize("timeout", ["10s", None])
 def test_a_cancel_reported_as_a_user_request_names_the_sessions_statement_timeout(sample_db: str, opened: str,
                                                                                   timeout: str | None) -> None:
     """PostgreSQL reports a statement_timeout that fires as a statement ends as "canceling statement due to user
     request" (a run of 3,000 short queries at statement_timeout 1ms here: 7 said so, 1,654 "statement timeout"), so
-    a user who set a timeout must still be told of it. A cancel from another session gives the same message
-    deterministically: with a timeout set, the error names it and its value; without one, it does not."""
+    a user who set a timeout must still be told of it, whichever statement it cancels: the command's own, or one
+    of those that open the session (a check of the schema, here held up by a lock). A cancel from another session
+    gives the same message deterministically: with a timeout set, the error names it and its value; without one,
+    it does not."""
     from metaspace.store.connection import connection
     from metaspace.store.session import close, session
 
     url = psycopg.conninfo.make_conninfo(sample_db, options=f"-c statement_timeout={timeout}") if timeout else sample_db
     killer = connect(sample_db, autocommit=True)
+    holder = connect(sample_db)
+    canceller = None
     try:
         with pytest.raises(psycopg.errors.QueryCanceled) as raised:
-            with (connection(url) if opened == "connection" else session(url)) as opened_conn:
-                conn = opened_conn if opened == "connection" else opened_conn.conn
-                pid = conn.info.backend_pid
-                threading.Timer(0.5, lambda: killer.execute("SELECT pg_cancel_backend(%s)", (pid,))).start()
-                conn.execute("SELECT pg_sleep(5)")
+            if opened == "session opening":  # the schema's check waits for this lock
+                holder.execute("LOCK TABLE public.metaspace_schema_version IN ACCESS EXCLUSIVE MODE")
+                canceller = _cancel_when_waiting(killer, sample_db, on_lock=True)
+                with session(url):
+                    pass
+            else:
+                canceller = _cancel_when_waiting(killer, sample_db, on_lock=False)
+                with (connection(url) if opened == "connection" else session(url)) as opened_conn:
+                    conn = opened_conn if opened == "connection" else opened_conn.conn
+                    conn.execute("SELECT pg_sleep(5)")
     finally:
+        if canceller is not None:
+            canceller.join()
+        holder.close()
         killer.close()
         close()
     said = describe_error(raised.value)
     assert "due to user request" in said, said
     if timeout:
-        assert "statement_timeout (10s)" in said and "pg_cancel_backend" in said, said
+        assert "statement_timeout (at 10s in this session" in said and "pg_cancel_backend" in said, said
     else:
         assert "statement_timeout" not in said, said
+
+
+@pytest.mark.parametrize("options, shown", [("-c statement_timeout=3000", "3s"), ("--statement-timeout=4000", "4s"),
+                                            ("-c statement_timeout=5000 -c statement_timeout=0", None)])
+def test_a_cancelled_statement_reads_the_timeout_the_session_holds(sample_db: str, options: str,
+                                                                     shown: str | None) -> None:
+    """The setting named is the one the server holds (the last of several given; 0, in any unit, is off), read by
+    the session after the cancel."""
+    from metaspace.store.connection import annotate
+
+    conn = connect(psycopg.conninfo.make_conninfo(sample_db, options=options))
+    try:
+        cancelled = psycopg.errors.QueryCanceled("canceling statement due to user request")
+        annotate(cancelled, conn)
+    finally:
+        conn.close()
+    assert cancelled.statement_timeout == shown

@@ -111,7 +111,8 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True) -> psy
             from pgvector.psycopg import register_vector
 
             register_vector(conn)
-    except psycopg.Error:
+    except psycopg.Error as exc:
+        annotate(exc, conn)
         conn.close()
         raise
     return conn
@@ -154,7 +155,7 @@ def checked(conn: psycopg.Connection, url: str | None, resolved: str) -> None:
 def connection(url: str | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """Resolve the URL, connect, and check that the schema is at head before handing the connection out (on
     the embedded default, creating or upgrading it first: :func:`checked`)."""
-    conn, resolved = connect_resolved(url, autocommit=autocommit)
+    conn, resolved = connect_resolved(url, autocommit=autocommit)  # (connect() notes its own errors)
     try:
         checked(conn, url, resolved)
         from metaspace.store import citus
@@ -181,18 +182,40 @@ def annotate(exc: psycopg.Error, conn: psycopg.Connection) -> None:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, psycopg.Error) and cause is not exc:
             annotate(cause, conn)
-    if conn.closed:
+    if conn.closed or hasattr(exc, "statement_timeout"):
         return
     exc.login_role = conn.info.user  # type: ignore[attr-defined]
     if isinstance(exc, psycopg.errors.QueryCanceled):
+        exc.statement_timeout = _statement_timeout(conn)  # type: ignore[attr-defined]
+
+
+UNKNOWN = "unknown"  # a session's statement_timeout that could not be read
+
+
+def _statement_timeout(conn: psycopg.Connection) -> str | None:
+    """The session's statement_timeout (None: off), read from the server (where every way of setting it meets: the
+    options, the role's or database's settings, a SET); at a timeout of a millisecond that read can itself be
+    cancelled, so it is tried three times, then taken from the connection's options if they set it, else
+    :data:`UNKNOWN`."""
+    for _ in range(3):
         try:
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 conn.rollback()
-            exc.statement_timeout = conn.execute(  # type: ignore[attr-defined]
-                "SELECT current_setting('statement_timeout')").fetchone()[0]
-        except psycopg.Error:  # (this read can itself run past a timeout of a millisecond: then its options say)
-            given = re.search(r"statement_timeout\s*=\s*(\S+)", conn.info.options or "")
-            exc.statement_timeout = given.group(1) if given else None  # type: ignore[attr-defined]
+            value = conn.execute("SELECT current_setting('statement_timeout')").fetchone()[0]
+            return None if _zero(value) else value
+        except psycopg.errors.QueryCanceled:
+            continue
+        except psycopg.Error:
+            break
+    given = re.findall(r"statement[_-]timeout\s*=\s*(\S+)", conn.info.options or "")
+    if given:
+        return None if _zero(given[-1]) else given[-1]  # (the last one given is the one that holds)
+    return UNKNOWN
+
+
+def _zero(value: str) -> bool:
+    """Whether a statement_timeout's text turns it off (0, in any unit)."""
+    return re.fullmatch(r"\s*0+(\.0*)?\s*(us|ms|s|min|h|d)?\s*", value) is not None
 
 
 def _not_made(primary: str) -> bool:
@@ -228,13 +251,16 @@ def describe_error(exc: Exception, *, embedded: bool = False) -> str:
         return (f"could not connect to the database: {primary}\n"
                 "Check --database-url / METASPACE_DATABASE_URL, or leave both unset to use the embedded server.")
     timeout = getattr(exc, "statement_timeout", None)
-    if sqlstate == "57014" and ("statement timeout" in primary or timeout not in (None, "0")):
-        why = ("" if "statement timeout" in primary else
-               f", or by another session's cancel (pg_cancel_backend): with statement_timeout at {timeout}, PostgreSQL "
-               "reports a timeout that fires as a statement ends as a user request")
-        return (f"a statement was cancelled ({primary}), by statement_timeout{f' ({timeout})' if timeout else ''}, "
-                f"set by you in PGOPTIONS, the URL's options or the role's settings{why}: nothing was answered or "
-                "written by it. Raise or unset statement_timeout for this command.")
+    if sqlstate == "57014" and ("statement timeout" in primary or timeout is not None):
+        if "statement timeout" in primary:
+            cause = f"by statement_timeout{f' ({timeout})' if timeout not in (None, UNKNOWN) else ''}"
+        else:  # "user request": another session's cancel, or the timeout firing as a statement ended
+            setting = "whose setting could not be read" if timeout == UNKNOWN else f"at {timeout} in this session"
+            cause = (f"by another session's cancel (pg_cancel_backend) or by statement_timeout ({setting}: PostgreSQL "
+                     "reports a timeout that fires as a statement ends as a user request)")
+        return (f"a statement was cancelled ({primary}), {cause}; a statement_timeout is set in PGOPTIONS, the URL's "
+                "options, a SET or the role's or database's settings: nothing was answered or written by the "
+                "statement. Raise or unset statement_timeout for this command.")
     if sqlstate.startswith("53") and sqlstate != "53300":  # disk full, out of memory
         return (f"the database server ran out of a resource: {primary} (SQLSTATE {sqlstate}). Each batch is one "
                 "transaction: what was written is whole, the rest is absent. Free space, then run the command again.")

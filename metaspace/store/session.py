@@ -113,7 +113,11 @@ def _open(url: str | None) -> _Held:
         from pgvector.psycopg import register_vector
 
         register_vector(conn)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, psycopg.Error):
+            from metaspace.store.connection import annotate
+
+            annotate(exc, conn)
         conn.close()
         raise
     held = _Held(conn, resolved, os.getpid())
@@ -167,6 +171,9 @@ def session(url: str | None = None) -> Iterator[Session]:
         if not _lost(exc, kept.conn):
             if isinstance(exc, psycopg.errors.UndefinedTable):  # the schema went away under us: say how to fix it
                 require_current(kept.conn)
+            from metaspace.store.connection import annotate
+
+            annotate(exc, kept.conn)
             raise
         _discard(kept)
         del held[url]
