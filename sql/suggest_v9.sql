@@ -14,7 +14,9 @@
 --      pairs to the runs, which each shard reads by the same index from the cutoff on. A FETCH FIRST n ROWS WITH
 --      TIES in date order is exactly the runs dated on or after the n-th one's date.
 -- Each step 1 is a round trip to every shard: with more candidates (a search's history, where configs rarely run
--- twice and each has few runs) v1's one ranked query costs less, and v2 takes it.
+-- twice and each has few runs), or no count to stop at, v1's one ranked query costs less, and v2 takes it. Step 2
+-- ranks what it reads again, so that a run stored between the steps (on the workers each step is a statement of
+-- its own, with its own snapshot) takes its place as in one snapshot rather than adding to the count.
 -- The test for "reports the objective as a number" is written as jsonb_typeof(...) <> ALL (every other type; the
 -- "null" quoted, as a bare null in an array literal is a NULL, which no value is unequal to): the same rows
 -- (jsonb_typeof is NULL for a missing path, and NULL <> ALL (...) is not true), but a planner
@@ -54,45 +56,50 @@ BEGIN
         ) h;
         RETURN;
     END IF;
-    IF per_config < 1 OR configs IS NULL THEN
-        RETURN;  -- (as v1: FETCH FIRST 0 ROWS takes none; with no configs there is nothing to read)
+    IF per_config < 0 THEN  -- (as one server's FETCH FIRST)
+        RAISE EXCEPTION USING ERRCODE = 'invalid_row_count_in_limit_clause', MESSAGE = 'LIMIT must not be negative';
     END IF;
-    IF cardinality(configs) > 64 THEN
-        -- Many candidates (a search's history, whose configs rarely run twice): a query a config would cost more
-        -- round trips than their few runs do; v1's one ranked query over the shards.
-        RETURN QUERY
-        SELECT h.as_of_date, h.env_key, h.config_id, h.value FROM (
-            SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key,
-                   coalesce(r.config_id, r.run_id) AS config_id, (r.outcome #>> path)::double precision AS value,
-                   rank() OVER (PARTITION BY coalesce(r.config_id, r.run_id) ORDER BY r.as_of_date DESC) AS newest
-            FROM historical_db.runs r
-            WHERE coalesce(r.config_id, r.run_id) = ANY (configs)
-              AND (as_of IS NULL OR r.as_of_date <= as_of) AND jsonb_typeof(r.outcome #> path) = 'number'
-              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
-        ) h
-        WHERE h.newest <= per_config;
-        RETURN;
+    IF per_config = 0 OR coalesce(cardinality(configs), 0) = 0 THEN
+        RETURN;  -- (as one server: FETCH FIRST 0 ROWS takes none; with no configs there is nothing to read)
     END IF;
-    cutoffs := ARRAY[]::date[];
-    FOREACH candidate IN ARRAY configs LOOP
-        SELECT min(t.as_of_date) INTO taken FROM (
-            SELECT r.as_of_date FROM historical_db.runs r
-            WHERE coalesce(r.config_id, r.run_id) = candidate
-              AND (as_of IS NULL OR r.as_of_date <= as_of)
-              AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
-              AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
-            ORDER BY r.as_of_date DESC
-            LIMIT per_config
-        ) t;
-        cutoffs := cutoffs || taken;  -- (NULL: no run of this config reports the objective)
-    END LOOP;
+    IF cardinality(configs) <= 64 AND per_config < 9223372036854775807 THEN
+        -- Step 1: each config's cutoff (NULL: no run of it reports the objective).
+        cutoffs := ARRAY[]::date[];
+        FOREACH candidate IN ARRAY configs LOOP
+            SELECT min(t.as_of_date) INTO taken FROM (
+                SELECT r.as_of_date FROM historical_db.runs r
+                WHERE coalesce(r.config_id, r.run_id) = candidate
+                  AND (as_of IS NULL OR r.as_of_date <= as_of)
+                  AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
+                  AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+                ORDER BY r.as_of_date DESC
+                LIMIT per_config
+            ) t;
+            cutoffs := cutoffs || taken;
+        END LOOP;
+    END IF;
+    -- Step 2 (or, with more than 64 candidates or no count, v1's one ranked query: cutoffs NULL): the runs from the
+    -- cutoffs, ranked again, so that a run stored between the two steps (each its own snapshot on the workers)
+    -- takes its place as it would in one snapshot, rather than adding to the count. Each config as often as it is
+    -- asked for, as one server's LATERAL gives it.
     RETURN QUERY
-    SELECT r.as_of_date, jsonb_hash_extended(r.env, 0), w.config_id, (r.outcome #>> path)::double precision
-    FROM unnest(configs, cutoffs) AS w (config_id, cutoff)
-    JOIN historical_db.runs r ON coalesce(r.config_id, r.run_id) = w.config_id AND r.as_of_date >= w.cutoff
-    WHERE (as_of IS NULL OR r.as_of_date <= as_of)
-      AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
-      AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids));
+    SELECT h.as_of_date, h.env_key, w.config_id, h.value
+    FROM unnest(configs) AS w (config_id)
+    JOIN (
+        SELECT r.as_of_date, jsonb_hash_extended(r.env, 0) AS env_key,
+               coalesce(r.config_id, r.run_id) AS config_id, (r.outcome #>> path)::double precision AS value,
+               rank() OVER (PARTITION BY coalesce(r.config_id, r.run_id) ORDER BY r.as_of_date DESC) AS newest
+        FROM (SELECT u.config_id, min(u.cutoff) AS cutoff FROM unnest(configs, cutoffs) AS u (config_id, cutoff)
+              GROUP BY u.config_id) c  -- (a config asked for twice: its runs once, then as often as asked)
+        JOIN historical_db.runs r ON coalesce(r.config_id, r.run_id) = c.config_id
+        -- (the cutoff compared as one value, so that each shard's walk of runs_config_as_of starts from it)
+        WHERE r.as_of_date >= coalesce(c.cutoff, '-infinity'::date)
+          AND (cutoffs IS NULL OR c.cutoff IS NOT NULL)
+          AND (as_of IS NULL OR r.as_of_date <= as_of)
+          AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
+          AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))
+    ) h ON h.config_id = w.config_id
+    WHERE per_config IS NULL OR h.newest <= per_config;
 END
 $fn$;
 

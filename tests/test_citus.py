@@ -264,32 +264,41 @@ def test_suggest_and_evaluate_on_the_cluster_answer_as_one_node(embedded_pair, t
 def test_suggests_records_on_the_cluster_are_one_nodes_rows(embedded_pair) -> None:
     """recent_records_v2 on Citus (each config's cutoff date by a LIMIT the shards apply to their index walks, then
     the runs from the cutoffs in one join) gives one node's rows (a LATERAL FETCH FIRST n ROWS WITH TIES per
-    config): counts that cut through one date's runs, all of them, none; as of a date; by strategy; an objective no
-    run reports; a config with no run; more than 64 candidates."""
+    config): a count that cuts through one date's runs, all of them, none, no count; as of a date; by strategy; an
+    objective no run reports; a config with no run, one asked for twice, a NULL one, none at all; more than 64
+    candidates (one ranked query)."""
     cluster, single, _ = embedded_pair
     with psycopg.connect(single) as conn:
         configs = [c for (c,) in conn.execute(
             "SELECT coalesce(config_id, run_id) FROM historical_db.runs GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 6")]
-        tied = conn.execute("SELECT count(*) FROM (SELECT 1 FROM historical_db.runs WHERE config_id = ANY (%s) "
-                            "GROUP BY config_id, as_of_date HAVING count(*) > 1) t", (configs,)).fetchone()[0]
+        # a count whose last run shares its date with the next: the ties decide what is taken
+        tie = conn.execute(
+            "SELECT n FROM (SELECT as_of_date, lead(as_of_date) OVER w AS next, row_number() OVER w AS n "
+            "FROM historical_db.runs WHERE config_id = ANY (%s) WINDOW w AS (PARTITION BY config_id "
+            "ORDER BY as_of_date DESC)) t WHERE as_of_date = next ORDER BY n LIMIT 1", (configs,)).fetchone()
         strategy = conn.execute("SELECT strategy_id FROM historical_db.runs WHERE strategy_id IS NOT NULL "
                                 "LIMIT 1").fetchone()[0]
-    assert tied, "no config runs twice on one date here: the ties would go untested"
+    assert tie, "no config runs twice on one date here: the ties would go untested"
     call = ("SELECT * FROM historical_db.recent_records_v2(%s, %s, %s, %s, %s) "
             "ORDER BY config_id, as_of_date, env_key, value")
-    cases = [(1, None, ["sharpe"], None), (3, None, ["sharpe"], None), (40, "2008-06-30", ["sharpe"], None),
-             (0, None, ["sharpe"], None), (10**9, None, ["sharpe"], None), (5, None, ["sharpe"], [strategy]),
-             (5, None, ["no such objective"], None)]
-    # (more than 64 candidates: the one ranked query over the shards, as v1)
-    for asked in (configs + ["no such config"], configs + [f"no such config {i}" for i in range(64)]):
+    cases = [(tie[0], None, ["sharpe"], None), (1, None, ["sharpe"], None), (3, None, ["sharpe"], None),
+             (40, "2008-06-30", ["sharpe"], None), (0, None, ["sharpe"], None), (10**9, None, ["sharpe"], None),
+             (None, None, ["sharpe"], None), (2**63 - 1, None, ["sharpe"], None),
+             (5, None, ["sharpe"], [strategy]), (5, None, ["no such objective"], None)]
+    asked_for = [configs + ["no such config"], configs[:2] + configs[:1] + [None],
+                 configs + [f"no such config {i}" for i in range(64)],  # (more than 64: the one ranked query)
+                 [], None]
+    for asked in asked_for:
         for per_config, as_of, path, strategies in cases:
             rows = []
             for url in (cluster, single):
                 with psycopg.connect(url) as conn:
                     rows.append(conn.execute(call, (asked, per_config, as_of, path, strategies)).fetchall())
-            case = (len(asked), per_config, as_of, path, strategies)
+            case = (asked and len(asked), per_config, as_of, path, strategies)
             assert rows[0] == rows[1], case
-            assert bool(rows[1]) == (per_config > 0 and path == ["sharpe"]), case
+            assert bool(rows[1]) == (bool(asked) and per_config != 0 and path == ["sharpe"]), case
+    with psycopg.connect(cluster) as conn, pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):
+        conn.execute(call, (configs, -1, None, ["sharpe"], None))
 
 
 def _shards_runs_read(cluster: str) -> int:
@@ -321,13 +330,14 @@ def test_suggests_records_on_the_cluster_read_each_configs_newest_runs_not_all(e
         rows = conn.execute("SELECT * FROM historical_db.recent_records_v2(%s, 1, NULL, '{sharpe}', NULL)",
                             (configs,)).fetchall()
     assert {config for _, _, config, _ in rows} == set(configs)
-    read = None
-    for _ in range(20):  # (the worker backends end a moment after the coordinator's session does)
+    readings = [-1]
+    for _ in range(40):  # (the worker backends end a moment after the coordinator's session, each in its time)
         time.sleep(0.5)
-        read = _shards_runs_read(cluster) - before
-        if read > 0:
+        readings.append(_shards_runs_read(cluster) - before)
+        if readings[-1] > 0 and readings[-1] == readings[-2]:
             break
-    assert 0 < read < holding / 3, (read, holding)
+    read = readings[-1]
+    assert 0 < read < holding / 3, (readings, holding)
 
 
 def test_the_shards_graph_walks_find_what_the_exact_scan_finds(embedded_pair) -> None:
