@@ -698,7 +698,7 @@ def test_suggest_configs_answers_as_version_6_where_the_runs_carry_outcome_windo
             [v for v in want.values() if isinstance(v, float)], rel=1e-12, abs=1e-12)
 
 
-@pytest.mark.one_node(reason="on Citus the records are one ranked query over the shards (docs/scaling.md)")
+@pytest.mark.one_node(reason="on Citus each config's cutoff comes from the shards' own walks, then one join reads from it: tests/test_citus.py counts the rows the shards read")
 def test_suggest_reads_each_candidates_newest_runs_in_index_order_and_stops(sconn) -> None:
     """suggest's records (recent_records_v1): each config's newest runs walked from runs_config_as_of, newest
     first, stopping at the count asked for, so a call touches far fewer pages than hold those configs' runs. The
