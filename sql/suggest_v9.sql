@@ -37,6 +37,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     cutoffs date[];
+    earliest date;
     taken date;
     candidate text;
 BEGIN
@@ -77,6 +78,7 @@ BEGIN
             ) t;
             cutoffs := cutoffs || taken;
         END LOOP;
+        earliest := (SELECT min(u.cutoff) FROM unnest(cutoffs) AS u (cutoff));
     END IF;
     -- Step 2 (or, with more than 64 candidates or no count, v1's one ranked query: cutoffs NULL): the runs from the
     -- cutoffs, ranked again, so that a run stored between the two steps (each its own snapshot on the workers)
@@ -92,9 +94,13 @@ BEGIN
         FROM (SELECT u.config_id, min(u.cutoff) AS cutoff FROM unnest(configs, cutoffs) AS u (config_id, cutoff)
               GROUP BY u.config_id) c  -- (a config asked for twice: its runs once, then as often as asked)
         JOIN historical_db.runs r ON coalesce(r.config_id, r.run_id) = c.config_id
-        -- (the cutoff compared as one value, so that each shard's walk of runs_config_as_of starts from it)
+        -- (each config's cutoff applies in the join; the candidates and the earliest cutoff are also given as
+        -- values, from which a shard's planner, which cannot know the cutoffs' reach, sees that few runs are
+        -- read and walks runs_config_as_of rather than scanning its shard: 0.14 s against 0.56 s here)
         WHERE r.as_of_date >= coalesce(c.cutoff, '-infinity'::date)
           AND (cutoffs IS NULL OR c.cutoff IS NOT NULL)
+          AND coalesce(r.config_id, r.run_id) = ANY (configs)
+          AND (earliest IS NULL OR r.as_of_date >= earliest)
           AND (as_of IS NULL OR r.as_of_date <= as_of)
           AND jsonb_typeof(r.outcome #> path) <> ALL ('{object,array,string,boolean,"null"}'::text[])
           AND (strategy_ids IS NULL OR r.strategy_id = ANY (strategy_ids))

@@ -25,7 +25,7 @@ depends_on = None
 
 FROZEN_SQL = {
     "pin_search_path_v1.sql": "55fc474998ad82de144c1f41a4bcf8dd91ede05cd8c97641b1ff140fb13f893d",
-    "suggest_v9.sql": "b76f8f27722833a073b2d08e5ab85b2fb344be852f5c61a02b2a89ecb62b149b",
+    "suggest_v9.sql": "ce6dcca015ee6a672930b2741f3926fb0b3d252f021cef87f6c847e95cfcb2d8",
     "roles_v5.sql": "902b3ce01006617cf5cf96dbf1527164b525148b5ffe67240d36d43d4113e2f1",
 }
 
