@@ -9,6 +9,7 @@
     python benchmarks/bench_duplicates.py --envs 1000 --citus                 # on the local Citus cluster
     python benchmarks/bench_duplicates.py --envs 25000 --citus --keep         # 1,000,000 runs on the cluster, kept
     python benchmarks/bench_duplicates.py --envs 25000 --citus --reuse        # measure that one again
+    python benchmarks/bench_duplicates.py --envs 25000 --citus --reuse --as-it-stands --latency-only  # no recall
 
 The history: N environments x M configs (``--configs``, 40 by default), one run each. An environment is a
 trailing window of one of ``metaspace.sample``'s simulated markets (several histories of each market, so
@@ -552,6 +553,9 @@ def main() -> int:
     parser.add_argument("--breakdown-only", action="store_true",
                         help="with --citus: storage and where a search's time goes, without recall and latency "
                              "(a suggest on the cluster takes seconds at 1,000,000 runs)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="latency and storage without recall (whose exact scans take most of an hour on the "
+                             "cluster at 1,000,000 runs)")
     parser.add_argument("--citus", action="store_true",
                         help="on the local Citus cluster (metaspace db cluster start), its tables distributed")
     parser.add_argument("--as-of", action="store_true",
@@ -582,9 +586,10 @@ def main() -> int:
         with connect(url, autocommit=True) as conn:
             queries = pick_queries(conn, args.envs, args.configs, args.queries, args.seed)
             figures, times = {}, {}
-            if not args.breakdown_only:
+            if not (args.breakdown_only or args.latency_only):
                 figures = {space: recall(conn, space, queries[space], grid) for space in ("env", "config")}
                 _log("recall measured")
+            if not args.breakdown_only:
                 times = latency(conn, queries["env"])
             tail = as_of_tail(conn, args.seed) if args.as_of else {}
             breakdown = citus_breakdown(conn, [run for run, _ in queries["env"]]) if args.citus else None
