@@ -41,12 +41,18 @@ is within 3x its idle p95; saturation throughput. Exit 1 on an error, a failed w
 
 **Soak** (``--soak-minutes M``, instead of the steps): the readers at ``--soak-rate`` while a writer loops
 small batches (``--soak-batch`` new runs and as many changed ones imported, then embed-runs; one batch every
-30 s), sampled every ``--sample-seconds``: the server's memory (RSS summed over the postmaster, the parent of
-a backend, and its processes; judged without the transient ones: the writer's backends, autovacuum and
-parallel workers; PSS for comparison), the readers' RSS, and the connections (``pg_stat_activity``; the
-readers' own judged flat). After ``--warmup-minutes`` (default M / 6), PASS or FAIL for each criterion: growth
-of server and client RSS within 10%, a flat connection count, no invalid index in historical_db, no error, and
-the exact counts above. Runs on the embedded server (or ``METASPACE_DATABASE_URL``'s), in a database of its own.
+30 s), sampled every ``--sample-seconds``: the server's memory, the readers' RSS, and the connections
+(``pg_stat_activity``; the readers' own judged flat). The server's memory is judged as what it holds, each page once: the
+private memory (anonymous pages: the heap) of the postmaster and its processes, without the transient ones (the writer's backends,
+autovacuum and parallel workers), plus the shared buffers that hold a page (``pg_buffercache``). RSS summed over
+the processes (and PSS, for comparison) is printed beside it but not judged: each process's RSS counts every
+shared page it has touched, so it grows as the readers touch more of the cache even when nothing leaks (the
+hour-long soak of 2026-12-07: RSS +18.4% while the cache filled with the whole database). Before the readers
+start, the soak reads the database into shared buffers with ``pg_prewarm`` (``--no-prewarm``: not), so that after
+the warm-up the cache is full and growth is the processes' own. After ``--warmup-minutes`` (default M / 6), PASS
+or FAIL for each criterion: growth of the server's memory and the client's RSS within 10%, a flat connection
+count, no invalid index in historical_db, no error, and the exact counts above. Runs on the embedded server (or
+``METASPACE_DATABASE_URL``'s), in a database of its own.
 """
 
 from __future__ import annotations
@@ -549,23 +555,65 @@ def _server(conn) -> psutil.Process:
     return psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0]).parent()
 
 
-def _server_memory(conn, postmaster: psutil.Process) -> tuple[float, float, float]:
-    """RSS of all the server's processes, RSS and PSS of the steady ones (without the transient: the writer's
-    backends, autovacuum and parallel workers)."""
+def _private(pid: int) -> float:
+    """A process's own memory: its anonymous pages (its heap; the pages a fork shares, in proportion), from
+    /proc/PID/smaps_rollup. Not USS: a page of shared memory that one process alone has touched counts in its USS
+    (the checkpointer's was a gigabyte of the buffer cache)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        fields[name] = float(value.split()[0]) * 1024
+    return fields.get("Pss_Anon", fields.get("Anonymous", math.nan))
+
+
+def _server_memory(conn, postmaster: psutil.Process, cached: bool) -> dict[str, float]:
+    """The server's memory: RSS of all its processes; RSS, PSS and private memory (``_private``) of the steady ones
+    (without the transient: the writer's backends, autovacuum and parallel workers); the shared buffers holding a
+    page (``cached``: pg_buffercache is in this database; else NaN); and ``held``, the private memory plus those
+    buffers: what the server holds, each page once."""
     transient = {pid for (pid,) in conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
         "OR backend_type IN ('autovacuum worker', 'parallel worker')", (WRITER,))}
-    rss_all = rss_steady = pss_steady = 0.0
+    memory = dict.fromkeys(("rss_all", "rss", "pss", "private"), 0.0)
     for process in [postmaster, *postmaster.children(recursive=True)]:
         try:
             rss = process.memory_info().rss
-            rss_all += rss
+            memory["rss_all"] += rss
             if process.pid not in transient:
-                rss_steady += rss
-                pss_steady += process.memory_full_info().pss
-        except psutil.Error:
+                memory["rss"] += rss
+                memory["pss"] += process.memory_full_info().pss
+                memory["private"] += _private(process.pid)
+        except (psutil.Error, OSError):
             continue
-    return rss_all, rss_steady, pss_steady
+    memory["buffers"] = float(conn.execute(
+        "SELECT count(*) * current_setting('block_size')::bigint FROM pg_buffercache "
+        "WHERE relfilenode IS NOT NULL").fetchone()[0]) if cached else math.nan
+    memory["held"] = memory["private"] + (0.0 if math.isnan(memory["buffers"]) else memory["buffers"])
+    return memory
+
+
+def _prewarm(conn) -> str:
+    """Read every table and index of historical_db (their TOAST too) into shared buffers, where pg_prewarm may be
+    created; say what was read against shared_buffers, or why nothing was."""
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+    except psycopg.Error as exc:
+        return f"not prewarmed: pg_prewarm could not be created ({exc.diag.message_primary})"
+    blocks = conn.execute("""
+        WITH tables AS (
+            SELECT c.oid, c.reltoastrelid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'historical_db' AND c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
+        ), heaps AS (
+            SELECT oid FROM tables UNION ALL SELECT reltoastrelid FROM tables WHERE reltoastrelid <> 0
+        ), relations AS (
+            SELECT oid FROM heaps UNION ALL SELECT i.indexrelid FROM pg_index i JOIN heaps h ON h.oid = i.indrelid
+        )
+        SELECT coalesce(sum(pg_prewarm(oid)), 0) FROM relations""").fetchone()[0]
+    size, limit = conn.execute("SELECT current_setting('block_size')::bigint, "
+                               "pg_size_bytes(current_setting('shared_buffers'))").fetchone()
+    return (f"prewarmed {blocks * size / 2**20:,.0f} MB of historical_db into shared_buffers of "
+            f"{limit / 2**20:,.0f} MB" + ("" if blocks * size <= limit else
+                                          " (more than they hold: the cache turns over)"))
 
 
 def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
@@ -575,6 +623,15 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
         runs_before = conn.execute("SELECT count(*) FROM historical_db.runs").fetchone()[0]
     writer = Writer(url, workdir, tag, sample_runs(args.soak_batch, seed=8),
                     _stored_records(url, args.soak_batch, tag))
+    with psycopg.connect(url, autocommit=True) as conn:
+        print(_prewarm(conn) if args.prewarm else "not prewarmed (--no-prewarm)", flush=True)
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+            cached = True
+        except psycopg.Error as exc:
+            print(f"pg_buffercache could not be created ({exc.diag.message_primary}): the server's memory is "
+                  "judged by its processes' private memory alone", flush=True)
+            cached = False
     thread = threading.Thread(target=writer.soak, args=(30.0,))
     origin = time.monotonic() + 1.0
     phases = [readers.send("open", seconds=every, rate=args.soak_rate, start=origin + i * every)
@@ -585,11 +642,11 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
         postmaster = _server(conn)
         for i in range(len(phases) + 1):
             readers.wait_until(origin + i * every)
-            rss_all, rss_steady, pss = _server_memory(conn, postmaster)
+            memory = _server_memory(conn, postmaster, cached)
             connections, own = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE backend_type = 'client backend' AND application_name <> %s "
                 "AND pid <> pg_backend_pid()) FROM pg_stat_activity", (WRITER,)).fetchone()
-            samples.append({"t": i * every, "rss_all": rss_all, "rss": rss_steady, "pss": pss,
+            samples.append({"t": i * every, **memory,
                             "client": readers.rss(), "connections": connections, "own": own,
                             "batches": writer.batches})
         stats = [readers.collect(phase) for phase in phases]
@@ -601,14 +658,15 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
     mb = 1024 * 1024
     print(f"\nSoak: {args.soak_minutes:g} min at {args.soak_rate:g} req/s, the writer every 30 s ({args.soak_batch} "
           f"new + {args.soak_batch} changed runs, embed-runs); warm-up {warmup / 60:g} min")
-    print("| t (min) | server RSS MB steady (all) | server PSS MB | client RSS MB | connections all / readers "
-          "| p95 ms search / suggest, the interval before | errors | batches |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| t (min) | server MB held: private + buffers with a page | server RSS MB steady (all) | server PSS MB "
+          "| client RSS MB | connections all / readers | p95 ms search / suggest, the interval before | errors "
+          "| batches |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, s in enumerate(samples):
         merged = _by_kind([(kind.split()[1], stat) for kind, stat in stats[i - 1].items()]) if i else {}
         p95 = f"{_ms(merged['search'], 0.95)} / {_ms(merged['suggest'], 0.95)}" if merged else ""
         errors = sum(stat["errors"] for stat in merged.values()) if merged else ""
-        print(f"| {s['t'] / 60:.1f} | {s['rss'] / mb:.0f} ({s['rss_all'] / mb:.0f}) | {s['pss'] / mb:.0f} | "
+        print(f"| {s['t'] / 60:.1f} | {s['held'] / mb:.0f}: {s['private'] / mb:.0f} + {s['buffers'] / mb:.0f} | "
+              f"{s['rss'] / mb:.0f} ({s['rss_all'] / mb:.0f}) | {s['pss'] / mb:.0f} | "
               f"{s['client'] / mb:.0f} | {s['connections']} / {s['own']} | {p95} | {errors} | {s['batches']} |")
     after = [s for s in samples if s["t"] >= warmup] or samples[-1:]
     warm = [phase for i, phase in enumerate(stats) if i * every >= warmup] or stats
@@ -626,8 +684,11 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
     errors = sum(stat["errors"] for phase in stats for stat in phase.values())
     own = [s["own"] for s in after]
     criteria = [
-        (f"server RSS growth after warm-up within {GROWTH_LIMIT:.0%}", growth("rss") <= GROWTH_LIMIT,
-         f"{growth('rss'):+.1%} steady ({growth('rss_all'):+.1%} all processes, PSS {growth('pss'):+.1%})"),
+        (f"server memory growth after warm-up within {GROWTH_LIMIT:.0%} (private + buffers holding a page)",
+         growth("held") <= GROWTH_LIMIT,
+         f"{growth('held'):+.1%} (private {growth('private'):+.1%}, buffers holding a page {growth('buffers'):+.1%}; "
+         f"not judged: RSS {growth('rss'):+.1%} steady, {growth('rss_all'):+.1%} all processes, PSS "
+         f"{growth('pss'):+.1%})"),
         (f"client RSS growth after warm-up within {GROWTH_LIMIT:.0%}", growth("client") <= GROWTH_LIMIT,
          f"{growth('client'):+.1%}"),
         ("connection count flat", max(own) == min(own),
@@ -677,6 +738,8 @@ def main() -> int:
     parser.add_argument("--soak-minutes", type=float, help="run the soak for this long instead of the load steps")
     parser.add_argument("--warmup-minutes", type=float, help="the soak's warm-up (default: a sixth of it)")
     parser.add_argument("--soak-rate", type=float, default=40.0, help="the soak's offered rate")
+    parser.add_argument("--no-prewarm", dest="prewarm", action="store_false",
+                        help="the soak: do not read the database into shared buffers first")
     parser.add_argument("--soak-batch", type=int, default=200, help="new (and changed) runs of a soak batch")
     parser.add_argument("--sample-seconds", type=float, default=30.0, help="the soak's sampling interval")
     args = parser.parse_args()
