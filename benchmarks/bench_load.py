@@ -42,17 +42,19 @@ is within 3x its idle p95; saturation throughput. Exit 1 on an error, a failed w
 **Soak** (``--soak-minutes M``, instead of the steps): the readers at ``--soak-rate`` while a writer loops
 small batches (``--soak-batch`` new runs and as many changed ones imported, then embed-runs; one batch every
 30 s), sampled every ``--sample-seconds``: the server's memory, the readers' RSS, and the connections
-(``pg_stat_activity``; the readers' own judged flat). The server's memory is judged as what it holds, each page once: the
-private memory (anonymous pages: the heap) of the postmaster and its processes, without the transient ones (the writer's backends,
-autovacuum and parallel workers), plus the shared buffers that hold a page (``pg_buffercache``). RSS summed over
-the processes (and PSS, for comparison) is printed beside it but not judged: each process's RSS counts every
-shared page it has touched, so it grows as the readers touch more of the cache even when nothing leaks (the
-hour-long soak of 2026-12-07: RSS +18.4% while the cache filled with the whole database). Before the readers
-start, the soak reads the database into shared buffers with ``pg_prewarm`` (``--no-prewarm``: not), so that after
-the warm-up the cache is full and growth is the processes' own. After ``--warmup-minutes`` (default M / 6), PASS
-or FAIL for each criterion: growth of the server's memory and the client's RSS within 10%, a flat connection
-count, no invalid index in historical_db, no error, and the exact counts above. Runs on the embedded server (or
-``METASPACE_DATABASE_URL``'s), in a database of its own.
+(``pg_stat_activity``; the readers' own judged flat). The server's memory is judged by what its processes hold of
+their own, where a leak grows: their anonymous pages (``Pss_Anon`` of /proc/PID/smaps_rollup: the heap), swapped
+or not, and the dynamic shared memory segments they map; the postmaster and its steady processes, without the
+transient ones (the writer's backends, autovacuum and parallel workers). Printed beside it, not judged: the shared
+buffers holding a page (``pg_buffercache``), a pool of a fixed size that fills as the database is read and grows;
+and RSS summed over the processes (and PSS), which counts each shared page once per process that touched it, so
+that it grows as the readers touch more of the cache, leak or not (the hour-long soak of 2026-12-07: RSS +18.4%,
+then +34.1% after a prewarm). Before the readers start, the soak reads the database into shared buffers with
+``pg_prewarm`` (``--no-prewarm``: not). After ``--warmup-minutes`` (default M / 6), PASS or FAIL for each
+criterion, growth measured from the median of the first three samples after the warm-up to that of the last
+three: the server's memory and the client's RSS within 10%, a flat connection count, no invalid index in
+historical_db, no error, and the exact counts above. Stops, saying why, where the server's processes' memory
+cannot be read (another user's server). Runs on the embedded server (or ``METASPACE_DATABASE_URL``'s), in a database of its own.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import psutil
 import psycopg
 from psycopg import sql
@@ -555,60 +558,115 @@ def _server(conn) -> psutil.Process:
     return psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0]).parent()
 
 
-def _private(pid: int) -> float:
-    """A process's own memory: its anonymous pages (its heap; the pages a fork shares, in proportion), from
-    /proc/PID/smaps_rollup. Not USS: a page of shared memory that one process alone has touched counts in its USS
-    (the checkpointer's was a gigabyte of the buffer cache)."""
+def _smaps(pid: int) -> dict[str, float]:
+    """/proc/PID/smaps_rollup's fields, in bytes."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, _, value = line.partition(":")
         fields[name] = float(value.split()[0]) * 1024
-    return fields.get("Pss_Anon", fields.get("Anonymous", math.nan))
+    return fields
 
 
-def _server_memory(conn, postmaster: psutil.Process, cached: bool) -> dict[str, float]:
-    """The server's memory: RSS of all its processes; RSS, PSS and private memory (``_private``) of the steady ones
-    (without the transient: the writer's backends, autovacuum and parallel workers); the shared buffers holding a
-    page (``cached``: pg_buffercache is in this database; else NaN); and ``held``, the private memory plus those
-    buffers: what the server holds, each page once."""
-    transient = {pid for (pid,) in conn.execute(
+def _dsm(pid: int) -> set[str]:
+    """The dynamic shared memory segments (``/dev/shm/PostgreSQL.*``: parallel query's, some extensions') a
+    process maps."""
+    return {line.split(maxsplit=5)[5] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if " /dev/shm/PostgreSQL." in line}
+
+
+def _transient(conn) -> set[int]:
+    return {pid for (pid,) in conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
         "OR backend_type IN ('autovacuum worker', 'parallel worker')", (WRITER,))}
+
+
+def _server_memory(conn, postmaster: psutil.Process, buffers_sql: str | None) -> dict[str, float]:
+    """The server's memory. Judged: ``private``, what its steady processes (not the transient: the writer's
+    backends, autovacuum and parallel workers, read before and after the walk) hold of their own: their
+    anonymous pages (``Pss_Anon``: the heap, where a leak grows; pages a fork shares, in proportion) and those
+    swapped out (``SwapPss``), plus the dynamic shared memory segments they map (each once). Not USS: a page of the
+    buffer cache that one process alone has touched counts in its USS. Beside it, not judged: ``buffers``, the
+    shared buffers holding a page (``buffers_sql``; NaN without pg_buffercache), a pool of a fixed size
+    (shared_buffers) that fills as the database is read and grows; RSS of all the processes and RSS and PSS of the
+    steady ones, which count each shared page once per process that touched it."""
+    transient = _transient(conn)
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    transient |= _transient(conn)
     memory = dict.fromkeys(("rss_all", "rss", "pss", "private"), 0.0)
-    for process in [postmaster, *postmaster.children(recursive=True)]:
+    segments: set[str] = set()
+    for process in processes:
         try:
             rss = process.memory_info().rss
             memory["rss_all"] += rss
             if process.pid not in transient:
+                fields = _smaps(process.pid)
                 memory["rss"] += rss
-                memory["pss"] += process.memory_full_info().pss
-                memory["private"] += _private(process.pid)
-        except (psutil.Error, OSError):
+                memory["pss"] += fields["Pss"]
+                memory["private"] += fields["Pss_Anon"] + fields.get("SwapPss", 0.0)
+                segments |= _dsm(process.pid)
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            continue  # (a process that ended during the walk)
+    for path in segments:
+        try:
+            memory["private"] += os.stat(path).st_blocks * 512
+        except FileNotFoundError:
             continue
-    memory["buffers"] = float(conn.execute(
-        "SELECT count(*) * current_setting('block_size')::bigint FROM pg_buffercache "
-        "WHERE relfilenode IS NOT NULL").fetchone()[0]) if cached else math.nan
-    memory["held"] = memory["private"] + (0.0 if math.isnan(memory["buffers"]) else memory["buffers"])
+    memory["buffers"] = float(conn.execute(buffers_sql).fetchone()[0]) if buffers_sql else math.nan
     return memory
 
 
+def _readable(postmaster: psutil.Process) -> None:
+    """Stop, saying why, where the server's processes' memory cannot be read (another user's server, a kernel
+    without Pss_Anon): a soak that skipped them would judge nothing."""
+    try:
+        fields = _smaps(postmaster.pid)
+        _dsm(postmaster.pid)
+    except OSError as exc:
+        sys.exit(f"the soak cannot read the server's memory ({exc}): run it as the server's user or as root")
+    if "Pss_Anon" not in fields:
+        sys.exit("the soak cannot read the server's memory: /proc/PID/smaps_rollup has no Pss_Anon "
+                 "(Linux 5.9 or later)")
+
+
+def _buffers_sql(conn) -> str | None:
+    """The query of the shared buffers holding a page, through pg_buffercache (created if missing, and tried
+    once here), or None with a line saying why not."""
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+        schema = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                              "WHERE e.extname = 'pg_buffercache'").fetchone()[0]
+        query = sql.SQL("SELECT b.buffers_used::bigint * current_setting('block_size')::bigint "
+                        "FROM {}.pg_buffercache_summary() b").format(sql.Identifier(schema)).as_string(conn)
+        conn.execute(query).fetchone()
+        return query
+    except psycopg.Error as exc:
+        print(f"pg_buffercache cannot be read ({exc.diag.message_primary}): the shared buffers are not shown",
+              flush=True)
+        return None
+
+
 def _prewarm(conn) -> str:
-    """Read every table and index of historical_db (their TOAST too) into shared buffers, where pg_prewarm may be
-    created; say what was read against shared_buffers, or why nothing was."""
+    """Read every table of historical_db, its TOAST and their valid indexes into shared buffers, where pg_prewarm
+    may be created; say what was read against shared_buffers, or why nothing was."""
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        schema = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                              "WHERE e.extname = 'pg_prewarm'").fetchone()[0]
+        blocks = conn.execute(sql.SQL("""
+            WITH tables AS (
+                SELECT c.oid, c.reltoastrelid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'historical_db' AND c.relkind IN ('r', 'm') AND c.relpersistence <> 't'
+            ), heaps AS (
+                SELECT oid FROM tables UNION ALL SELECT reltoastrelid FROM tables WHERE reltoastrelid <> 0
+            ), relations AS (
+                SELECT oid FROM heaps
+                UNION ALL
+                SELECT i.indexrelid FROM pg_index i JOIN heaps h ON h.oid = i.indrelid WHERE i.indisvalid
+            )
+            SELECT coalesce(sum({}.pg_prewarm(oid)), 0) FROM relations""").format(
+            sql.Identifier(schema))).fetchone()[0]
     except psycopg.Error as exc:
-        return f"not prewarmed: pg_prewarm could not be created ({exc.diag.message_primary})"
-    blocks = conn.execute("""
-        WITH tables AS (
-            SELECT c.oid, c.reltoastrelid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'historical_db' AND c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
-        ), heaps AS (
-            SELECT oid FROM tables UNION ALL SELECT reltoastrelid FROM tables WHERE reltoastrelid <> 0
-        ), relations AS (
-            SELECT oid FROM heaps UNION ALL SELECT i.indexrelid FROM pg_index i JOIN heaps h ON h.oid = i.indrelid
-        )
-        SELECT coalesce(sum(pg_prewarm(oid)), 0) FROM relations""").fetchone()[0]
+        return f"not prewarmed: pg_prewarm cannot be used ({exc.diag.message_primary})"
     size, limit = conn.execute("SELECT current_setting('block_size')::bigint, "
                                "pg_size_bytes(current_setting('shared_buffers'))").fetchone()
     return (f"prewarmed {blocks * size / 2**20:,.0f} MB of historical_db into shared_buffers of "
@@ -624,14 +682,9 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
     writer = Writer(url, workdir, tag, sample_runs(args.soak_batch, seed=8),
                     _stored_records(url, args.soak_batch, tag))
     with psycopg.connect(url, autocommit=True) as conn:
+        _readable(_server(conn))
         print(_prewarm(conn) if args.prewarm else "not prewarmed (--no-prewarm)", flush=True)
-        try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
-            cached = True
-        except psycopg.Error as exc:
-            print(f"pg_buffercache could not be created ({exc.diag.message_primary}): the server's memory is "
-                  "judged by its processes' private memory alone", flush=True)
-            cached = False
+        buffers_sql = _buffers_sql(conn)
     thread = threading.Thread(target=writer.soak, args=(30.0,))
     origin = time.monotonic() + 1.0
     phases = [readers.send("open", seconds=every, rate=args.soak_rate, start=origin + i * every)
@@ -642,7 +695,7 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
         postmaster = _server(conn)
         for i in range(len(phases) + 1):
             readers.wait_until(origin + i * every)
-            memory = _server_memory(conn, postmaster, cached)
+            memory = _server_memory(conn, postmaster, buffers_sql)
             connections, own = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE backend_type = 'client backend' AND application_name <> %s "
                 "AND pid <> pg_backend_pid()) FROM pg_stat_activity", (WRITER,)).fetchone()
@@ -658,14 +711,15 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
     mb = 1024 * 1024
     print(f"\nSoak: {args.soak_minutes:g} min at {args.soak_rate:g} req/s, the writer every 30 s ({args.soak_batch} "
           f"new + {args.soak_batch} changed runs, embed-runs); warm-up {warmup / 60:g} min")
-    print("| t (min) | server MB held: private + buffers with a page | server RSS MB steady (all) | server PSS MB "
+    print("| t (min) | server private MB (judged) | shared buffers holding a page, MB | server RSS MB steady (all) "
+          "| server PSS MB "
           "| client RSS MB | connections all / readers | p95 ms search / suggest, the interval before | errors "
-          "| batches |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| batches |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, s in enumerate(samples):
         merged = _by_kind([(kind.split()[1], stat) for kind, stat in stats[i - 1].items()]) if i else {}
         p95 = f"{_ms(merged['search'], 0.95)} / {_ms(merged['suggest'], 0.95)}" if merged else ""
         errors = sum(stat["errors"] for stat in merged.values()) if merged else ""
-        print(f"| {s['t'] / 60:.1f} | {s['held'] / mb:.0f}: {s['private'] / mb:.0f} + {s['buffers'] / mb:.0f} | "
+        print(f"| {s['t'] / 60:.1f} | {s['private'] / mb:.0f} | {s['buffers'] / mb:.0f} | "
               f"{s['rss'] / mb:.0f} ({s['rss_all'] / mb:.0f}) | {s['pss'] / mb:.0f} | "
               f"{s['client'] / mb:.0f} | {s['connections']} / {s['own']} | {p95} | {errors} | {s['batches']} |")
     after = [s for s in samples if s["t"] >= warmup] or samples[-1:]
@@ -679,15 +733,19 @@ def _soak(args, url: str, readers: Readers, workdir: Path, tag: str) -> bool:
               "a lower --soak-rate soaks without a queue")
 
     def growth(key: str) -> float:
-        return after[-1][key] / after[0][key] - 1
+        """From the first samples after the warm-up to the last (the median of three at each end: one sample of a
+        process's heap moves by a few percent)."""
+        first = float(np.median([s[key] for s in after[:3]]))
+        last = float(np.median([s[key] for s in after[-3:]]))
+        return last / first - 1 if first > 0 else math.nan
 
     errors = sum(stat["errors"] for phase in stats for stat in phase.values())
     own = [s["own"] for s in after]
     criteria = [
-        (f"server memory growth after warm-up within {GROWTH_LIMIT:.0%} (private + buffers holding a page)",
-         growth("held") <= GROWTH_LIMIT,
-         f"{growth('held'):+.1%} (private {growth('private'):+.1%}, buffers holding a page {growth('buffers'):+.1%}; "
-         f"not judged: RSS {growth('rss'):+.1%} steady, {growth('rss_all'):+.1%} all processes, PSS "
+        (f"server memory growth after warm-up within {GROWTH_LIMIT:.0%} (its processes' own: heap, swapped, "
+         "dynamic shared memory)", growth("private") <= GROWTH_LIMIT,
+         f"{growth('private'):+.1%} (not judged: the shared buffers holding a page {growth('buffers'):+.1%}, a pool "
+         f"of a fixed size; RSS {growth('rss'):+.1%} steady, {growth('rss_all'):+.1%} all processes, PSS "
          f"{growth('pss'):+.1%})"),
         (f"client RSS growth after warm-up within {GROWTH_LIMIT:.0%}", growth("client") <= GROWTH_LIMIT,
          f"{growth('client'):+.1%}"),
